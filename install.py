@@ -1,0 +1,1 @@
+"""WebUI install hook (placeholder until the WebUI tab lands)."""

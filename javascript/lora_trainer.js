@@ -1,0 +1,1 @@
+// LoRA Trainer: WebUI page additions (filled in with the WebUI tab).

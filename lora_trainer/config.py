@@ -1,0 +1,312 @@
+"""TrainConfig: the one typed, validated description of a training run.
+
+A user writes YAML with the keys below (the names users of kohya-style tools already know);
+`load_config` turns it into a `TrainConfig` or raises `ConfigError` naming the bad key, with the
+closest valid key for a typo. Validation happens here, once, before anything heavy is loaded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import yaml
+
+from .errors import ConfigError
+
+CONFIG_VERSION = 1
+
+PRECISIONS = ("auto", "no", "fp16", "bf16")
+SAVE_PRECISIONS = ("fp16", "bf16", "fp32")
+SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear")
+OPTIMIZERS = ("adamw", "adamw8bit")
+PREDICTION_TYPES = ("auto", "epsilon", "v_prediction")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+CACHE_MODES = ("auto", True, False)
+
+
+def _opt(default: Any, help: str, choices: tuple = (), minimum: Optional[float] = None,
+         maximum: Optional[float] = None) -> Any:
+    """A config field with its help text and the values it accepts."""
+    meta = {"help": help, "choices": choices, "min": minimum, "max": maximum}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. Field help texts double as the UI's tips."""
+
+    # --- data ---
+    train_data_dir: str = _opt("", "Folder of training images (searched recursively; kohya `N_name` subfolders give repeats).")
+    metadata_path: Optional[str] = _opt(None, "CSV with columns file_name,text. Default: train_data_dir/metadata.csv if present, else caption sidecars.")
+    caption_extension: str = _opt(".txt", "Caption sidecar extension next to each image (.txt or .caption).")
+    trigger_word: Optional[str] = _opt(None, "Prepended to every caption, e.g. 'sks style'. Also the LoRA's activation text.")
+    shuffle_caption: bool = _opt(False, "Shuffle comma-separated tags each time a caption is used.")
+    keep_tokens: int = _opt(0, "With shuffle_caption: the first N tags stay in place.", minimum=0)
+    caption_dropout_rate: float = _opt(0.0, "Probability of training an image with an empty caption.", minimum=0.0, maximum=1.0)
+    resolution: int = _opt(512, "Training resolution in pixels (the area of each bucket is at most resolution^2).", minimum=64)
+    enable_bucket: bool = _opt(True, "Aspect-ratio buckets: every image keeps its framing. Off: center crop to a square.")
+    min_bucket_reso: int = _opt(256, "Smallest bucket side in pixels.", minimum=64)
+    max_bucket_reso: int = _opt(1024, "Largest bucket side in pixels.", minimum=64)
+    bucket_reso_steps: int = _opt(64, "Bucket sides are multiples of this (64 matches kohya; must be a multiple of 8).", minimum=8)
+    bucket_no_upscale: bool = _opt(False, "Never upscale a small image: its bucket is at most its own size.")
+    flip_aug: bool = _opt(False, "Random horizontal flips (needs pixels every step, so latents are not cached in memory).")
+    cache_latents: Union[str, bool] = _opt("auto", "Encode every image once with the VAE. auto: on unless flip_aug needs per-step pixels.", choices=CACHE_MODES)
+    cache_latents_to_disk: bool = _opt(False, "Also keep encoded latents on disk (a cache folder beside the images) so a re-run skips the VAE.")
+    cache_text_encoder_outputs: Union[str, bool] = _opt("auto", "Encode each caption once. auto: on when the text encoder is frozen and captions are fixed.", choices=CACHE_MODES)
+    num_workers: int = _opt(0, "Data-loader worker processes for per-step image loading (0 = main process).", minimum=0)
+
+    # --- model ---
+    base_model: str = _opt("", "Base checkpoint: a single .safetensors/.ckpt file (SD1.x) or a diffusers folder.")
+    base_model_config: Optional[str] = _opt(None, "Original (ldm) YAML config for an unusual single-file checkpoint. Default: <checkpoint>.yaml beside it, else detected.")
+    tokenizer_path: Optional[str] = _opt(None, "Folder with the CLIP tokenizer (vocab.json, merges.txt) when a single-file checkpoint is used offline.")
+    prediction_type: str = _opt("auto", "epsilon or v_prediction; auto reads it from the model.", choices=PREDICTION_TYPES)
+    clip_skip: int = _opt(1, "Use the output of the N-th last text-encoder layer (2 for anime-style models).", minimum=1, maximum=12)
+
+    # --- LoRA ---
+    lora_rank: int = _opt(8, "LoRA rank (dim). Higher learns more detail and makes bigger files.", minimum=1)
+    lora_alpha: Optional[float] = _opt(None, "LoRA alpha; effective scale is alpha/rank. Default: equal to lora_rank.", minimum=0.0)
+    lora_dropout: float = _opt(0.0, "Dropout on the LoRA path during training.", minimum=0.0, maximum=1.0)
+    train_text_encoder: bool = _opt(False, "Also train LoRA layers in the text encoder.")
+    init_lora: Optional[str] = _opt(None, "Continue from an existing kohya LoRA file (rank and alpha are read from it).")
+
+    # --- optimisation ---
+    batch_size: int = _opt(1, "Images per batch. Out of memory: lower it, or enable gradient_checkpointing.", minimum=1)
+    gradient_accumulation_steps: int = _opt(1, "Batches accumulated per optimizer step (effective batch = batch_size x this).", minimum=1)
+    epochs: int = _opt(10, "Passes over the dataset (repeats included).", minimum=1)
+    max_steps: Optional[int] = _opt(None, "Total optimizer steps; overrides epochs when set.", minimum=1)
+    learning_rate: float = _opt(1e-4, "Learning rate of the UNet LoRA.", minimum=0.0)
+    unet_lr: Optional[float] = _opt(None, "UNet learning rate; default learning_rate.", minimum=0.0)
+    text_encoder_lr: Optional[float] = _opt(None, "Text-encoder LoRA learning rate; default learning_rate.", minimum=0.0)
+    lr_scheduler: str = _opt("constant", "Learning-rate schedule.", choices=SCHEDULERS)
+    lr_warmup_steps: int = _opt(0, "Steps of linear warm-up.", minimum=0)
+    lr_num_cycles: int = _opt(1, "Restarts for cosine_with_restarts.", minimum=1)
+    optimizer: str = _opt("adamw", "adamw, or adamw8bit (needs bitsandbytes).", choices=OPTIMIZERS)
+    weight_decay: float = _opt(1e-2, "AdamW weight decay.", minimum=0.0)
+    max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 = off).", minimum=0.0)
+    noise_offset: float = _opt(0.0, "Noise offset (~0.05-0.1) helps very dark/bright images.", minimum=0.0)
+    min_snr_gamma: Optional[float] = _opt(None, "Min-SNR loss weighting gamma (5 is the paper's value).", minimum=0.0)
+    mixed_precision: str = _opt("auto", "auto: bf16 where the GPU supports it, else fp16 on CUDA, fp32 on CPU.", choices=PRECISIONS)
+    gradient_checkpointing: bool = _opt(False, "Trade ~20% speed for much less memory.")
+    seed: int = _opt(42, "Random seed: the same seed and config give the same LoRA.")
+    device: str = _opt("auto", "cuda, mps or cpu; auto picks the best available.", choices=DEVICES)
+
+    # --- output ---
+    output_dir: str = _opt("", "Folder for the LoRA, checkpoints, logs and the effective config.")
+    output_name: Optional[str] = _opt(None, "File name of the LoRA (no extension). Default: the last folder name of output_dir.")
+    save_steps: int = _opt(0, "Also save <name>-stepNNNNNNNN.safetensors every N steps (0 = only at the end).", minimum=0)
+    save_precision: str = _opt("fp16", "Dtype of the saved LoRA tensors.", choices=SAVE_PRECISIONS)
+    preferred_weight: float = _opt(0.8, "Weight suggested in the .json sidecar (<lora:name:weight>).")
+    log_every_n_steps: int = _opt(1, "How often the loss is read back and logged (higher = fewer host syncs).", minimum=1)
+
+    config_version: int = _opt(CONFIG_VERSION, "Config format version (written by the tool; old files are migrated).")
+
+    # ----------------------------------------------------------------- derived
+    @property
+    def effective_alpha(self) -> float:
+        """LoRA alpha actually used (lora_alpha, or the rank when unset)."""
+        return float(self.lora_rank if self.lora_alpha is None else self.lora_alpha)
+
+    @property
+    def effective_output_name(self) -> str:
+        """LoRA file stem: output_name, or the last folder name of output_dir."""
+        return self.output_name or Path(os.path.abspath(self.output_dir)).name or "lora"
+
+    @property
+    def effective_unet_lr(self) -> float:
+        return self.learning_rate if self.unet_lr is None else self.unet_lr
+
+    @property
+    def effective_text_encoder_lr(self) -> float:
+        return self.learning_rate if self.text_encoder_lr is None else self.text_encoder_lr
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain dict in field order, suitable for YAML."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+FIELDS: Dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+REQUIRED = ("train_data_dir", "base_model", "output_dir")
+
+# Old or alternative names users write; mapped on load (with the new name reported nowhere as an error).
+ALIASES = {
+    "network_dim": "lora_rank",
+    "network_alpha": "lora_alpha",
+    "train_batch_size": "batch_size",
+    "max_train_steps": "max_steps",
+    "max_train_epochs": "epochs",
+    "num_train_epochs": "epochs",
+    "pretrained_model_name_or_path": "base_model",
+    "save_every_n_steps": "save_steps",
+    "checkpointing_steps": "save_steps",
+    "rank": "lora_rank",
+}
+
+
+def _suggest(key: str) -> str:
+    names = list(FIELDS) + list(ALIASES)
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean '{ALIASES.get(close[0], close[0])}'?)"
+    return " (run `python -m lora_trainer keys` to list valid keys)"
+
+
+def _check_type(name: str, value: Any) -> Any:
+    """Coerce `value` to the field's declared type or raise ConfigError."""
+    f = FIELDS[name]
+    hint = typing.get_type_hints(TrainConfig)[name]
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Union and type(None) in args:
+        if value is None:
+            return None
+        args = tuple(a for a in args if a is not type(None))
+        hint = args[0] if len(args) == 1 else Union[args]
+        origin = typing.get_origin(hint)
+        args = typing.get_args(hint)
+    choices = f.metadata.get("choices") or ()
+    if choices:
+        if isinstance(value, str) and value.lower() in ("true", "false") and True in choices:
+            value = value.lower() == "true"
+        if value not in choices:
+            raise ConfigError(f"config error: {name}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config error: {name}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"config error: {name}: expected a whole number, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            try:
+                return float(value)  # YAML reads 1e-4 (no dot) as a string
+            except (TypeError, ValueError):
+                raise ConfigError(f"config error: {name}: expected a number, got {value!r}") from None
+        return float(value)
+    if hint is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"config error: {name}: expected text, got {value!r}")
+        return str(value)
+    if origin in (list, List) or origin in (dict, Dict):
+        want = list if origin in (list, List) else dict
+        if not isinstance(value, want):
+            raise ConfigError(f"config error: {name}: expected a {want.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def _validate(cfg: TrainConfig) -> None:
+    for name, f in FIELDS.items():
+        value = _check_type(name, getattr(cfg, name))
+        object.__setattr__(cfg, name, value)
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if lo is not None and value < lo:
+                raise ConfigError(f"config error: {name}: {value} is below the minimum {lo}")
+            if hi is not None and value > hi:
+                raise ConfigError(f"config error: {name}: {value} is above the maximum {hi}")
+    if cfg.bucket_reso_steps % 8:
+        raise ConfigError(f"config error: bucket_reso_steps: {cfg.bucket_reso_steps} must be a multiple of 8")
+    if cfg.resolution % 8:
+        raise ConfigError(f"config error: resolution: {cfg.resolution} must be a multiple of 8")
+    if cfg.min_bucket_reso > cfg.max_bucket_reso:
+        raise ConfigError("config error: min_bucket_reso is larger than max_bucket_reso")
+    if cfg.caption_extension and not cfg.caption_extension.startswith("."):
+        object.__setattr__(cfg, "caption_extension", "." + cfg.caption_extension)
+    if cfg.config_version > CONFIG_VERSION:
+        raise ConfigError(f"config error: config_version {cfg.config_version} is newer than this tool "
+                          f"understands ({CONFIG_VERSION}); update lora_trainer")
+
+
+def migrate(raw: Dict[str, Any]) -> Dict[str, Any]:
+    """Bring an older config dict up to CONFIG_VERSION (version 1 is the first; nothing to do yet)."""
+    raw = dict(raw)
+    raw.setdefault("config_version", CONFIG_VERSION)
+    return raw
+
+
+def config_from_dict(raw: Dict[str, Any], check_required: bool = True) -> TrainConfig:
+    """Validate a plain dict (e.g. parsed YAML) into a TrainConfig."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config error: expected a mapping of key: value, got {type(raw).__name__}")
+    values: Dict[str, Any] = {}
+    for key, value in migrate(raw).items():
+        name = ALIASES.get(key, key)
+        if name not in FIELDS:
+            raise ConfigError(f"config error: unknown key '{key}'{_suggest(key)}")
+        values[name] = value
+    if check_required:
+        missing = [k for k in REQUIRED if not values.get(k)]
+        if missing:
+            raise ConfigError(f"config error: missing required key(s): {', '.join(missing)}")
+    return TrainConfig(**values)
+
+
+def parse_overrides(pairs: List[str]) -> Dict[str, Any]:
+    """Parse `key=value` strings from `--set`; values are read as YAML scalars."""
+    out: Dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"config error: --set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def load_config(path: Union[str, Path], overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
+    """Read a YAML config, apply overrides, resolve relative paths against the config's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config error: config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config error: {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config error: {path} must contain key: value pairs")
+    raw.update(overrides or {})
+    return config_from_dict(resolve_paths(raw, path.parent))
+
+
+PATH_KEYS = ("train_data_dir", "metadata_path", "base_model", "base_model_config", "tokenizer_path",
+             "output_dir", "init_lora")
+
+
+def resolve_paths(raw: Dict[str, Any], base: Path) -> Dict[str, Any]:
+    """Relative paths mean the current folder; one found only beside the config file is taken from there."""
+    raw = dict(raw)
+    for key in PATH_KEYS:
+        value = raw.get(key)
+        if isinstance(value, str) and value and not os.path.isabs(value) and not os.path.exists(value):
+            candidate = base / value
+            if candidate.exists():
+                raw[key] = str(candidate)
+    return raw
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """The effective config as YAML (same keys the loader reads)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def describe_keys() -> str:
+    """One line per key with its default and help; used by `python -m lora_trainer keys`."""
+    lines = []
+    for name, f in FIELDS.items():
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        lines.append(f"{name:30} default={default!r:12} {f.metadata.get('help', '')}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Training data: scanning folders, captions, images, buckets, caches and the dataset report."""

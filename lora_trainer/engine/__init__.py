@@ -1,0 +1,1 @@
+"""The training loop and its small, independently testable helpers."""

@@ -1,0 +1,234 @@
+"""A whole training run from a TrainConfig: checks, data, model, loop, files.
+
+`train(config)` is what the CLI, the UI and the WebUI tab call. `LoraRun` exposes the same steps one by
+one (setup, train, save, close) for callers that need the live model in between (tests, samplers).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from ..config import TrainConfig, dump_config
+from ..data.buckets import BucketSettings
+from ..data.dataset import CaptionSettings, TrainingSet
+from ..data.doctor import DatasetReport, build_report
+from ..data.scan import scan_dataset
+from ..errors import ConfigError, DatasetError, LoraTrainerError
+from ..events import Callback, CheckpointSaved, Events, RunEnded
+from ..formats.kohya import save_kohya_lora
+from ..formats.metadata import training_metadata
+from ..formats.sidecar import write_sidecar
+from ..models import default_families
+from ..models.bundle import ModelBundle
+from ..utils.atomic import atomic_write_text
+from ..utils.device import pick_device, pick_precision
+from ..utils.seeding import seed_everything
+from .optim import bitsandbytes_available
+from .trainer import Trainer
+
+SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+MIN_FREE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class TrainResult:
+    lora_path: Path
+    output_dir: Path
+    steps: int
+    losses: List[float]
+    checkpoints: List[Path] = field(default_factory=list)
+    stopped_early: bool = False
+    report: Optional[DatasetReport] = None
+
+
+def preflight(config: TrainConfig, check_model: bool = True) -> None:
+    """Cheap checks before anything is loaded: folders, model path, output folder, optional packages."""
+    from ..models.loading import check_base_model_path
+
+    root = Path(config.train_data_dir)
+    if not root.exists():
+        raise DatasetError(f"train_data_dir {config.train_data_dir!r} does not exist")
+    if not root.is_dir():
+        raise DatasetError(f"train_data_dir {config.train_data_dir!r} is not a folder")
+    if check_model:
+        check_base_model_path(config.base_model)
+    if config.optimizer == "adamw8bit" and not bitsandbytes_available():
+        raise ConfigError("config error: optimizer: adamw8bit needs bitsandbytes (pip install bitsandbytes), "
+                          "or use optimizer: adamw")
+    check_output_dir(Path(config.output_dir))
+
+
+def check_output_dir(out: Path) -> None:
+    """The output folder can be created, written, and has some room."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise LoraTrainerError(f"output_dir {str(out)!r} is not writable ({exc.strerror or exc})") from None
+    free = shutil.disk_usage(out).free
+    if free < MIN_FREE_BYTES:
+        raise LoraTrainerError(f"output_dir {str(out)!r} has only {free // 2**20} MiB free; checkpoints need more")
+
+
+def build_training_set(config: TrainConfig) -> TrainingSet:
+    """Scan the folder and wrap it with the config's bucket and caption settings."""
+    scan = scan_dataset(config.train_data_dir, config.metadata_path, config.caption_extension,
+                        config.trigger_word, require_captions=True)
+    buckets = BucketSettings(config.resolution, config.bucket_reso_steps, config.min_bucket_reso,
+                             config.max_bucket_reso, config.bucket_no_upscale, config.enable_bucket)
+    captions = CaptionSettings(config.trigger_word, config.shuffle_caption, config.keep_tokens,
+                               config.caption_dropout_rate)
+    return TrainingSet(scan, buckets, captions, config.flip_aug)
+
+
+def load_model(config: TrainConfig) -> ModelBundle:
+    from ..models.loading import load_bundle
+
+    return load_bundle(config.base_model, default_families(), config.tokenizer_path, config.base_model_config,
+                       config.clip_skip, config.prediction_type)
+
+
+class TensorBoardLogger(Callback):
+    """loss and learning rate to `output_dir/logs` (skipped with a warning if tensorboard is missing)."""
+
+    def __init__(self, log_dir: Path, purge_step: Optional[int] = None):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception as exc:  # noqa: BLE001 - tensorboard missing or broken
+            logging.getLogger("lora_trainer").warning("TensorBoard logging off: %s", exc)
+            self.writer = None
+            return
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+
+    def on_event(self, event: Any) -> None:
+        from ..events import StepEnded
+
+        if self.writer is None:
+            return
+        if isinstance(event, StepEnded):
+            if event.loss is not None:
+                self.writer.add_scalar("loss", event.loss, event.step)
+            self.writer.add_scalar("lr", event.lr, event.step)
+        elif isinstance(event, RunEnded):
+            self.writer.flush()
+            self.writer.close()
+
+
+class LoraRun:
+    """One training run, step by step: `setup()`, `train()`, `save_final()`, `close()`."""
+
+    def __init__(self, config: TrainConfig, callbacks: Sequence[Callback] = (), bundle: Optional[ModelBundle] = None,
+                 tensorboard: bool = True):
+        self.config = config
+        self.events = Events(callbacks)
+        self.bundle = bundle
+        self.output_dir = Path(config.output_dir)
+        self.checkpoints: List[Path] = []
+        self.started_at = time.time()
+        self.trainer: Optional[Trainer] = None
+        self.report: Optional[DatasetReport] = None
+        self.tensorboard = tensorboard
+
+    # ------------------------------------------------------------------ steps
+    def setup(self) -> Trainer:
+        cfg = self.config
+        preflight(cfg, check_model=self.bundle is None)
+        seed_everything(cfg.seed)
+        dataset = build_training_set(cfg)
+        self.report = build_report(dataset, cfg.batch_size, cfg.gradient_accumulation_steps,
+                                   broken=dataset.scan.broken)
+        for line in self.report.summary_lines():
+            self.events.say(line)
+        for line in self.report.problem_lines():
+            self.events.say(line, logging.WARNING)
+        device = pick_device(cfg.device)
+        precision = pick_precision(cfg.mixed_precision, device)
+        self.events.say(f"device {device}, precision {precision.name}")
+        if self.bundle is None:
+            self.events.say(f"loading {cfg.base_model}")
+            self.bundle = load_model(cfg)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.output_dir / "config.yaml", dump_config(cfg))
+        self.trainer = Trainer(cfg, dataset, self.bundle, device, precision, self.events)
+        self.trainer.setup()
+        if self.tensorboard:
+            self.events.add(TensorBoardLogger(self.output_dir / "logs", purge_step=self.trainer.progress.step + 1))
+        return self.trainer
+
+    def train(self) -> None:
+        assert self.trainer is not None, "call setup() first"
+        self.trainer.run(on_checkpoint=self.save_checkpoint)
+
+    # ------------------------------------------------------------------ files
+    @property
+    def lora_path(self) -> Path:
+        return self.output_dir / f"{self.config.effective_output_name}.safetensors"
+
+    def metadata(self, step: int, epoch: int, extra: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+        return training_metadata(config=self.config, family=self.bundle.family,
+                                 prediction_type=self.bundle.prediction_type, base_model_name=self.bundle.name,
+                                 started_at=self.started_at, steps=step, epoch=epoch,
+                                 dataset=self.trainer.dataset, extra=extra)
+
+    def save_lora(self, path: Path, step: int, epoch: int) -> Path:
+        tensors = self.trainer.network.kohya_state_dict(SAVE_DTYPES[self.config.save_precision])
+        return save_kohya_lora(path, tensors, self.metadata(step, epoch))
+
+    def save_checkpoint(self, step: int, epoch: int, final: bool = False) -> Path:
+        name = self.config.effective_output_name
+        path = self.lora_path if final else self.output_dir / f"{name}-step{step:08d}.safetensors"
+        self.save_lora(path, step, epoch)
+        self.checkpoints.append(path)
+        self.events.emit(CheckpointSaved(path, step, final))
+        return path
+
+    def save_final(self) -> Path:
+        p = self.trainer.progress
+        path = self.save_checkpoint(p.step, p.epoch + 1, final=True)
+        write_sidecar(path, sd_version=self.bundle.family.sd_version, activation_text=self.config.trigger_word or "",
+                      preferred_weight=self.config.preferred_weight,
+                      description=f"Trained with lora_trainer on {self.trainer.dataset.samples_per_epoch} "
+                                  f"images x repeats, {p.step} steps.")
+        return path
+
+    def close(self) -> None:
+        """Remove the LoRA layers and let the bundle restore itself."""
+        if self.trainer is not None and self.trainer.network is not None:
+            self.trainer.network.remove()
+        if self.bundle is not None:
+            self.bundle.restore()
+
+    def result(self, path: Path, stopped_early: bool) -> TrainResult:
+        p = self.trainer.progress
+        return TrainResult(path, self.output_dir, p.step, list(p.losses), list(self.checkpoints), stopped_early,
+                           self.report)
+
+
+def train(config: TrainConfig, callbacks: Sequence[Callback] = (), bundle: Optional[ModelBundle] = None,
+          on_ready: Optional[Callable[[LoraRun], None]] = None) -> TrainResult:
+    """Train a LoRA as described by `config`; returns where it was written."""
+    run = LoraRun(config, callbacks, bundle)
+    path = None
+    try:
+        run.setup()
+        if on_ready:
+            on_ready(run)
+        run.train()
+        path = run.save_final()
+        p = run.trainer.progress
+        stopped = p.step < run.trainer.schedule["total_steps"]
+        result = run.result(path, stopped)
+        run.events.emit(RunEnded(path, p.step, stopped, {"loss": p.losses[-1] if p.losses else None}))
+        return result
+    finally:
+        run.close()
+        if path is None:
+            run.events.emit(RunEnded(None, run.trainer.progress.step if run.trainer else 0, True))

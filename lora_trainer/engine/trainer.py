@@ -1,0 +1,235 @@
+"""The training loop. Reads top to bottom: set up, then for each optimizer step: latents, conditioning,
+noise, timesteps, noisy latents, prediction, loss, backward, clip, step.
+
+Randomness is counter-based (see utils/seeding): the noise and timesteps of step N depend only on
+(seed, N), the data order of epoch E only on (seed, E). A resumed run therefore sees exactly what an
+uninterrupted run sees, and nothing outside the loop (samples, evaluations) can shift it.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from ..config import TrainConfig
+from ..data.cache import LatentCache, TextCache
+from ..data.dataset import Sample, TrainingSet, stack_pixels
+from ..events import Events, RunStarted, StepEnded
+from ..lora.network import LoraNetwork
+from ..models.bundle import Conditioning, ModelBundle
+from ..utils.device import Precision
+from ..utils.seeding import generator
+from .diffusion import add_noise, make_noise, min_snr_weights, per_sample_mse, training_target
+from .optim import build_optimizer, build_scheduler
+
+
+@dataclass
+class Progress:
+    """Where the run is: optimizer steps done and the position in the data order."""
+
+    step: int = 0
+    epoch: int = 0
+    samples_seen: int = 0
+    losses: List[float] = field(default_factory=list)
+
+
+def schedule_length(config: TrainConfig, dataset: TrainingSet) -> Dict[str, int]:
+    """steps_per_epoch, total_steps and epochs for a config on a dataset."""
+    batches = dataset.batches_per_epoch(config.batch_size)
+    steps_per_epoch = max(1, math.ceil(batches / config.gradient_accumulation_steps))
+    total = config.max_steps or config.epochs * steps_per_epoch
+    return {"batches_per_epoch": batches, "steps_per_epoch": steps_per_epoch, "total_steps": total,
+            "epochs": math.ceil(total / steps_per_epoch)}
+
+
+class Trainer:
+    """Trains a LoRA on a bundle over a dataset; emits events; never prints."""
+
+    def __init__(self, config: TrainConfig, dataset: TrainingSet, bundle: ModelBundle, device: torch.device,
+                 precision: Precision, events: Optional[Events] = None):
+        self.config = config
+        self.dataset = dataset
+        self.bundle = bundle
+        self.device = device
+        self.precision = precision
+        self.events = events or Events()
+        self.schedule = schedule_length(config, dataset)
+        self.progress = Progress()
+        self.network: Optional[LoraNetwork] = None
+        self.latent_cache: Optional[LatentCache] = None
+        self.text_cache: Optional[TextCache] = None
+        self.micro_batch_size = config.batch_size
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, network_rank: Optional[int] = None, network_alpha: Optional[float] = None) -> None:
+        """Freeze and place the model, add LoRA layers, build caches, optimizer and schedule."""
+        cfg = self.config
+        self.bundle.prepare(self.device, self.precision.base_dtype, cfg.gradient_checkpointing,
+                            cfg.train_text_encoder)
+        torch.manual_seed(cfg.seed)  # LoRA down-weights are initialised from the global RNG
+        rank = network_rank or cfg.lora_rank
+        alpha = network_alpha if network_alpha is not None else cfg.effective_alpha
+        self.network = LoraNetwork.inject(self.bundle.lora_components(cfg.train_text_encoder), rank, alpha,
+                                          cfg.lora_dropout)
+        self._build_caches()
+        groups = [{"params": self.network.parameters("unet"), "lr": cfg.effective_unet_lr}]
+        if cfg.train_text_encoder:
+            te_params = [p for role in self.network.roles() if role != "unet" for p in self.network.parameters(role)]
+            groups.append({"params": te_params, "lr": cfg.effective_text_encoder_lr})
+        self.optimizer = build_optimizer(cfg.optimizer, groups, cfg.weight_decay, self.device)
+        self.lr_scheduler = build_scheduler(cfg.lr_scheduler, self.optimizer, cfg.lr_warmup_steps,
+                                            self.schedule["total_steps"], cfg.lr_num_cycles)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision.use_grad_scaler else None
+
+    def _build_caches(self) -> None:
+        cfg = self.config
+        if cfg.cache_latents in ("auto", True):
+            self.latent_cache = LatentCache(self.dataset, self.bundle.vae_fingerprint(), cfg.cache_latents_to_disk)
+            self.events.say(f"caching latents of {len(self.dataset)} image(s)")
+            self.latent_cache.build(self.bundle.encode_images, batch_size=max(1, cfg.batch_size), device=self.device)
+            self.bundle.offload_vae()
+        use_text_cache = cfg.cache_text_encoder_outputs
+        if use_text_cache == "auto":
+            use_text_cache = self.dataset.caption_settings.is_fixed
+        if use_text_cache and not cfg.train_text_encoder:
+            self.text_cache = TextCache()
+            captions = [self.dataset.fixed_caption(i) for i in range(len(self.dataset))]
+            with self._autocast():
+                self.text_cache.build(captions, self.bundle.encode_captions)
+
+    def _autocast(self):
+        dtype = self.precision.autocast_dtype
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    # ------------------------------------------------------------------ per batch
+    def latents_for(self, samples: Sequence[Sample]) -> torch.Tensor:
+        if self.latent_cache is not None:
+            return self.latent_cache.get(samples)
+        return self.bundle.encode_images(stack_pixels(self.dataset, samples))
+
+    def conditioning_for(self, samples: Sequence[Sample]) -> Conditioning:
+        captions = [s.caption for s in samples]
+        if self.text_cache is not None:
+            return self.text_cache.get(captions)
+        return self.bundle.encode_captions(captions)
+
+    def batch_loss(self, samples: Sequence[Sample], noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Per-sample training loss of one micro-batch (fp32, with gradients)."""
+        latents = self.latents_for(samples)
+        noise = noise.to(latents.device, latents.dtype)
+        timesteps = timesteps.to(latents.device)
+        ac = self.bundle.alphas_cumprod
+        noisy = add_noise(latents, noise, timesteps, ac)
+        infos = [self.dataset.image_info(s.index) for s in samples]
+        with self._autocast():
+            cond = self.conditioning_for(samples)
+            pred = self.bundle.predict(noisy, timesteps, cond, infos)
+        target = training_target(latents, noise, timesteps, ac, self.bundle.prediction_type)
+        loss = per_sample_mse(pred, target)
+        weights = min_snr_weights(timesteps, ac, self.config.min_snr_gamma, self.bundle.prediction_type)
+        return loss * weights if weights is not None else loss
+
+    def step_noise(self, step: int, batch_index: int, samples: Sequence[Sample]):
+        """Noise and timesteps of one batch of one step: a pure function of (seed, step, batch)."""
+        w, h = self.dataset.buckets[samples[0].index]
+        g = generator(self.config.seed, "noise", step, batch_index)
+        shape = (len(samples), self.latent_channels, h // self.vae_factor, w // self.vae_factor)
+        noise = make_noise(shape, g, self.config.noise_offset)
+        timesteps = torch.randint(0, self.bundle.num_train_timesteps, (len(samples),), generator=g)
+        return noise, timesteps
+
+    @property
+    def latent_channels(self) -> int:
+        return self.bundle.latent_channels
+
+    @property
+    def vae_factor(self) -> int:
+        return self.bundle.vae_factor
+
+    def optimizer_step(self, step: int, batches: Sequence[Sequence[Sample]]) -> torch.Tensor:
+        """Forward/backward over the step's batches (split into micro-batches), clip, update."""
+        total = sum(len(b) for b in batches)
+        loss_sum = torch.zeros((), device=self.device)
+        for bi, batch in enumerate(batches):
+            noise, timesteps = self.step_noise(step, bi, batch)
+            for k in range(0, len(batch), self.micro_batch_size):
+                part = slice(k, k + self.micro_batch_size)
+                loss = self.batch_loss(batch[part], noise[part], timesteps[part]).sum() / total
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+                loss_sum += loss.detach()
+        params = self.network.parameters()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum
+
+    # ------------------------------------------------------------------ loop
+    def run(self, on_checkpoint=None) -> Progress:
+        """Train until total_steps (or a stop request); `on_checkpoint(step, epoch, final)` saves."""
+        cfg, sched, p = self.config, self.schedule, self.progress
+        total, spe, ga = sched["total_steps"], sched["steps_per_epoch"], cfg.gradient_accumulation_steps
+        self.events.emit(RunStarted(total, spe, sched["epochs"], len(self.dataset), p.step,
+                                    {"batches_per_epoch": sched["batches_per_epoch"]}))
+        self.network.train(True)
+        started, first_step = time.perf_counter(), p.step
+        pending: List[torch.Tensor] = []
+        while p.step < total:
+            p.epoch = p.step // spe
+            batches = self.dataset.epoch_batches(p.epoch, cfg.seed, cfg.batch_size)
+            k = p.step % spe
+            step_batches = batches[k * ga:(k + 1) * ga]
+            loss = self.optimizer_step(p.step, step_batches)
+            p.step += 1
+            p.samples_seen += sum(len(b) for b in step_batches)
+            pending.append(loss)
+            value = None
+            if p.step % cfg.log_every_n_steps == 0 or p.step == total:
+                values = torch.stack(pending).tolist()
+                p.losses.extend(values)
+                pending, value = [], values[-1]
+            elapsed = time.perf_counter() - started
+            rate = (p.step - first_step) / elapsed if elapsed > 0 else 0.0
+            self.events.emit(StepEnded(p.step, total, p.epoch + 1, value,
+                                       self.lr_scheduler.get_last_lr()[0], rate,
+                                       (total - p.step) / rate if rate else 0.0, p.samples_seen))
+            stop = self.events.stop_requested()
+            if on_checkpoint and (p.step < total and cfg.save_steps and p.step % cfg.save_steps == 0) and not stop:
+                on_checkpoint(p.step, p.epoch, False)
+            if stop:
+                self.events.say(f"stop requested: stopping after step {p.step}")
+                break
+        if pending:
+            p.losses.extend(torch.stack(pending).tolist())
+        self.network.train(False)
+        return p
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluation_loss(self, indices: Sequence[int], timesteps: Sequence[int], seed: int = 0) -> float:
+        """Mean loss at fixed timesteps with fixed noise: the same number for the same weights."""
+        was_training = self.network.training
+        self.network.train(False)
+        losses = []
+        for i in indices:
+            sample = Sample(i, False, self.dataset.fixed_caption(i))
+            w, h = self.dataset.buckets[i]
+            for t in timesteps:
+                g = generator(seed, "eval", i, t)
+                noise = torch.randn((1, self.latent_channels, h // self.vae_factor, w // self.vae_factor), generator=g)
+                losses.append(self.batch_loss([sample], noise, torch.tensor([t])).item())
+        self.network.train(was_training)
+        return float(sum(losses) / len(losses))
+
+    def state_summary(self) -> Dict[str, Any]:
+        return {"step": self.progress.step, "epoch": self.progress.epoch, "samples_seen": self.progress.samples_seen}

@@ -1,0 +1,1 @@
+"""Files on disk: kohya LoRA safetensors with metadata, the WebUI's sidecars."""

@@ -1,0 +1,45 @@
+"""Which modules get LoRA layers: kohya's defaults, found by walking a module tree.
+
+UNet: every nn.Linear and 1x1 nn.Conv2d inside a transformer block container (diffusers
+`Transformer2DModel`, ldm/sgm `SpatialTransformer`): attention q/k/v/out, proj_in/out, feed-forward.
+Text encoder: every nn.Linear inside CLIP attention and MLP blocks (q/k/v/out_proj, fc1, fc2).
+"""
+from __future__ import annotations
+
+from typing import Iterable, List
+
+from torch import nn
+
+UNET_CONTAINERS = ("Transformer2DModel", "SpatialTransformer")
+TEXT_CONTAINERS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2", "CLIPMLP")
+
+
+def _is_target_layer(module: nn.Module) -> bool:
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (1, 1)
+
+
+def find_targets(root: nn.Module, containers: Iterable[str]) -> List[str]:
+    """Module paths (relative to root, in definition order) of the LoRA targets inside `containers`."""
+    containers = tuple(containers)
+    found: List[str] = []
+    seen = set()
+    for name, module in root.named_modules():
+        if type(module).__name__ not in containers:
+            continue
+        for child_name, child in module.named_modules():
+            if child_name and _is_target_layer(child):
+                path = f"{name}.{child_name}" if name else child_name
+                if path not in seen:
+                    seen.add(path)
+                    found.append(path)
+    return found
+
+
+def unet_targets(unet: nn.Module) -> List[str]:
+    return find_targets(unet, UNET_CONTAINERS)
+
+
+def text_encoder_targets(text_encoder: nn.Module) -> List[str]:
+    return find_targets(text_encoder, TEXT_CONTAINERS)

@@ -1,0 +1,74 @@
+"""The contract between the engine and a loaded model: `ModelBundle`.
+
+The engine knows nothing of diffusers, ldm or the WebUI; it drives a bundle through these methods:
+
+- `lora_components(train_text_encoder)`: which modules get LoRA layers and their kohya names;
+- `prepare(device, base_dtype, gradient_checkpointing, train_text_encoder)`: freeze, move, cast;
+- `encode_images(pixels)`: pixels in [-1, 1] -> scaled latents (deterministic: the posterior mode);
+- `encode_captions(captions)`: text -> conditioning dict (batch first);
+- `predict(noisy_latents, timesteps, cond, image_info)`: the UNet's output;
+- `alphas_cumprod`, `prediction_type`: the noise schedule the model was trained with;
+- `restore()`: undo `prepare` (the WebUI bundle puts the model back exactly as it was);
+- `offload_vae()`: the VAE may leave the GPU once latents are cached.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from ..lora.network import LoraComponent
+from .family import ModelFamily
+
+Conditioning = Dict[str, torch.Tensor]
+
+
+class ModelBundle(ABC):
+    """A base model ready to train a LoRA on; see the module docstring for the contract."""
+
+    family: ModelFamily
+    prediction_type: str  # "epsilon" | "v_prediction"
+    alphas_cumprod: torch.Tensor  # [num_train_timesteps], float32, CPU
+    name: str  # shown in metadata as ss_sd_model_name
+    device: torch.device = torch.device("cpu")
+    latent_channels: int = 4
+    vae_factor: int = 8  # pixels per latent cell
+    # Whether text-encoder outputs are deterministic (no dropout) so they may be cached.
+    text_encoder_cacheable: bool = True
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.alphas_cumprod.shape[0])
+
+    @abstractmethod
+    def lora_components(self, train_text_encoder: bool) -> List[LoraComponent]:
+        """Modules to wrap with LoRA layers (UNet always; text encoder(s) when asked)."""
+
+    @abstractmethod
+    def prepare(self, device: torch.device, base_dtype: torch.dtype, gradient_checkpointing: bool,
+                train_text_encoder: bool) -> None:
+        """Freeze every base weight, move to `device`, cast the frozen weights to `base_dtype`."""
+
+    @abstractmethod
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] in [-1, 1] -> latents [B, C, H/f, W/f] already multiplied by the VAE scale."""
+
+    @abstractmethod
+    def encode_captions(self, captions: Sequence[str]) -> Conditioning:
+        """Captions -> conditioning tensors, batch first (gradients flow when the text encoder trains)."""
+
+    @abstractmethod
+    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,
+                image_info: Optional[Sequence] = None) -> torch.Tensor:
+        """The denoiser's output (noise or velocity, per `prediction_type`)."""
+
+    def restore(self) -> None:
+        """Undo `prepare` where that matters (default: nothing)."""
+
+    def offload_vae(self) -> None:
+        """Move the VAE off the accelerator when it is no longer needed (default: nothing)."""
+
+    def vae_fingerprint(self) -> str:
+        """A short id of the VAE weights, for keying latent caches on disk."""
+        return "vae"

@@ -1,0 +1,124 @@
+"""DiffusersBundle: a Stable Diffusion model as diffusers UNet/VAE + transformers CLIP (SD1.x, SD2.x)."""
+from __future__ import annotations
+
+import hashlib
+from typing import List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..lora.kohya_names import kohya_name, text_encoder_path
+from ..lora.network import LoraComponent
+from ..lora.targets import text_encoder_targets, unet_targets
+from .bundle import Conditioning, ModelBundle
+from .family import ModelFamily
+
+
+def clip_final_layer_norm(text_encoder: nn.Module) -> nn.Module:
+    """CLIP's final LayerNorm in both layouts (transformers 4: text_model.final_layer_norm; 5: final_layer_norm)."""
+    inner = getattr(text_encoder, "text_model", text_encoder)
+    return inner.final_layer_norm
+
+
+def encode_clip(text_encoder: nn.Module, input_ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
+    """Last hidden state, or with clip_skip = N the N-th last layer's output through the final LayerNorm."""
+    if clip_skip <= 1:
+        return text_encoder(input_ids)[0]
+    out = text_encoder(input_ids, output_hidden_states=True)
+    return clip_final_layer_norm(text_encoder)(out.hidden_states[-clip_skip])
+
+
+class DiffusersBundle(ModelBundle):
+    """UNet2DConditionModel + AutoencoderKL + CLIPTextModel + CLIPTokenizer."""
+
+    def __init__(self, family: ModelFamily, unet: nn.Module, vae: nn.Module, text_encoder: nn.Module,
+                 tokenizer, alphas_cumprod: torch.Tensor, prediction_type: str, name: str = "",
+                 clip_skip: int = 1):
+        self.family = family
+        self.unet = unet
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.alphas_cumprod = alphas_cumprod.float().cpu()
+        self.prediction_type = prediction_type
+        self.name = name
+        self.clip_skip = clip_skip
+        self.vae_scale = float(getattr(vae.config, "scaling_factor", 0.18215))
+        self.latent_channels = int(vae.config.latent_channels)
+        self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.dtype = torch.float32
+        self._layers_per_block = int(getattr(unet.config, "layers_per_block", 2))
+
+    # ------------------------------------------------------------------ LoRA
+    def lora_components(self, train_text_encoder: bool) -> List[LoraComponent]:
+        fam = self.family
+        comps = [LoraComponent(
+            "unet", self.unet, unet_targets(self.unet),
+            lambda p: kohya_name(fam.unet_prefix, fam.unet_kohya_path(p, self._layers_per_block)))]
+        if train_text_encoder:
+            prefix = fam.text_encoder_prefixes[0]
+            comps.append(LoraComponent("text_encoder", self.text_encoder, text_encoder_targets(self.text_encoder),
+                                       lambda p: kohya_name(prefix, text_encoder_path(p))))
+        return comps
+
+    # ------------------------------------------------------------------ setup
+    def prepare(self, device: torch.device, base_dtype: torch.dtype, gradient_checkpointing: bool,
+                train_text_encoder: bool) -> None:
+        self.device = torch.device(device)
+        self.dtype = base_dtype
+        for module in (self.unet, self.text_encoder, self.vae):
+            module.requires_grad_(False)
+            module.eval()
+        # LoRA parameters stay fp32: cast only the frozen base weights.
+        self._cast_base(self.unet, device, base_dtype)
+        self._cast_base(self.text_encoder, device, base_dtype)
+        self.vae.to(device=device, dtype=torch.float32)  # fp16 VAEs overflow (NaN); it runs rarely
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            if train_text_encoder:
+                self.text_encoder.gradient_checkpointing_enable()
+                self.text_encoder.enable_input_require_grads()
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.unet.set_attn_processor(AttnProcessor2_0())  # PyTorch SDPA attention
+
+    @staticmethod
+    def _cast_base(module: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+        for p in module.parameters():
+            if not p.requires_grad:
+                p.data = p.data.to(device=device, dtype=dtype)
+            else:
+                p.data = p.data.to(device=device)
+        for name, buf in module.named_buffers():
+            parent_name, _, attr = name.rpartition(".")
+            parent = module.get_submodule(parent_name) if parent_name else module
+            parent._buffers[attr] = buf.to(device=device, dtype=dtype if buf.is_floating_point() else buf.dtype)
+
+    def offload_vae(self) -> None:
+        self.vae.to("cpu")
+
+    def vae_fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for name, p in sorted(self.vae.state_dict().items())[:8]:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes()[:4096])
+        return h.hexdigest()[:16]
+
+    # ------------------------------------------------------------------ compute
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        vae_device = next(self.vae.parameters()).device
+        latents = self.vae.encode(pixels.to(vae_device, torch.float32)).latent_dist.mode()
+        return (latents * self.vae_scale).to(self.device)
+
+    def tokenize(self, captions: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(captions), padding="max_length", max_length=self.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt").input_ids
+
+    def encode_captions(self, captions: Sequence[str]) -> Conditioning:
+        ids = self.tokenize(captions).to(self.device)
+        return {"crossattn": encode_clip(self.text_encoder, ids, self.clip_skip)}
+
+    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,
+                image_info: Optional[Sequence] = None) -> torch.Tensor:
+        return self.unet(noisy_latents, timesteps, encoder_hidden_states=cond["crossattn"]).sample

@@ -1,0 +1,89 @@
+"""Model families: what the engine may ask of a kind of base model, without branching on its name.
+
+A family knows how to recognise its single-file checkpoints, its default original (ldm) config, the
+kohya prefixes and module naming of its LoRA files, and the metadata values loaders look for.
+A new family is one new file with a `ModelFamily` subclass plus one entry in `models/__init__.py`.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from ..errors import ModelLoadError
+
+
+class ModelFamily:
+    """Base class; subclasses set the class attributes and override what differs."""
+
+    name: str = ""  # short id: "sd1"
+    title: str = ""  # "Stable Diffusion 1.x"
+    sd_version: str = ""  # the WebUI sidecar's "sd version": "SD1"
+    modelspec_architecture: str = ""  # "stable-diffusion-v1/lora"
+    text_encoder_prefixes: Sequence[str] = ("lora_te",)
+    unet_prefix: str = "lora_unet"
+    is_v2: bool = False
+
+    def base_model_version(self, prediction_type: str) -> str:
+        """kohya's `ss_base_model_version`."""
+        raise NotImplementedError
+
+    def detect_single_file(self, keys: Iterable[str], shapes: Dict[str, Sequence[int]]) -> bool:
+        """True when a single-file checkpoint with these keys/shapes belongs to this family."""
+        raise NotImplementedError
+
+    def detect_diffusers(self, unet_config: Any, text_encoder_config: Any) -> bool:
+        """True when a diffusers folder with these UNet / text-encoder configs belongs to this family."""
+        return False
+
+    def original_config(self, shapes: Dict[str, Sequence[int]]) -> Dict[str, Any]:
+        """Default ldm-style config for a single-file checkpoint of this family."""
+        raise NotImplementedError
+
+    def unet_kohya_path(self, diffusers_path: str, layers_per_block: int) -> str:
+        """Module path used in kohya names for a diffusers UNet module (SD1/SD2: unchanged)."""
+        return diffusers_path
+
+
+class FamilyRegistry:
+    """An ordered list of families; the first whose detector accepts a checkpoint wins."""
+
+    def __init__(self, families: Iterable[ModelFamily]):
+        self.families: List[ModelFamily] = []
+        for fam in families:
+            if any(f.name == fam.name for f in self.families):
+                raise ValueError(f"model family {fam.name!r} registered twice")
+            self.families.append(fam)
+
+    def get(self, name: str) -> ModelFamily:
+        for fam in self.families:
+            if fam.name == name:
+                return fam
+        raise ModelLoadError(f"unknown model family {name!r}; known: {', '.join(f.name for f in self.families)}")
+
+    def detect(self, keys: Iterable[str], shapes: Dict[str, Sequence[int]], source: str = "") -> ModelFamily:
+        keys = list(keys)
+        for fam in self.families:
+            if fam.detect_single_file(keys, shapes):
+                return fam
+        tried = ", ".join(f.title for f in self.families)
+        raise ModelLoadError(f"{source or 'checkpoint'}: not a checkpoint this trainer understands "
+                             f"(tried: {tried}); expected an ldm-layout single file "
+                             f"(keys like model.diffusion_model.*)")
+
+    def detect_diffusers(self, unet_config: Any, text_encoder_config: Any, source: str = "") -> ModelFamily:
+        for fam in self.families:
+            if fam.detect_diffusers(unet_config, text_encoder_config):
+                return fam
+        raise ModelLoadError(f"{source or 'model folder'}: a diffusers model of a kind this trainer does not "
+                             f"know (cross_attention_dim={getattr(unet_config, 'cross_attention_dim', '?')})")
+
+    def names(self) -> List[str]:
+        return [f.name for f in self.families]
+
+
+def nested_get(config: Dict[str, Any], *path: str, default: Optional[Any] = None) -> Any:
+    node: Any = config
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return default
+        node = node[key]
+    return node

@@ -1,0 +1,53 @@
+"""Device and mixed-precision choice from the hardware that is present."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """cuda > mps > cpu for "auto"; otherwise the requested device (error if it is absent)."""
+    from ..errors import ConfigError
+
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config error: device: cuda was requested but no CUDA GPU is available (use device: auto)")
+    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("config error: device: mps was requested but MPS is not available (use device: auto)")
+    return torch.device(requested)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a run computes: autocast dtype (None = fp32), base-weight dtype, and whether a grad scaler is used."""
+
+    name: str
+    autocast_dtype: Optional[torch.dtype]
+    base_dtype: torch.dtype
+    use_grad_scaler: bool
+
+
+def pick_precision(requested: str, device: torch.device) -> Precision:
+    """auto: bf16 on GPUs that support it, else fp16 + grad scaler on CUDA, fp32 on CPU/MPS."""
+    from ..errors import ConfigError
+
+    if device.type != "cuda":
+        if requested in ("fp16", "bf16") and device.type == "cpu":
+            if requested == "fp16":
+                raise ConfigError("config error: mixed_precision: fp16 is not supported on CPU (use auto or bf16)")
+            return Precision("bf16", torch.bfloat16, torch.float32, False)
+        return Precision("no", None, torch.float32, False)
+    if requested == "auto":
+        requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if requested == "bf16":
+        return Precision("bf16", torch.bfloat16, torch.bfloat16, False)
+    if requested == "fp16":
+        return Precision("fp16", torch.float16, torch.float16, True)
+    return Precision("no", None, torch.float32, False)

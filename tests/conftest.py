@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny random SD1-shaped diffusers model and small generated image sets."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from lora_trainer.tiny import build_tiny_sd1
+
+    return build_tiny_sd1(tmp_path_factory.mktemp("models") / "tiny-sd1", seed=0)
+
+
+@pytest.fixture
+def color_data(tmp_path) -> Path:
+    from lora_trainer.tiny import make_color_dataset
+
+    return make_color_dataset(tmp_path / "data", n=4)
+
+
+def make_config(model: Path, data: Path, out: Path, **overrides):
+    """A small CPU training config for the tiny model."""
+    from lora_trainer.config import config_from_dict
+
+    raw = dict(train_data_dir=str(data), base_model=str(model), output_dir=str(out), resolution=64,
+               min_bucket_reso=64, max_bucket_reso=128, lora_rank=4, batch_size=2, max_steps=10,
+               learning_rate=1e-3, seed=0, device="cpu", save_precision="fp32")
+    raw.update(overrides)
+    return config_from_dict(raw)
