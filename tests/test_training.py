@@ -16,7 +16,7 @@ EVAL_TIMESTEPS = [50, 200, 400, 600, 800, 950]
 
 
 def test_loss_drops_on_learnable_data(tmp_path, tiny_model_dir, color_data):
-    cfg = make_config(tiny_model_dir, color_data, tmp_path / "out", max_steps=150, lora_rank=4)
+    cfg = make_config(tiny_model_dir, color_data, tmp_path / "out", max_steps=150, lora_rank=4, learning_rate=3e-3)
     run = LoraRun(cfg, tensorboard=False)
     trainer = run.setup()
     images = list(range(len(trainer.dataset)))

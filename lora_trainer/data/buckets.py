@@ -48,7 +48,7 @@ def resize_plan(width: int, height: int, bucket: Size) -> Tuple[Size, Tuple[int,
     """Size to resize to (covering the bucket) and the (left, top) of the centred crop."""
     bw, bh = bucket
     scale = max(bw / float(width), bh / float(height))
-    rw, rh = max(bw, round(width * scale)), max(bh, round(height * scale))
+    rw, rh = max(bw, int(width * scale)), max(bh, int(height * scale))
     return (rw, rh), ((rw - bw) // 2, (rh - bh) // 2)
 
 

@@ -135,6 +135,8 @@ class TrainingSet:
 
 def image_to_tensor(img: Image.Image, bucket: Size, flip: bool = False) -> torch.Tensor:
     """Resize to cover the bucket, centre-crop to it, optionally flip; to [-1, 1]."""
+    if img.mode != "RGB":
+        img = img.convert("RGB")
     (rw, rh), (left, top) = resize_plan(img.width, img.height, bucket)
     if (rw, rh) != img.size:
         img = img.resize((rw, rh), Image.BICUBIC if rw > img.width else Image.LANCZOS)

@@ -155,6 +155,7 @@ class LoraRun:
         if self.bundle is None:
             self.events.say(f"loading {cfg.base_model}")
             self.bundle = load_model(cfg)
+        self._warn_long_captions(dataset)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.output_dir / "config.yaml", dump_config(cfg))
         self.trainer = Trainer(cfg, dataset, self.bundle, device, precision, self.events)
@@ -162,6 +163,18 @@ class LoraRun:
         if self.tensorboard:
             self.events.add(TensorBoardLogger(self.output_dir / "logs", purge_step=self.trainer.progress.step + 1))
         return self.trainer
+
+    def _warn_long_captions(self, dataset: TrainingSet) -> None:
+        from ..data.doctor import MAX_TOKENS
+
+        long = []
+        for i, r in enumerate(dataset.records):
+            n = self.bundle.count_tokens(dataset.fixed_caption(i))
+            if n is not None and n > MAX_TOKENS:
+                long.append(f"{r.rel} ({n})")
+        if long:
+            self.events.say(f"{len(long)} caption(s) are longer than the text encoder's {MAX_TOKENS}-token window "
+                            f"and will be cut: {', '.join(long[:10])}", logging.WARNING)
 
     def train(self) -> None:
         assert self.trainer is not None, "call setup() first"

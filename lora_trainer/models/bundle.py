@@ -69,6 +69,10 @@ class ModelBundle(ABC):
     def offload_vae(self) -> None:
         """Move the VAE off the accelerator when it is no longer needed (default: nothing)."""
 
+    def count_tokens(self, text: str) -> Optional[int]:
+        """Tokens of a caption without BOS/EOS (None when the bundle cannot tell)."""
+        return None
+
     def vae_fingerprint(self) -> str:
         """A short id of the VAE weights, for keying latent caches on disk."""
         return "vae"

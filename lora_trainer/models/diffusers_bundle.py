@@ -115,6 +115,9 @@ class DiffusersBundle(ModelBundle):
         return self.tokenizer(list(captions), padding="max_length", max_length=self.tokenizer.model_max_length,
                               truncation=True, return_tensors="pt").input_ids
 
+    def count_tokens(self, text: str) -> Optional[int]:
+        return len(self.tokenizer(text).input_ids) - 2
+
     def encode_captions(self, captions: Sequence[str]) -> Conditioning:
         ids = self.tokenize(captions).to(self.device)
         return {"crossattn": encode_clip(self.text_encoder, ids, self.clip_skip)}

@@ -1,0 +1,51 @@
+"""Training on messy data and on cached latents."""
+from __future__ import annotations
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from lora_trainer.engine.run import load_model, train
+from lora_trainer.events import EventRecorder, Message
+
+from conftest import make_config
+from test_dataset import _broken_dataset
+
+
+def test_messy_dataset_trains_to_the_end_on_the_good_images(tmp_path, tiny_model_dir):
+    good = _broken_dataset(tmp_path / "d")
+    cfg = make_config(tiny_model_dir, tmp_path / "d", tmp_path / "out", max_steps=4, batch_size=1)
+    recorder = EventRecorder()
+    result = train(cfg, [recorder])
+    assert result.steps == 4 and result.lora_path.is_file()
+    assert result.report.num_images == len(good)
+    warnings = "\n".join(m.text for m in recorder.of_type(Message))
+    for name in ("truncated.jpg", "empty.png", "notes.png"):
+        assert name in warnings
+    assert "dup_a.png == dup_b.png" in warnings
+    with safe_open(str(result.lora_path), "pt") as f:
+        assert f.metadata()["ss_num_train_images"] == str(len(good))
+
+
+class CountCalls:
+    def __init__(self, module):
+        self.calls = 0
+        module.register_forward_hook(self)
+
+    def __call__(self, *args):
+        self.calls += 1
+
+
+def test_second_run_reads_latents_from_disk_and_matches(tmp_path, tiny_model_dir, color_data):
+    results, calls = [], []
+    for name in ("first", "second"):
+        cfg = make_config(tiny_model_dir, color_data, tmp_path / name, max_steps=5, cache_latents_to_disk=True,
+                          output_name="x")
+        bundle = load_model(cfg)
+        counter = CountCalls(bundle.vae.encoder)
+        results.append(load_file(str(train(cfg, bundle=bundle).lora_path)))
+        calls.append(counter.calls)
+    assert calls[0] > 0 and calls[1] == 0
+    assert list((color_data / ".lora_trainer_cache").glob("*.safetensors"))
+    for key in results[0]:
+        assert torch.equal(results[0][key], results[1][key]), key
