@@ -27,7 +27,7 @@ from ..formats.sidecar import write_sidecar
 from ..models import default_families
 from ..models.bundle import ModelBundle
 from ..utils.atomic import atomic_write_text
-from ..utils.device import pick_device, pick_precision
+from ..utils.device import pick_device, pick_precision, precision_for_weights
 from ..utils.seeding import seed_everything
 from .optim import bitsandbytes_available
 from .trainer import Trainer
@@ -149,12 +149,17 @@ class LoraRun:
             self.events.say(line)
         for line in self.report.problem_lines():
             self.events.say(line, logging.WARNING)
-        device = pick_device(cfg.device)
-        precision = pick_precision(cfg.mixed_precision, device)
-        self.events.say(f"device {device}, precision {precision.name}")
         if self.bundle is None:
             self.events.say(f"loading {cfg.base_model}")
             self.bundle = load_model(cfg)
+        placement = self.bundle.fixed_placement
+        if placement is not None:
+            device = placement[0]
+            precision = precision_for_weights(placement[1], device, cfg.mixed_precision)
+        else:
+            device = pick_device(cfg.device)
+            precision = pick_precision(cfg.mixed_precision, device)
+        self.events.say(f"device {device}, precision {precision.name}")
         self._warn_long_captions(dataset)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.output_dir / "config.yaml", dump_config(cfg))

@@ -14,9 +14,11 @@ The engine knows nothing of diffusers, ldm or the WebUI; it drives a bundle thro
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Dict, List, Optional, Sequence
+import hashlib
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+from torch import nn
 
 from ..lora.network import LoraComponent
 from .family import ModelFamily
@@ -75,4 +77,18 @@ class ModelBundle(ABC):
 
     def vae_fingerprint(self) -> str:
         """A short id of the VAE weights, for keying latent caches on disk."""
-        return "vae"
+        return module_fingerprint(getattr(self, "vae"))
+
+    @property
+    def fixed_placement(self) -> Optional[Tuple[torch.device, torch.dtype]]:
+        """(device, weight dtype) when the model's owner decides them (the WebUI); None: the trainer picks."""
+        return None
+
+
+def module_fingerprint(module: nn.Module, tensors: int = 8) -> str:
+    """A short hash of a module's first few weights (names and leading bytes)."""
+    h = hashlib.sha256()
+    for name, p in sorted(module.state_dict().items())[:tensors]:
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes()[:4096])
+    return h.hexdigest()[:16]

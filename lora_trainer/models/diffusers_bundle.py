@@ -1,7 +1,6 @@
 """DiffusersBundle: a Stable Diffusion model as diffusers UNet/VAE + transformers CLIP (SD1.x, SD2.x)."""
 from __future__ import annotations
 
-import hashlib
 from typing import List, Optional, Sequence
 
 import torch
@@ -97,12 +96,6 @@ class DiffusersBundle(ModelBundle):
     def offload_vae(self) -> None:
         self.vae.to("cpu")
 
-    def vae_fingerprint(self) -> str:
-        h = hashlib.sha256()
-        for name, p in sorted(self.vae.state_dict().items())[:8]:
-            h.update(name.encode())
-            h.update(p.detach().float().cpu().numpy().tobytes()[:4096])
-        return h.hexdigest()[:16]
 
     # ------------------------------------------------------------------ compute
     @torch.no_grad()

@@ -51,3 +51,13 @@ def pick_precision(requested: str, device: torch.device) -> Precision:
     if requested == "fp16":
         return Precision("fp16", torch.float16, torch.float16, True)
     return Precision("no", None, torch.float32, False)
+
+
+def precision_for_weights(weight_dtype: torch.dtype, device: torch.device, requested: str) -> Precision:
+    """Precision when the base weights' dtype is fixed by their owner (the WebUI): compute in that dtype."""
+    if weight_dtype == torch.float16:
+        return Precision("fp16", torch.float16, torch.float16, device.type == "cuda")
+    if weight_dtype == torch.bfloat16:
+        return Precision("bf16", torch.bfloat16, torch.bfloat16, False)
+    chosen = pick_precision(requested, device)
+    return Precision(chosen.name, chosen.autocast_dtype, torch.float32, chosen.use_grad_scaler)

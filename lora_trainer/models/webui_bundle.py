@@ -1,0 +1,160 @@
+"""WebUIBundle: train the model the WebUI already holds in memory (ldm `LatentDiffusion`, SD1.x).
+
+Why LoRA layers go on the ldm modules themselves (and not on diffusers modules sharing storage): the
+WebUI's model is used as it is, so no second set of modules, no key conversion at load and no risk of
+two objects disagreeing about one weight. peft wraps each target `nn.Linear`/1x1 `nn.Conv2d` in place;
+the wrapped layer keeps its parameter objects, so every base weight keeps its storage and dtype (fp16
+when the WebUI runs half). `restore()` takes every wrapper and every flag this bundle changed back out.
+
+Conditioning comes from the WebUI's own text-encoder path (`sd_model.cond_stage_model(texts)`), so
+its tokenisation, emphasis syntax and clip-skip setting are exactly what txt2img uses; noise
+predictions come from `sd_model.apply_model`. kohya names are made from the ldm module paths mapped to
+the diffusers paths that SD1 kohya files use.
+
+This module never imports the WebUI (`modules.*`): it only uses the model object it is given.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..errors import ModelLoadError
+from ..lora.kohya_names import kohya_name, ldm_to_diffusers_unet_path, text_encoder_path
+from ..lora.network import LoraComponent
+from ..lora.targets import text_encoder_targets, unet_targets
+from .bundle import Conditioning, ModelBundle
+from .family import ModelFamily
+
+CHECKPOINTED_BLOCKS = ("BasicTransformerBlock", "ResBlock")
+
+
+def find_clip_text_model(cond_stage_model: nn.Module) -> nn.Module:
+    """The transformers CLIPTextModel inside the WebUI's SD1 text-encoder wrapper."""
+    for path in ("wrapped.transformer", "transformer"):
+        try:
+            return cond_stage_model.get_submodule(path)
+        except AttributeError:
+            continue
+    raise ModelLoadError("the loaded model's text encoder is not a CLIP text model this trainer knows "
+                         f"({type(cond_stage_model).__name__})")
+
+
+class WebUIBundle(ModelBundle):
+    """An ldm LatentDiffusion (the WebUI's `shared.sd_model`) trained in place."""
+
+    def __init__(self, sd_model: nn.Module, family: ModelFamily, name: str = "", offload_vae: bool = False):
+        self.sd_model = sd_model
+        self.family = family
+        self.name = name
+        self.unet = sd_model.model.diffusion_model
+        self.text_encoder = find_clip_text_model(sd_model.cond_stage_model)
+        self.vae = sd_model.first_stage_model
+        self.prediction_type = "v_prediction" if getattr(sd_model, "parameterization", "eps") == "v" else "epsilon"
+        self.alphas_cumprod = sd_model.alphas_cumprod.detach().float().cpu().clone()
+        self.scale_factor = float(sd_model.scale_factor)
+        self.latent_channels = int(getattr(sd_model, "channels", 4))
+        ddconfig = getattr(self.vae, "encoder", None)
+        self.vae_factor = 2 ** (len(getattr(ddconfig, "down", [])) - 1) if ddconfig is not None else 8
+        self.device = next(self.unet.parameters()).device
+        self.base_dtype = next(self.unet.parameters()).dtype
+        self._offload_vae_setting = offload_vae
+        self._saved: Optional[Dict[str, Any]] = None
+        self._checkpointed: List[nn.Module] = []
+
+    @property
+    def fixed_placement(self) -> Tuple[torch.device, torch.dtype]:
+        """The WebUI decides device and weight dtype; the trainer follows."""
+        return self.device, self.base_dtype
+
+    # ------------------------------------------------------------------ LoRA
+    def lora_components(self, train_text_encoder: bool) -> List[LoraComponent]:
+        fam = self.family
+        layers = self._layers_per_block()
+        comps = [LoraComponent(
+            "unet", self.unet, unet_targets(self.unet),
+            lambda p: kohya_name(fam.unet_prefix, fam.unet_kohya_path(ldm_to_diffusers_unet_path(p, layers), layers)))]
+        if train_text_encoder:
+            prefix = fam.text_encoder_prefixes[0]
+            comps.append(LoraComponent("text_encoder", self.text_encoder, text_encoder_targets(self.text_encoder),
+                                       lambda p: kohya_name(prefix, text_encoder_path(p))))
+        return comps
+
+    def _layers_per_block(self) -> int:
+        nrb = getattr(self.unet, "num_res_blocks", 2)
+        return int(nrb[0] if isinstance(nrb, (list, tuple)) else nrb)
+
+    # ------------------------------------------------------------------ setup / restore
+    def prepare(self, device: torch.device, base_dtype: torch.dtype, gradient_checkpointing: bool,
+                train_text_encoder: bool) -> None:
+        """Freeze in place; nothing is moved or cast (the WebUI's placement is kept)."""
+        model = self.sd_model
+        self._saved = {
+            "requires_grad": {id(p): p.requires_grad for p in model.parameters()},
+            "params": list(model.parameters()),
+            "training": {id(m): m.training for m in model.modules()},
+            "modules": list(model.modules()),
+            "vae_device": next(self.vae.parameters()).device,
+        }
+        model.requires_grad_(False)
+        model.eval()
+        if gradient_checkpointing:
+            self._enable_checkpointing(self.unet)
+            if train_text_encoder:
+                self._enable_checkpointing(self.text_encoder, ("CLIPEncoderLayer",))
+
+    def _enable_checkpointing(self, root: nn.Module, names: Sequence[str] = CHECKPOINTED_BLOCKS) -> None:
+        """Non-reentrant activation checkpointing on each block, as an instance attribute (undone by restore)."""
+        from torch.utils.checkpoint import checkpoint
+
+        for module in root.modules():
+            if type(module).__name__ in names and "forward" not in module.__dict__:
+                original = module.forward
+
+                def forward(*args, _original=original, **kwargs):
+                    if torch.is_grad_enabled():
+                        return checkpoint(_original, *args, use_reentrant=False, **kwargs)
+                    return _original(*args, **kwargs)
+
+                module.forward = forward
+                self._checkpointed.append(module)
+
+    def restore(self) -> None:
+        """Undo prepare(): flags, modes, checkpointing and the VAE's device, exactly as they were."""
+        for module in self._checkpointed:
+            module.__dict__.pop("forward", None)
+        self._checkpointed = []
+        saved, self._saved = self._saved, None
+        if not saved:
+            return
+        for p in saved["params"]:
+            p.requires_grad_(saved["requires_grad"][id(p)])
+        for m in saved["modules"]:
+            m.training = saved["training"][id(m)]
+        if next(self.vae.parameters()).device != saved["vae_device"]:
+            self.vae.to(saved["vae_device"])
+
+    def offload_vae(self) -> None:
+        if self._offload_vae_setting:
+            self.vae.to("cpu")
+
+
+    # ------------------------------------------------------------------ compute
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        p = next(self.vae.parameters())
+        posterior = self.sd_model.encode_first_stage(pixels.to(p.device, p.dtype))
+        latents = posterior.mode() if hasattr(posterior, "mode") else posterior
+        return (latents.float() * self.scale_factor).to(self.device)
+
+    def encode_captions(self, captions: Sequence[str]) -> Conditioning:
+        return {"crossattn": self.sd_model.cond_stage_model(list(captions))}
+
+    def count_tokens(self, text: str) -> Optional[int]:
+        tokenizer = getattr(getattr(self.sd_model.cond_stage_model, "wrapped", None), "tokenizer", None)
+        return len(tokenizer(text).input_ids) - 2 if tokenizer is not None else None
+
+    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,
+                image_info: Optional[Sequence] = None) -> torch.Tensor:
+        return self.sd_model.apply_model(noisy_latents, timesteps, cond["crossattn"])
