@@ -99,6 +99,7 @@ class Trainer:
             captions = [self.dataset.fixed_caption(i) for i in range(len(self.dataset))]
             with self._autocast():
                 self.text_cache.build(captions, self.bundle.encode_captions)
+            self.bundle.offload_text_encoder()
 
     def _autocast(self):
         dtype = self.precision.autocast_dtype

@@ -71,6 +71,9 @@ class ModelBundle(ABC):
     def offload_vae(self) -> None:
         """Move the VAE off the accelerator when it is no longer needed (default: nothing)."""
 
+    def offload_text_encoder(self) -> None:
+        """Move a frozen text encoder off the accelerator once captions are cached (default: nothing)."""
+
     def count_tokens(self, text: str) -> Optional[int]:
         """Tokens of a caption without BOS/EOS (None when the bundle cannot tell)."""
         return None

@@ -44,7 +44,7 @@ def find_clip_text_model(cond_stage_model: nn.Module) -> nn.Module:
 class WebUIBundle(ModelBundle):
     """An ldm LatentDiffusion (the WebUI's `shared.sd_model`) trained in place."""
 
-    def __init__(self, sd_model: nn.Module, family: ModelFamily, name: str = "", offload_vae: bool = False):
+    def __init__(self, sd_model: nn.Module, family: ModelFamily, name: str = "", offload: bool = False):
         self.sd_model = sd_model
         self.family = family
         self.name = name
@@ -59,7 +59,7 @@ class WebUIBundle(ModelBundle):
         self.vae_factor = 2 ** (len(getattr(ddconfig, "down", [])) - 1) if ddconfig is not None else 8
         self.device = next(self.unet.parameters()).device
         self.base_dtype = next(self.unet.parameters()).dtype
-        self._offload_vae_setting = offload_vae
+        self._offload = offload  # move the VAE / frozen text encoder to the CPU while training
         self._saved: Optional[Dict[str, Any]] = None
         self._checkpointed: List[nn.Module] = []
 
@@ -95,7 +95,8 @@ class WebUIBundle(ModelBundle):
             "params": list(model.parameters()),
             "training": {id(m): m.training for m in model.modules()},
             "modules": list(model.modules()),
-            "vae_device": next(self.vae.parameters()).device,
+            "devices": {"vae": next(self.vae.parameters()).device,
+                        "text": next(self.sd_model.cond_stage_model.parameters()).device},
         }
         model.requires_grad_(False)
         model.eval()
@@ -132,12 +133,17 @@ class WebUIBundle(ModelBundle):
             p.requires_grad_(saved["requires_grad"][id(p)])
         for m in saved["modules"]:
             m.training = saved["training"][id(m)]
-        if next(self.vae.parameters()).device != saved["vae_device"]:
-            self.vae.to(saved["vae_device"])
+        for module, key in ((self.vae, "vae"), (self.sd_model.cond_stage_model, "text")):
+            if next(module.parameters()).device != saved["devices"][key]:
+                module.to(saved["devices"][key])
 
     def offload_vae(self) -> None:
-        if self._offload_vae_setting:
+        if self._offload:
             self.vae.to("cpu")
+
+    def offload_text_encoder(self) -> None:
+        if self._offload:
+            self.sd_model.cond_stage_model.to("cpu")
 
 
     # ------------------------------------------------------------------ compute

@@ -1,0 +1,175 @@
+"""The trainer inside a running WebUI: train `shared.sd_model` through the GPU queue, then put the LoRA
+into the Lora folder and refresh the Lora list. Imports `modules.*` only inside functions."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Sequence
+
+from ..backend import TrainerBackend
+from ..config import TrainConfig, config_from_dict
+from ..errors import ModelLoadError
+from ..events import Callback
+from ..jobs import JobManager
+from .lora_folder import install_lora
+from .progress import WebUIStateProgress
+
+SECTION = ("lora_trainer", "LoRA Trainer")
+# key: (default, label)
+SETTINGS: Dict[str, tuple] = {
+    "lora_trainer_workspace": ("", "Folder for training runs (checkpoints, logs, samples); empty: outputs/lora_trainer"),
+    "lora_trainer_copy_to_addnet": (False, "Also copy new LoRAs into sd-webui-additional-networks' models/lora folder"),
+    "lora_trainer_preferred_weight": (0.8, "Preferred weight written into new LoRAs' cards"),
+    "lora_trainer_offload": (False, "Move the VAE (and a frozen text encoder) to the CPU while training"),
+    "lora_trainer_overwrite": (False, "Overwrite a LoRA of the same name (off: add -1, -2 ...)"),
+}
+
+
+def opt(key: str) -> Any:
+    from modules import shared
+
+    return getattr(shared.opts, key, SETTINGS[key][0])
+
+
+def webui_root() -> Path:
+    from modules import paths
+
+    return Path(paths.script_path)
+
+
+def lora_dir() -> Path:
+    from modules import shared
+
+    return Path(shared.cmd_opts.lora_dir)
+
+
+def workspace() -> Path:
+    return Path(opt("lora_trainer_workspace") or webui_root() / "outputs" / "lora_trainer")
+
+
+def _networks():
+    """The built-in Lora extension's `networks` module (None when that extension is disabled)."""
+    return sys.modules.get("networks")
+
+
+def clear_active_networks(sd_model) -> None:
+    """Deactivate every built-in Lora network and put the original weights back in place right now."""
+    networks = _networks()
+    if networks is None:
+        return
+    networks.load_networks([])
+    import torch
+
+    kinds = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.MultiheadAttention)
+    for module in sd_model.modules():
+        if isinstance(module, kinds) and hasattr(module, "network_current_names"):
+            networks.network_apply_weights(module)
+
+
+def refresh_networks(name: str) -> None:
+    """Re-read the Lora folder and drop any cached copy of `name` so a retrained file is really reloaded."""
+    networks = _networks()
+    if networks is None:
+        return
+    networks.networks_in_memory.pop(name, None)
+    networks.list_available_networks()
+
+
+def make_webui_bundle(sd_model, name: str, offload: bool):
+    from ..models import default_families
+
+    bundle = default_families().webui_bundle(sd_model, name=name, offload=offload)
+    if bundle is None:
+        raise ModelLoadError(f"the loaded checkpoint ({name}) is of a model family this trainer cannot train yet")
+    return bundle
+
+
+def train_in_webui(config: TrainConfig, callbacks: Sequence[Callback]):
+    """Train the loaded checkpoint, then install the LoRA into the Lora folder (called under the queue lock)."""
+    from modules import shared
+
+    from ..engine.run import train
+
+    sd_model = shared.sd_model
+    if sd_model is None:
+        raise ModelLoadError("no checkpoint is loaded in the WebUI: load one in the checkpoint dropdown first")
+    clear_active_networks(sd_model)
+    info = getattr(sd_model, "sd_checkpoint_info", None)
+    bundle = make_webui_bundle(sd_model, getattr(info, "name_for_extra", None) or getattr(info, "title", "model"),
+                               bool(opt("lora_trainer_offload")))
+    result = train(config, [WebUIStateProgress(shared.state), *callbacks], bundle=bundle)
+    also = [webui_root() / "extensions" / "sd-webui-additional-networks" / "models" / "lora"] \
+        if opt("lora_trainer_copy_to_addnet") else []
+    installed = install_lora(result.lora_path, lora_dir(), overwrite=bool(opt("lora_trainer_overwrite")),
+                             name=config.effective_output_name, also=also)
+    refresh_networks(installed.stem)
+    return dataclasses.replace(result, lora_path=installed)
+
+
+def webui_runner(body: Callable[[], Any]) -> Any:
+    """Run `body` through the WebUI's GPU queue (queue lock, shared.state.begin/end) and keep its result/error."""
+    from modules.call_queue import wrap_gradio_gpu_call
+
+    box: Dict[str, Any] = {}
+
+    def job(*_args):
+        try:
+            box["result"] = body()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, outside the WebUI's wrapper
+            box["error"] = exc
+        return [""]
+
+    wrap_gradio_gpu_call(job, extra_outputs=[""])(f"task(lora_trainer_{int(time.time() * 1000)})")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+class WebUIBackend(TrainerBackend):
+    """The page inside the WebUI: trains the loaded checkpoint; results go to the Lora folder."""
+
+    in_webui = True
+
+    def __init__(self) -> None:
+        super().__init__(JobManager(runner=webui_runner, train_fn=train_in_webui))
+
+    def model_description(self) -> str:
+        from modules import shared
+
+        info = getattr(shared.sd_model, "sd_checkpoint_info", None) if shared.sd_model is not None else None
+        return f"Training uses the loaded checkpoint: {getattr(info, 'title', 'none loaded')}"
+
+    def default_output_dir(self, name: str) -> str:
+        return str(workspace() / name)
+
+    def results_folders(self) -> List[Path]:
+        return [lora_dir()]
+
+    def make_config(self, raw: Dict[str, Any]) -> TrainConfig:
+        from modules import shared
+
+        raw = dict(raw)
+        info = getattr(shared.sd_model, "sd_checkpoint_info", None) if shared.sd_model is not None else None
+        raw["base_model"] = getattr(info, "filename", None) or "webui-loaded-model"
+        raw.setdefault("preferred_weight", float(opt("lora_trainer_preferred_weight")))
+        if not raw.get("output_dir"):
+            raw["output_dir"] = self.default_output_dir(raw.get("output_name") or "my_lora")
+        return config_from_dict(raw)
+
+
+def register_settings() -> None:
+    """Add the trainer's section to the WebUI's Settings."""
+    from modules import shared
+
+    for key, (default, label) in SETTINGS.items():
+        shared.opts.add_option(key, shared.OptionInfo(default, label, section=SECTION))
+
+
+def describe_missing(exc: BaseException) -> str:
+    """One line telling the user what to install when the trainer cannot import."""
+    name = getattr(exc, "name", None) or str(exc)
+    return (f"LoRA Trainer cannot start: {name} is missing or broken ({exc}). Restart the WebUI so that the "
+            f"extension's install.py runs, or run: pip install diffusers==0.31.0 peft==0.13.2")
+
