@@ -17,11 +17,12 @@ from .lora_folder import install_lora
 from .progress import WebUIStateProgress
 
 SECTION = ("lora_trainer", "LoRA Trainer")
-# key: (default, label)
+# key: (default, label[, slider range])
 SETTINGS: Dict[str, tuple] = {
     "lora_trainer_workspace": ("", "Folder for training runs (checkpoints, logs, samples); empty: outputs/lora_trainer"),
     "lora_trainer_copy_to_addnet": (False, "Also copy new LoRAs into sd-webui-additional-networks' models/lora folder"),
-    "lora_trainer_preferred_weight": (0.8, "Preferred weight written into new LoRAs' cards"),
+    "lora_trainer_preferred_weight": (0.8, "Preferred weight written into new LoRAs' cards",
+                                      {"minimum": 0.0, "maximum": 2.0, "step": 0.05}),
     "lora_trainer_offload": (False, "Move the VAE (and a frozen text encoder) to the CPU while training"),
     "lora_trainer_overwrite": (False, "Overwrite a LoRA of the same name (off: add -1, -2 ...)"),
 }
@@ -163,13 +164,21 @@ def register_settings() -> None:
     """Add the trainer's section to the WebUI's Settings."""
     from modules import shared
 
-    for key, (default, label) in SETTINGS.items():
-        shared.opts.add_option(key, shared.OptionInfo(default, label, section=SECTION))
+    import gradio as gr
+
+    for key, (default, label, *slider) in SETTINGS.items():
+        if slider:
+            info = shared.OptionInfo(default, label, gr.Slider, slider[0], section=SECTION)
+        else:
+            info = shared.OptionInfo(default, label, section=SECTION)
+        shared.opts.add_option(key, info)
 
 
 def describe_missing(exc: BaseException) -> str:
-    """One line telling the user what to install when the trainer cannot import."""
-    name = getattr(exc, "name", None) or str(exc)
-    return (f"LoRA Trainer cannot start: {name} is missing or broken ({exc}). Restart the WebUI so that the "
-            f"extension's install.py runs, or run: pip install diffusers==0.31.0 peft==0.13.2")
+    """One line telling the user what to install when the trainer cannot start."""
+    name = getattr(exc, "name", None) or ""
+    if isinstance(exc, ImportError) and name.split(".")[0] in ("diffusers", "peft", "transformers", "accelerate"):
+        return (f"LoRA Trainer needs {name.split('.')[0]}: restart the WebUI so that the extension's install.py "
+                f"runs, or run in the WebUI's venv: pip install diffusers==0.31.0 peft==0.13.2")
+    return f"LoRA Trainer cannot start: {type(exc).__name__}: {exc}"
 

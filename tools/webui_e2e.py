@@ -1,0 +1,82 @@
+"""End-to-end check against a running AUTOMATIC1111 WebUI with this extension installed (not a unit test).
+
+Trains a short LoRA on the loaded checkpoint through the extension's API, then checks: the job
+finishes; the file is listed by GET /sdapi/v1/loras; the WebUI's own Lora loader matched every module
+of the file (checked inside the WebUI process by /lora_trainer/v1/verify); txt2img with
+<lora:name:1> differs from txt2img without it, and without it equals the image from before training.
+
+    python tools/webui_e2e.py --data DIR [--url http://127.0.0.1:7860] [--name NAME] [--steps 6]
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import sys
+import time
+import urllib.request
+
+import numpy as np
+from PIL import Image
+
+
+def call(url: str, path: str, payload=None, timeout: float = 1800):
+    data = None if payload is None else json.dumps(payload).encode()
+    req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"},
+                                 method="POST" if payload is not None else "GET")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def txt2img(url: str, prompt: str, size: int) -> np.ndarray:
+    res = call(url, "/sdapi/v1/txt2img", dict(prompt=prompt, width=size, height=size, steps=4, cfg_scale=7,
+                                              seed=1234, sampler_name="Euler"))
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(res["images"][0]))).convert("RGB")).astype(np.float32)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--url", default="http://127.0.0.1:7860")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--name", default=f"e2e_{int(time.time())}")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--resolution", type=int, default=128)
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-2)
+    a = ap.parse_args()
+    prompt = "shpz, a red circle"
+    before = txt2img(a.url, prompt, a.image_size)
+    config = dict(train_data_dir=a.data, output_name=a.name, resolution=a.resolution, min_bucket_reso=64,
+                  max_bucket_reso=max(256, a.resolution), lora_rank=4, batch_size=1, max_steps=a.steps,
+                  learning_rate=a.lr, trigger_word="shpz", train_text_encoder=True)
+    t0 = time.time()
+    call(a.url, "/lora_trainer/v1/train", config)
+    while True:
+        status = call(a.url, "/lora_trainer/v1/status")
+        if status["state"] not in ("running", "stopping"):
+            break
+        time.sleep(3)
+    print(f"job {status['state']} after {time.time() - t0:.0f} s: {status['step']}/{status['total_steps']} steps, "
+          f"loss {status['loss']}, file {status['lora_path']}, error {status['error']}")
+    name = status["lora_path"].rsplit("/", 1)[-1].rsplit(".", 1)[0] if status["lora_path"] else a.name
+    listed = [l["name"] for l in call(a.url, "/sdapi/v1/loras")]
+    verify = call(a.url, f"/lora_trainer/v1/verify/{name}")
+    after = txt2img(a.url, prompt, a.image_size)
+    with_lora = txt2img(a.url, f"{prompt} <lora:{name}:1>", a.image_size)
+    checks = {
+        "job finished": status["state"] == "finished",
+        "listed by /sdapi/v1/loras": name in listed,
+        f"every module matched ({verify['modules_matched']}/{verify['modules_in_file']})":
+            verify["modules_in_file"] > 0 and not verify["unmatched"],
+        "txt2img without the LoRA unchanged by training": float(np.abs(after - before).max()) == 0.0,
+        f"<lora:{name}:1> changes the image (mean abs diff {np.abs(with_lora - after).mean():.2f}/255)":
+            float(np.abs(with_lora - after).mean()) > 0.5,
+    }
+    for text, ok in checks.items():
+        print(f"{'ok  ' if ok else 'FAIL'} {text}")
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
