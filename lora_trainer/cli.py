@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
@@ -51,18 +52,50 @@ class TerminalProgress(Callback):
             self.bar.close()
 
 
+class StopOnSignal(Callback):
+    """Ctrl-C / SIGTERM: finish the current step, save the LoRA and the state, exit 0. A second one quits at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            self.uninstall()
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step and saving (press Ctrl-C again to quit at once)", file=sys.stderr,
+              flush=True)
+
+    def should_stop(self) -> bool:
+        return self.requested
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config, parse_overrides
     from .engine.run import train
 
     config = load_config(args.config, parse_overrides(args.set or []))
-    progress = TerminalProgress()
+    progress, stopper = TerminalProgress(), StopOnSignal()
+    stopper.install()
     try:
-        result = train(config, [progress])
+        result = train(config, [progress, stopper])
     finally:
+        stopper.uninstall()
         progress.close()
     name = result.lora_path.stem
     print(f"LoRA written to {result.lora_path}")
+    if result.stopped_early:
+        print(f"stopped at step {result.steps}; continue with: python -m lora_trainer train --config {args.config} "
+              f"--set resume=true")
     print(f"use it with <lora:{name}:{config.preferred_weight:g}>")
     return 0
 

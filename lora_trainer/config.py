@@ -57,7 +57,7 @@ class TrainConfig:
     bucket_reso_steps: int = _opt(64, "Bucket sides are multiples of this (64 matches kohya; must be a multiple of 8).", minimum=8)
     bucket_no_upscale: bool = _opt(False, "Never upscale a small image: its bucket is at most its own size.")
     flip_aug: bool = _opt(False, "Random horizontal flips (needs pixels every step, so latents are not cached in memory).")
-    cache_latents: Union[str, bool] = _opt("auto", "Encode every image once with the VAE. auto: on unless flip_aug needs per-step pixels.", choices=CACHE_MODES)
+    cache_latents: Union[str, bool] = _opt("auto", "Encode every image once with the VAE (auto = on; with flip_aug the flipped images are cached too).", choices=CACHE_MODES)
     cache_latents_to_disk: bool = _opt(False, "Also keep encoded latents on disk (a cache folder beside the images) so a re-run skips the VAE.")
     cache_text_encoder_outputs: Union[str, bool] = _opt("auto", "Encode each caption once. auto: on when the text encoder is frozen and captions are fixed.", choices=CACHE_MODES)
     num_workers: int = _opt(0, "Data-loader worker processes for per-step image loading (0 = main process).", minimum=0)
@@ -74,7 +74,8 @@ class TrainConfig:
     lora_alpha: Optional[float] = _opt(None, "LoRA alpha; effective scale is alpha/rank. Default: equal to lora_rank.", minimum=0.0)
     lora_dropout: float = _opt(0.0, "Dropout on the LoRA path during training.", minimum=0.0, maximum=1.0)
     train_text_encoder: bool = _opt(False, "Also train LoRA layers in the text encoder.")
-    init_lora: Optional[str] = _opt(None, "Continue from an existing kohya LoRA file (rank and alpha are read from it).")
+    init_lora: Optional[str] = _opt(None, "Continue from an existing kohya LoRA file (rank and alpha are read from it; fresh optimizer and step counter).")
+    resume: Union[bool, str] = _opt(False, "true: continue this output_dir's interrupted run exactly (or a path to its state/ folder).")
 
     # --- optimisation ---
     batch_size: int = _opt(1, "Images per batch. Out of memory: lower it, or enable gradient_checkpointing.", minimum=1)
@@ -95,6 +96,7 @@ class TrainConfig:
     mixed_precision: str = _opt("auto", "auto: bf16 where the GPU supports it, else fp16 on CUDA, fp32 on CPU.", choices=PRECISIONS)
     gradient_checkpointing: bool = _opt(False, "Trade ~20% speed for much less memory.")
     seed: int = _opt(42, "Random seed: the same seed and config give the same LoRA.")
+    max_nonfinite_steps: int = _opt(5, "Stop after this many steps in a row with a NaN/inf loss (each one is skipped).", minimum=1)
     device: str = _opt("auto", "cuda, mps or cpu; auto picks the best available.", choices=DEVICES)
 
     # --- output ---
@@ -201,6 +203,11 @@ def _check_type(name: str, value: Any) -> Any:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"config error: {name}: expected text, got {value!r}")
         return str(value)
+    if origin is Union:
+        if not isinstance(value, args):
+            names = " or ".join("true/false" if a is bool else "text" if a is str else a.__name__ for a in args)
+            raise ConfigError(f"config error: {name}: expected {names}, got {value!r}")
+        return value
     if origin in (list, List) or origin in (dict, Dict):
         want = list if origin in (list, List) else dict
         if not isinstance(value, want):

@@ -21,7 +21,7 @@ from ..data.doctor import DatasetReport, build_report
 from ..data.scan import scan_dataset
 from ..errors import ConfigError, DatasetError, LoraTrainerError
 from ..events import Callback, CheckpointSaved, Events, RunEnded
-from ..formats.kohya import save_kohya_lora
+from ..formats.kohya import load_kohya_lora, rank_and_alpha, save_kohya_lora
 from ..formats.metadata import training_metadata
 from ..formats.sidecar import write_sidecar
 from ..models import default_families
@@ -29,6 +29,7 @@ from ..models.bundle import ModelBundle
 from ..utils.atomic import atomic_write_text
 from ..utils.device import pick_device, pick_precision, precision_for_weights
 from ..utils.seeding import seed_everything
+from .checkpoint import load_state, model_identity, restore_trainer, run_fingerprint, save_state, state_path
 from .optim import bitsandbytes_available
 from .trainer import Trainer
 
@@ -117,6 +118,8 @@ class TensorBoardLogger(Callback):
             if event.loss is not None:
                 self.writer.add_scalar("loss", event.loss, event.step)
             self.writer.add_scalar("lr", event.lr, event.step)
+        elif isinstance(event, CheckpointSaved):
+            self.writer.flush()  # a resumed run continues from here: everything up to it is on disk
         elif isinstance(event, RunEnded):
             self.writer.flush()
             self.writer.close()
@@ -136,6 +139,7 @@ class LoraRun:
         self.trainer: Optional[Trainer] = None
         self.report: Optional[DatasetReport] = None
         self.tensorboard = tensorboard
+        self.fingerprint: Dict[str, Any] = {}
 
     # ------------------------------------------------------------------ steps
     def setup(self) -> Trainer:
@@ -164,10 +168,41 @@ class LoraRun:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.output_dir / "config.yaml", dump_config(cfg))
         self.trainer = Trainer(cfg, dataset, self.bundle, device, precision, self.events)
-        self.trainer.setup()
+        init = self._read_init_lora()
+        self.trainer.setup(*(rank_and_alpha(init) if init else (None, None)))
+        if init:
+            self.trainer.network.load_kohya_state_dict(init)
+            self.events.say(f"continuing from {cfg.init_lora} (rank {self.trainer.network.rank}, alpha "
+                            f"{self.trainer.network.alpha:g}); optimizer and step counter start fresh")
+        self.fingerprint = run_fingerprint(cfg, dataset, model_identity(cfg.base_model, self.bundle.name))
+        if cfg.resume:
+            state = load_state(state_path(self.output_dir, cfg.resume))
+            restore_trainer(self.trainer, state, self.fingerprint)
+            self.events.say(f"resuming at step {self.trainer.progress.step} of {self.trainer.schedule['total_steps']}")
+        self._check_room()
         if self.tensorboard:
             self.events.add(TensorBoardLogger(self.output_dir / "logs", purge_step=self.trainer.progress.step + 1))
         return self.trainer
+
+    def _read_init_lora(self) -> Optional[Dict[str, torch.Tensor]]:
+        if not self.config.init_lora:
+            return None
+        tensors, _ = load_kohya_lora(self.config.init_lora)
+        return tensors
+
+    def _check_room(self) -> None:
+        """Enough free disk for every checkpoint and the training state, before any step is spent."""
+        lora_bytes = sum(p.numel() for p in self.trainer.network.parameters()) * \
+            SAVE_DTYPES[self.config.save_precision].itemsize
+        total = self.trainer.schedule["total_steps"]
+        saves = 1 + (total // self.config.save_steps if self.config.save_steps else 0)
+        state_bytes = 4 * lora_bytes * 4 // SAVE_DTYPES[self.config.save_precision].itemsize
+        need = saves * lora_bytes + state_bytes
+        free = shutil.disk_usage(self.output_dir).free
+        if free < need:
+            raise LoraTrainerError(f"output_dir {str(self.output_dir)!r} has {free / 2**20:.0f} MiB free but the "
+                                   f"checkpoints and training state need about {need / 2**20:.0f} MiB; free some "
+                                   f"space, raise save_steps, or pick another output_dir")
 
     def _warn_long_captions(self, dataset: TrainingSet) -> None:
         from ..data.doctor import MAX_TOKENS
@@ -201,9 +236,11 @@ class LoraRun:
         return save_kohya_lora(path, tensors, self.metadata(step, epoch))
 
     def save_checkpoint(self, step: int, epoch: int, final: bool = False) -> Path:
+        """A LoRA file (`<name>-stepNNNNNNNN` or the final `<name>`) plus the training state for resuming."""
         name = self.config.effective_output_name
         path = self.lora_path if final else self.output_dir / f"{name}-step{step:08d}.safetensors"
         self.save_lora(path, step, epoch)
+        save_state(state_path(self.output_dir), self.trainer, self.fingerprint)
         self.checkpoints.append(path)
         self.events.emit(CheckpointSaved(path, step, final))
         return path
@@ -211,6 +248,10 @@ class LoraRun:
     def save_final(self) -> Path:
         p = self.trainer.progress
         path = self.save_checkpoint(p.step, p.epoch + 1, final=True)
+        total = self.trainer.schedule["total_steps"]
+        if p.step < total:
+            self.events.say(f"stopped at step {p.step} of {total}; the LoRA so far is {path}. To finish this run, "
+                            f"train again with the same config and resume: true (--set resume=true)")
         write_sidecar(path, sd_version=self.bundle.family.sd_version, activation_text=self.config.trigger_word or "",
                       preferred_weight=self.config.preferred_weight,
                       description=f"Trained with lora_trainer on {self.trainer.dataset.samples_per_epoch} "

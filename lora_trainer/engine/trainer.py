@@ -7,6 +7,7 @@ uninterrupted run sees, and nothing outside the loop (samples, evaluations) can 
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,11 +18,13 @@ import torch
 from ..config import TrainConfig
 from ..data.cache import LatentCache, TextCache
 from ..data.dataset import Sample, TrainingSet, stack_pixels
+from ..errors import TrainingStopped
 from ..events import Events, RunStarted, StepEnded
 from ..lora.network import LoraNetwork
 from ..models.bundle import Conditioning, ModelBundle
 from ..utils.device import Precision
 from ..utils.seeding import generator
+from .faults import FaultInjector
 from .diffusion import add_noise, make_noise, min_snr_weights, per_sample_mse, training_target
 from .optim import build_optimizer, build_scheduler
 
@@ -34,6 +37,19 @@ class Progress:
     epoch: int = 0
     samples_seen: int = 0
     losses: List[float] = field(default_factory=list)
+    nonfinite_steps: int = 0  # steps skipped because the loss or the gradients were not finite
+    consecutive_nonfinite: int = 0
+
+
+NONFINITE_ADVICE = ("usual fixes: mixed_precision: bf16 instead of fp16 (or no), a lower learning_rate, "
+                    "max_grad_norm: 1.0, and a VAE that does not overflow in fp16")
+OOM_ADVICE = ("lower resolution, batch_size or lora_rank, turn on cache_latents, or train on a GPU with more "
+              "memory (python -m lora_trainer plan --config ... shows what fits)")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or \
+        (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
 def schedule_length(config: TrainConfig, dataset: TrainingSet) -> Dict[str, int]:
@@ -62,6 +78,9 @@ class Trainer:
         self.latent_cache: Optional[LatentCache] = None
         self.text_cache: Optional[TextCache] = None
         self.micro_batch_size = config.batch_size
+        self.forced_checkpointing = False
+        self.faults = FaultInjector()
+        self.max_nonfinite_steps = config.max_nonfinite_steps
 
     # ------------------------------------------------------------------ setup
     def setup(self, network_rank: Optional[int] = None, network_alpha: Optional[float] = None) -> None:
@@ -151,6 +170,43 @@ class Trainer:
         return self.bundle.vae_factor
 
     def optimizer_step(self, step: int, batches: Sequence[Sequence[Sample]]) -> torch.Tensor:
+        """One optimizer step; on out-of-memory, retry it with smaller micro-batches (same samples)."""
+        while True:
+            try:
+                return self._optimizer_step(step, batches)
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+                if not is_out_of_memory(exc):
+                    raise
+                self._recover_from_oom(step)
+
+    def _recover_from_oom(self, step: int) -> None:
+        """Free memory and make the step smaller: halve the micro-batch, then turn on checkpointing."""
+        import gc
+
+        self.optimizer.zero_grad(set_to_none=True)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if self.micro_batch_size > 1:
+            old = self.micro_batch_size
+            self.micro_batch_size = max(1, old // 2)
+            accumulation = self.config.gradient_accumulation_steps * -(-self.config.batch_size // self.micro_batch_size)
+            self.events.say(f"out of memory at step {step + 1} with micro-batch {old}: retrying with micro-batch "
+                            f"{self.micro_batch_size} and gradient accumulation {accumulation} (same effective batch)",
+                            logging.WARNING)
+        elif not (self.config.gradient_checkpointing or self.forced_checkpointing):
+            self.force_gradient_checkpointing()
+            self.events.say(f"out of memory at step {step + 1} with micro-batch 1: retrying with gradient "
+                            f"checkpointing on", logging.WARNING)
+        else:
+            raise TrainingStopped(f"out of memory at step {step + 1} even with micro-batch 1 and gradient "
+                                  f"checkpointing; {OOM_ADVICE}")
+
+    def force_gradient_checkpointing(self) -> None:
+        self.bundle.enable_gradient_checkpointing(self.config.train_text_encoder)
+        self.forced_checkpointing = True
+
+    def _optimizer_step(self, step: int, batches: Sequence[Sequence[Sample]]) -> torch.Tensor:
         """Forward/backward over the step's batches (split into micro-batches), clip, update."""
         total = sum(len(b) for b in batches)
         loss_sum = torch.zeros((), device=self.device)
@@ -158,22 +214,42 @@ class Trainer:
             noise, timesteps = self.step_noise(step, bi, batch)
             for k in range(0, len(batch), self.micro_batch_size):
                 part = slice(k, k + self.micro_batch_size)
+                self.faults.before_forward(step, self.micro_batch_size)
                 loss = self.batch_loss(batch[part], noise[part], timesteps[part]).sum() / total
+                loss = self.faults.loss(step, loss)
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
                 loss_sum += loss.detach()
         params = self.network.parameters()
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
+        finite = torch.isfinite(loss_sum)
         if self.config.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+            if self.scaler is None:  # with fp16 the grad scaler itself skips steps with inf gradients
+                finite = finite & torch.isfinite(norm)
+        if bool(finite):
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.progress.consecutive_nonfinite = 0
         else:
-            self.optimizer.step()
+            self._skip_nonfinite(step)
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum
+
+    def _skip_nonfinite(self, step: int) -> None:
+        p = self.progress
+        p.nonfinite_steps += 1
+        p.consecutive_nonfinite += 1
+        self.events.say(f"step {step + 1}: loss or gradients not finite; step skipped "
+                        f"({p.nonfinite_steps} so far)", logging.WARNING)
+        if p.consecutive_nonfinite >= self.max_nonfinite_steps:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingStopped(f"{p.consecutive_nonfinite} steps in a row had a non-finite loss; training "
+                                  f"stopped at step {step + 1} and the last checkpoint was kept. {NONFINITE_ADVICE}")
 
     # ------------------------------------------------------------------ loop
     def run(self, on_checkpoint=None) -> Progress:

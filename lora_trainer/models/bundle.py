@@ -68,6 +68,9 @@ class ModelBundle(ABC):
     def restore(self) -> None:
         """Undo `prepare` where that matters (default: nothing)."""
 
+    def enable_gradient_checkpointing(self, text_encoder: bool) -> None:
+        """Turn activation checkpointing on mid-run (out-of-memory recovery)."""
+
     def offload_vae(self) -> None:
         """Move the VAE off the accelerator when it is no longer needed (default: nothing)."""
 

@@ -73,13 +73,16 @@ class DiffusersBundle(ModelBundle):
         self._cast_base(self.text_encoder, device, base_dtype)
         self.vae.to(device=device, dtype=torch.float32)  # fp16 VAEs overflow (NaN); it runs rarely
         if gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
-            if train_text_encoder:
-                self.text_encoder.gradient_checkpointing_enable()
-                self.text_encoder.enable_input_require_grads()
+            self.enable_gradient_checkpointing(train_text_encoder)
         from diffusers.models.attention_processor import AttnProcessor2_0
 
         self.unet.set_attn_processor(AttnProcessor2_0())  # PyTorch SDPA attention
+
+    def enable_gradient_checkpointing(self, text_encoder: bool) -> None:
+        self.unet.enable_gradient_checkpointing()
+        if text_encoder:
+            self.text_encoder.gradient_checkpointing_enable()
+            self.text_encoder.enable_input_require_grads()
 
     @staticmethod
     def _cast_base(module: nn.Module, device: torch.device, dtype: torch.dtype) -> None:

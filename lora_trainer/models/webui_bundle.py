@@ -101,9 +101,12 @@ class WebUIBundle(ModelBundle):
         model.requires_grad_(False)
         model.eval()
         if gradient_checkpointing:
-            self._enable_checkpointing(self.unet)
-            if train_text_encoder:
-                self._enable_checkpointing(self.text_encoder, ("CLIPEncoderLayer",))
+            self.enable_gradient_checkpointing(train_text_encoder)
+
+    def enable_gradient_checkpointing(self, text_encoder: bool) -> None:
+        self._enable_checkpointing(self.unet)
+        if text_encoder:
+            self._enable_checkpointing(self.text_encoder, ("CLIPEncoderLayer",))
 
     def _enable_checkpointing(self, root: nn.Module, names: Sequence[str] = CHECKPOINTED_BLOCKS) -> None:
         """Non-reentrant activation checkpointing on each block, as an instance attribute (undone by restore)."""
