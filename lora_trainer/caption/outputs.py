@@ -2,11 +2,13 @@
 
 Both are checked for writability when built, i.e. before any model loads. "Already captioned" means
 what the trainer would read: a non-empty CSV row or a non-empty sidecar (see `data/captions.py`).
-Rows and files that are not recaptioned are left byte-identical: new CSV rows are appended to the
-existing bytes; the file is rewritten (all columns kept) only when `--overwrite` replaces rows.
+Rows and files that are not recaptioned are left byte-identical: a CSV is merged line by line (the rows
+of recaptioned images get the new text, other columns kept; new images are appended; every other line
+keeps its bytes).
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import os
@@ -76,8 +78,11 @@ class CsvTarget(CaptionTarget):
         check_writable_folder(self.location.parent, f"the caption CSV {self.location.name!r}")
         if self.location.exists() and not os.access(self.location, os.W_OK):
             raise CaptionError(f"--output {str(self.location)!r} is read-only")
-        self.rows: Dict[str, str] = read_metadata_csv(self.location) if self.location.is_file() else {}
+        self.rows: Dict[str, str] = read_metadata_csv(self.location) if self._has_rows() else {}
         self.pending: Dict[str, str] = {}
+
+    def _has_rows(self) -> bool:
+        return self.location.is_file() and self.location.stat().st_size > 0
 
     def _key(self, rel: str) -> Optional[str]:
         """The name under which the CSV already lists this image (its path, or its bare file name)."""
@@ -95,44 +100,48 @@ class CsvTarget(CaptionTarget):
     def flush(self) -> None:
         if not self.pending:
             return
-        if not self.location.is_file():
+        if not self._has_rows():
             write_metadata_csv(self.location, self.pending)
-            self.rows.update(self.pending)
-            self.pending = {}
-            return
-        raw = self.location.read_bytes()
-        replaced = {key: self.pending[rel] for rel in self.pending for key in [self._key(rel)] if key is not None}
-        added = {rel: text for rel, text in self.pending.items() if self._key(rel) is None}
-        rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))
-        header = rows[0]
-        file_col, text_col = _columns(header)
-
-        def new_row(name: str, text: str) -> List[str]:
-            row = [""] * len(header)
-            row[file_col], row[text_col] = name, text
-            return row
-
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        if replaced:  # rewrite every row, replacing the texts of recaptioned images
-            writer.writerow(header)
-            for row in rows[1:]:
-                if not row:
-                    continue  # a blank line
-                row = row + [""] * (len(header) - len(row))
-                name = _row_name(row[file_col])
-                if name in replaced:
-                    row[text_col] = replaced[name]
-                writer.writerow(row)
-            prefix = b""
-        else:  # keep the existing bytes exactly and append
-            prefix = raw if raw.endswith(b"\n") or not raw else raw + b"\n"
-        for rel, text in added.items():
-            writer.writerow(new_row(rel, text))
-        atomic_write_bytes(self.location, prefix + buf.getvalue().encode("utf-8"))
-        self.rows.update(replaced)
-        self.rows.update(added)
+        else:
+            atomic_write_bytes(self.location, self._merged(self.location.read_bytes()))
+        for rel, text in self.pending.items():
+            self.rows[self._key(rel) or rel] = text
         self.pending = {}
+
+    def _merged(self, raw: bytes) -> bytes:
+        """The file with pending captions in: rows of recaptioned images get the new text, new images are
+        appended; every other line keeps its exact bytes (quoting, line ends, other columns)."""
+        bom = raw.startswith(codecs.BOM_UTF8)
+        lines = io.StringIO(raw.decode("utf-8-sig"), newline="").readlines()
+        replaced = {key: text for rel, text in self.pending.items() for key in [self._key(rel)] if key}
+        chunks: List[str] = []
+        header: List[str] = []
+        used = 0
+        reader = csv.reader(lines)
+        for row in reader:
+            chunk, used = "".join(lines[used:reader.line_num]), reader.line_num  # the record's own lines
+            if not header:
+                header, (file_col, text_col) = row, _columns(row)
+                end = "\r\n" if chunk.endswith("\r\n") else "\n"
+            elif row and len(row) > file_col and _row_name(row[file_col]) in replaced:
+                row = row + [""] * (len(header) - len(row))
+                row[text_col] = replaced[_row_name(row[file_col])]
+                chunk = _csv_line(row, end)
+            chunks.append(chunk)
+        if chunks and not chunks[-1].endswith("\n"):
+            chunks[-1] += end
+        for rel, text in self.pending.items():
+            if self._key(rel) is None:
+                row = [""] * len(header)
+                row[file_col], row[text_col] = rel, text
+                chunks.append(_csv_line(row, end))
+        return (codecs.BOM_UTF8 if bom else b"") + "".join(chunks).encode("utf-8")
+
+
+def _csv_line(row: List[str], end: str) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator=end).writerow(row)
+    return buf.getvalue()
 
 
 class TxtTarget(CaptionTarget):
