@@ -120,7 +120,9 @@ class CsvTarget(CaptionTarget):
         reader = csv.reader(lines)
         for row in reader:
             chunk, used = "".join(lines[used:reader.line_num]), reader.line_num  # the record's own lines
-            if not header:
+            if not row:  # a blank line
+                pass
+            elif not header:
                 header, (file_col, text_col) = row, _columns(row)
                 end = "\r\n" if chunk.endswith("\r\n") else "\n"
             elif row and len(row) > file_col and _row_name(row[file_col]) in replaced:
