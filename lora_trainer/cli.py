@@ -1,4 +1,4 @@
-"""`python -m lora_trainer <command>`: train, check, demo, keys (and more as they are added).
+"""`python -m lora_trainer <command>`: train, check, caption, demo, keys (and more as they are added).
 
 Errors the user can fix are printed as one line (no traceback): exit code 2 for config errors, 1 for
 everything else that stops a run.
@@ -129,6 +129,51 @@ def _token_counter(config):
     return lambda text: len(tok(text).input_ids) - 2
 
 
+class CaptionBar:
+    """A tqdm progress bar for `caption`; skipped broken images are named above it."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, event: Any) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=event.total, unit="image", dynamic_ncols=True)
+        if event.message:
+            self.bar.set_description_str(event.message, refresh=False)
+        if event.error:
+            tqdm.write(f"skipped {event.file}: {event.error}")
+        self.bar.update(event.done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    from .caption import caption_folder
+
+    bar = CaptionBar()
+    try:
+        result = caption_folder(args.input, args.output, fmt=args.format, backend=args.backend, model=args.model,
+                                prefix=args.prefix, overwrite=args.overwrite, batch_size=args.batch_size,
+                                device=args.device, progress=bar, clip_model=args.clip_model,
+                                max_new_tokens=args.max_length, num_beams=args.num_beams,
+                                tag_threshold=args.tag_threshold)
+    finally:
+        bar.close()
+    where = result.output if args.format == "csv" else f"<image>.txt files in {result.output}"
+    print(f"captioned {result.captioned} image(s) into {where}; {result.skipped} already had a caption"
+          + (" (--overwrite recaptions them)" if result.skipped else ""))
+    if result.broken:
+        print(f"{len(result.broken)} image(s) could not be captioned: "
+              + ", ".join(f"{path.name} ({reason})" for path, reason in result.broken))
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -159,6 +204,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("caption", help="caption a folder of images (BLIP, CLIP tags, ...) into metadata.csv or .txt")
+    p.add_argument("--input", required=True, help="folder of images (subfolders included)")
+    p.add_argument("--output", help="CSV to write (default: INPUT/metadata.csv); not used with --format txt")
+    p.add_argument("--format", choices=("csv", "txt"), default="csv",
+                   help="csv: file_name,text rows; txt: <image>.txt beside each image")
+    p.add_argument("--backend", default="blip",
+                   help="blip (default) | clip-tags | blip+clip-tags; webui-interrogator and webui-deepbooru run "
+                        "only inside the WebUI")
+    p.add_argument("--model", help="the backend's model: a local folder (a hub id only if cached or reachable)")
+    p.add_argument("--clip-model", help="CLIP model folder for blip+clip-tags (default ViT-L/14)")
+    p.add_argument("--prefix", default="", help='put in front of every new caption, e.g. "sks, "')
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--skip-existing", dest="overwrite", action="store_false", default=False,
+                       help="keep the captions images already have (default)")
+    group.add_argument("--overwrite", dest="overwrite", action="store_true", help="recaption every image")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--max-length", type=int, default=40, help="BLIP: longest caption in tokens")
+    p.add_argument("--num-beams", type=int, default=3, help="BLIP: beam search width")
+    p.add_argument("--tag-threshold", type=float, default=0.2,
+                   help="CLIP tags: keep a phrase whose share of its category is at least this (0: always the best)")
+    p.set_defaults(func=cmd_caption)
 
     p = sub.add_parser("demo", help="train a tiny random model on generated images (CPU, about a minute)")
     p.add_argument("--output", default="demo_output", help="folder for the demo model, data and LoRA")

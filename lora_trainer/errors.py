@@ -22,6 +22,10 @@ class ModelLoadError(LoraTrainerError):
     """The base model cannot be found or understood."""
 
 
+class CaptionError(LoraTrainerError):
+    """Auto-captioning cannot start or go on (bad folder, unwritable output, unknown backend)."""
+
+
 class LoraFormatError(LoraTrainerError):
     """A LoRA file does not fit the model or cannot be read."""
 
