@@ -183,6 +183,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .config import load_config, parse_overrides
+    from .planner import plan
+
+    config = load_config(args.config, parse_overrides(args.set or []))
+    result = plan(config)
+    for line in result.lines():
+        print(line)
+    return 0 if result.fits in (None, True) else 1
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from .config import describe_keys
 
@@ -232,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="demo_output", help="folder for the demo model, data and LoRA")
     p.add_argument("--steps", type=int, default=200)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("plan", help="estimate peak memory of a config and the largest batch that fits")
+    p.add_argument("--config", required=True)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("keys", help="list every config key with its default and help")
     p.set_defaults(func=cmd_keys)

@@ -51,6 +51,18 @@ def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
     return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
 
+def safetensors_shapes(path: Path) -> Dict[str, Tuple[int, ...]]:
+    """Tensor shapes of a checkpoint; for .safetensors from the header alone (nothing is loaded)."""
+    if path.suffix.lower() == ".safetensors":
+        import json
+        import struct
+
+        with open(path, "rb") as fh:
+            header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+        return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
+
+
 def alphas_cumprod_from(linear_start: float, linear_end: float, timesteps: int) -> torch.Tensor:
     """ldm's "linear" schedule (diffusers' scaled_linear): betas = linspace(sqrt(b0), sqrt(b1))^2."""
     betas = torch.linspace(linear_start ** 0.5, linear_end ** 0.5, timesteps, dtype=torch.float64) ** 2

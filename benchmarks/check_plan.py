@@ -1,0 +1,75 @@
+"""Compare `plan`'s memory estimate with the measured peak of real training steps (not a test).
+
+Full-size SD1.5 architecture with random weights. On CUDA the measure is torch.cuda.max_memory_allocated
+growth; on CPU the growth of resident memory (sampled every 2 ms) from before the model is built.
+
+    python benchmarks/check_plan.py --resolution 256 --batch 1 [--steps 2] [--checkpointing]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from lora_trainer.config import config_from_dict
+from lora_trainer.planner import GiB, estimate
+from lora_trainer.tiny import make_shapes_dataset
+
+from common import full_size_sd15_bundle, rss_bytes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--resolution", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--checkpointing", action="store_true")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    from lora_trainer.engine.run import train
+    from lora_trainer.models.architecture import build_sd_architecture
+    from lora_trainer.models.sd1 import SD1_ORIGINAL_CONFIG
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = make_shapes_dataset(Path(tmp) / "data", n=max(4, a.batch), size=a.resolution)
+        cfg = config_from_dict(dict(train_data_dir=str(data), base_model=str(data), output_dir=str(Path(tmp) / "out"),
+                                    resolution=a.resolution, min_bucket_reso=64, max_bucket_reso=a.resolution,
+                                    batch_size=a.batch, max_steps=a.steps, lora_rank=8,
+                                    gradient_checkpointing=a.checkpointing, device=device.type))
+        predicted = estimate(cfg, parts=build_sd_architecture(SD1_ORIGINAL_CONFIG, "meta"), device=device)
+        peak, stop = [0], threading.Event()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            start = torch.cuda.memory_allocated()
+        else:
+            start = rss_bytes()
+
+            def sample():
+                while not stop.is_set():
+                    peak[0] = max(peak[0], rss_bytes())
+                    time.sleep(0.002)
+
+            threading.Thread(target=sample, daemon=True).start()
+        t0 = time.time()
+        bundle = full_size_sd15_bundle(device)
+        train(cfg, bundle=bundle)
+        stop.set()
+        measured = (torch.cuda.max_memory_allocated() if device.type == "cuda" else peak[0]) - start
+    row = {"device": device.type, "resolution": a.resolution, "batch": a.batch, "checkpointing": a.checkpointing,
+           "predicted_gib": round(predicted.peak / GiB, 3), "measured_gib": round(measured / GiB, 3),
+           "error_pct": round(100 * (predicted.peak - measured) / measured, 1), "seconds": round(time.time() - t0, 1)}
+    print("\n".join(predicted.lines()))
+    print(json.dumps(row))
+    if a.json:
+        Path(a.json).write_text(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
