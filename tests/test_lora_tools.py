@@ -1,22 +1,51 @@
-"""LoRA tools on a tiny real ldm checkpoint: which checkpoint weight each kohya module patches."""
+"""LoRA tools on a tiny real ldm checkpoint: merge into the checkpoint.
+
+Merge is checked against the LoRAs applied at runtime to the converted (diffusers) base model, twice:
+by forward hooks written here (every stack) and by diffusers' own `load_lora_weights` (peft backend only).
+"""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
+from lora_trainer.errors import LoraFormatError
+from lora_trainer.formats.kohya import read_metadata
 from lora_trainer.lora.kohya_names import kohya_name, text_encoder_path
 from lora_trainer.lora.unet_paths import infer_layers_per_block, ldm_to_diffusers_unet_module
 from lora_trainer.models import default_families
 from lora_trainer.models.loading import load_bundle
 from lora_trainer.models.sd1 import SD1_ORIGINAL_CONFIG
 from lora_trainer.tiny import tiny_original_config
+from lora_trainer.tools import LoraSource, merge_loras
+from lora_trainer.tools.deltas import lora_factors
 
 from ldm_tiny import build_tiny_ldm, import_ldm, save_single_file
 
 UNET_PREFIX = "model.diffusion_model."
+# Kohya names of the tiny model (3 levels, 1 ResNet per level, attention on the first two).
+LORA_A = ["lora_unet_down_blocks_0_attentions_0_proj_in",  # 1x1 conv
+          "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+          "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_k",
+          "lora_unet_up_blocks_1_attentions_1_transformer_blocks_0_ff_net_0_proj",
+          "lora_te_text_model_encoder_layers_1_mlp_fc1"] + \
+    [f"lora_te_text_model_encoder_layers_0_self_attn_{p}_proj" for p in ("q", "k", "v", "out")]
+# All four attention projections: diffusers 0.42 silently drops a kohya text-encoder q/k/v module when
+# the file has no out_proj module (its old-format detection looks for `to_out_lora`); kohya writes all four.
+LORA_B = ["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",  # also in A
+          "lora_unet_down_blocks_0_resnets_0_conv1",  # LoCon 3x3
+          "lora_unet_down_blocks_0_downsamplers_0_conv",  # LoCon 3x3, stride 2
+          "lora_unet_down_blocks_1_resnets_0_conv_shortcut",  # 1x1 conv
+          "lora_unet_mid_block_resnets_1_time_emb_proj",
+          "lora_unet_up_blocks_0_upsamplers_0_conv",  # output_blocks.1.1.conv (level without attention)
+          "lora_unet_up_blocks_1_upsamplers_0_conv",  # output_blocks.3.2.conv
+          "lora_unet_up_blocks_1_resnets_1_conv2",
+          "lora_te_text_model_encoder_layers_1_self_attn_out_proj"]
+WEIGHTS = (0.8, 0.5)
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +75,56 @@ def runtime_layers(bundle):
         if isinstance(module, torch.nn.Linear):
             layers[kohya_name("lora_te", text_encoder_path(path))] = module
     return layers
+
+
+def random_lora(bundle, names, rank, alpha, seed, path: Path) -> Path:
+    """A kohya file with random down/up for `names` (LoCon down [r, in, kh, kw] on convs)."""
+    g = torch.Generator().manual_seed(seed)
+    layers = runtime_layers(bundle)
+    tensors = {}
+    for name in names:
+        w = layers[name].weight
+        tensors[f"{name}.lora_down.weight"] = torch.randn((rank,) + tuple(w.shape[1:]), generator=g) * 0.2
+        tensors[f"{name}.lora_up.weight"] = torch.randn((w.shape[0], rank) + (1,) * (w.dim() - 2), generator=g) * 0.2
+        if alpha is not None:
+            tensors[f"{name}.alpha"] = torch.tensor(float(alpha))
+    save_file(tensors, str(path), metadata={"ss_network_dim": str(rank), "ss_output_name": path.stem,
+                                            "ss_base_model_version": "sd_v1", "ss_steps": "123"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def loras(tmp_path_factory, base_bundle):
+    tmp = tmp_path_factory.mktemp("loras")
+    return (random_lora(base_bundle, LORA_A, rank=4, alpha=2, seed=1, path=tmp / "a.safetensors"),
+            random_lora(base_bundle, LORA_B, rank=3, alpha=None, seed=2, path=tmp / "b.safetensors"))
+
+
+def apply_at_runtime(bundle, files_and_weights):
+    """Forward hooks adding weight * alpha / r * up(down(x)) to each patched layer's output."""
+    layers, handles = runtime_layers(bundle), []
+    for path, weight in files_and_weights:
+        for name, f in lora_factors(load_file(str(path)), path.name).items():
+            module = layers[name]
+
+            def hook(mod, args, output, f=f, weight=weight):
+                x = args[0]
+                if isinstance(mod, torch.nn.Conv2d):
+                    h = F.conv2d(x, f.down, stride=mod.stride, padding=mod.padding, dilation=mod.dilation)
+                    return output + weight * f.scale * F.conv2d(h, f.up)
+                return output + weight * f.scale * F.linear(F.linear(x, f.down), f.up)
+
+            handles.append(module.register_forward_hook(hook))
+    return handles
+
+
+@torch.no_grad()
+def model_outputs(bundle, unet=None, text_encoder=None):
+    g = torch.Generator().manual_seed(0)
+    latents, context = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 32, generator=g)
+    ids = bundle.tokenize(["a red image", "the green and blue"])
+    return ((unet or bundle.unet)(latents, torch.tensor([10, 700]), encoder_hidden_states=context).sample,
+            (text_encoder or bundle.text_encoder)(ids)[0])
 
 
 # ---------------------------------------------------------------------------- key maps
@@ -105,3 +184,95 @@ def test_full_size_sd15_checkpoint_keys_cover_kohya_lora_and_locon_names():
                     locon[kohya_name("lora_unet", f"{path}.{child}")] = tuple(layer.weight.shape)
     assert len(locon) == 86
     assert all(shapes[targets[name]] == shape for name, shape in locon.items())
+
+
+# ---------------------------------------------------------------------------- merge
+def test_merge_equals_runtime_application(tmp_path, tiny_ckpt, base_bundle, loras):
+    out = tmp_path / "merged.safetensors"
+    result = merge_loras(tiny_ckpt, [LoraSource(p, w) for p, w in zip(loras, WEIGHTS)], out)
+    assert [m.modules for m in result.loras] == [len(LORA_A), len(LORA_B)]
+    assert result.weights_changed == len(set(LORA_A) | set(LORA_B))
+    base, merged = load_file(str(tiny_ckpt)), load_file(str(out))
+    assert list(merged) == list(base) and all(merged[k].dtype == base[k].dtype for k in base)
+    assert sum(not torch.equal(merged[k], base[k]) for k in base) == result.weights_changed
+    meta = json.loads(read_metadata(out)["lora_trainer_merge"])
+    assert [(e["file"], e["weight"]) for e in meta["loras"]] == [("a.safetensors", 0.8), ("b.safetensors", 0.5)]
+    assert out.with_suffix(".yaml").read_text() == tiny_ckpt.with_suffix(".yaml").read_text()
+
+    merged_out = model_outputs(_bundle(out, tiny_ckpt))
+    handles = apply_at_runtime(base_bundle, zip(loras, WEIGHTS))
+    try:
+        runtime_out = model_outputs(base_bundle)
+    finally:
+        for h in handles:
+            h.remove()
+    plain_out = model_outputs(base_bundle)
+    for merged_t, runtime_t, plain_t in zip(merged_out, runtime_out, plain_out):
+        diff, effect = (merged_t - runtime_t).abs().max().item(), (runtime_t - plain_t).abs().max().item()
+        print(f"merge vs runtime hooks: max abs diff {diff:.2e} (LoRA effect {effect:.2e})")
+        assert diff < 1e-4 and effect > 1e-2
+
+
+def _diffusers_has_peft_backend() -> bool:
+    from diffusers.utils import USE_PEFT_BACKEND
+
+    return bool(USE_PEFT_BACKEND)
+
+
+@pytest.mark.skipif(not _diffusers_has_peft_backend(),
+                    reason="diffusers' load_lora_weights needs its peft backend (transformers > 4.33); "
+                           "the forward-hook comparison above still runs")
+def test_merge_equals_diffusers_load_lora_weights(tmp_path, tiny_ckpt, loras):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from peft.tuners.lora import LoraLayer
+
+    out = tmp_path / "merged.safetensors"
+    merge_loras(tiny_ckpt, [LoraSource(p, w) for p, w in zip(loras, WEIGHTS)], out)
+    base = _bundle(tiny_ckpt, tiny_ckpt)
+    pipe = StableDiffusionPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+                                   unet=base.unet, scheduler=DDIMScheduler(), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    for path, name in zip(loras, ("a", "b")):
+        pipe.load_lora_weights(str(path), adapter_name=name)
+    pipe.set_adapters(["a", "b"], adapter_weights=list(WEIGHTS))
+    patched = sum(isinstance(m, LoraLayer) for part in (pipe.unet, pipe.text_encoder) for m in part.modules())
+    assert patched == len(set(LORA_A) | set(LORA_B))  # diffusers read every module, the LoCon convs too
+    for merged_t, runtime_t in zip(model_outputs(_bundle(out, tiny_ckpt)), model_outputs(base, pipe.unet, pipe.text_encoder)):
+        diff = (merged_t - runtime_t).abs().max().item()
+        print(f"merge vs diffusers load_lora_weights: max abs diff {diff:.2e}")
+        assert diff < 1e-4
+
+
+def test_merge_casts_to_the_requested_precision(tmp_path, tiny_ckpt, loras):
+    out = tmp_path / "half.safetensors"
+    merge_loras(tiny_ckpt, [loras[0]], out, precision="fp16")
+    base, merged = load_file(str(tiny_ckpt)), load_file(str(out))
+    assert {merged[k].dtype for k in base if base[k].is_floating_point()} == {torch.float16}
+    assert all(merged[k].dtype == v.dtype for k, v in base.items() if not v.is_floating_point())
+
+
+def test_a_lora_that_does_not_fit_is_refused_naming_the_first_bad_key(tmp_path, tiny_ckpt, loras):
+    tensors = load_file(str(loras[0]))
+    bad = {"lora_unet_up_blocks_5_attentions_0_proj_in", "lora_unet_zz_unknown"}
+    for name in bad:
+        tensors[f"{name}.lora_down.weight"] = torch.zeros(4, 32)
+        tensors[f"{name}.lora_up.weight"] = torch.zeros(32, 4)
+    save_file(tensors, str(tmp_path / "bad.safetensors"))
+    out = tmp_path / "out" / "merged.safetensors"
+    with pytest.raises(LoraFormatError, match="lora_unet_up_blocks_5_attentions_0_proj_in.lora_down.weight"):
+        merge_loras(tiny_ckpt, [loras[0], tmp_path / "bad.safetensors"], out)
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+
+    wrong = load_file(str(loras[0]))  # right name, wrong shape
+    wrong["lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight"] = torch.zeros(4, 48)
+    save_file(wrong, str(tmp_path / "wrong.safetensors"))
+    with pytest.raises(LoraFormatError, match=r"self_attn_q_proj.lora_down.weight does not fit .*\[32, 48\]"):
+        merge_loras(tiny_ckpt, [tmp_path / "wrong.safetensors"], out)
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_other_formats_are_refused_by_name(tmp_path, tiny_ckpt):
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(2, 4), "lora_unet_x.lora_up.weight": torch.zeros(4, 2),
+               "lora_unet_y.hada_w1_a": torch.zeros(4, 2)}, str(tmp_path / "loha.safetensors"))
+    with pytest.raises(LoraFormatError, match="lora_unet_y.hada_w1_a' is LoHa"):
+        merge_loras(tiny_ckpt, [tmp_path / "loha.safetensors"], tmp_path / "m.safetensors")
