@@ -1,4 +1,4 @@
-"""LoRA tools on a tiny real ldm checkpoint: merge into the checkpoint.
+"""LoRA tools on a tiny real ldm checkpoint: merge into the checkpoint, combine LoRAs, resize rank.
 
 Merge is checked against the LoRAs applied at runtime to the converted (diffusers) base model, twice:
 by forward hooks written here (every stack) and by diffusers' own `load_lora_weights` (peft backend only).
@@ -6,11 +6,13 @@ by forward hooks written here (every stack) and by diffusers' own `load_lora_wei
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lora_trainer.errors import LoraFormatError
@@ -21,7 +23,7 @@ from lora_trainer.models import default_families
 from lora_trainer.models.loading import load_bundle
 from lora_trainer.models.sd1 import SD1_ORIGINAL_CONFIG
 from lora_trainer.tiny import tiny_original_config
-from lora_trainer.tools import LoraSource, merge_loras
+from lora_trainer.tools import LoraSource, combine_loras, merge_loras, resize_lora
 from lora_trainer.tools.deltas import lora_factors
 
 from ldm_tiny import build_tiny_ldm, import_ldm, save_single_file
@@ -276,3 +278,63 @@ def test_other_formats_are_refused_by_name(tmp_path, tiny_ckpt):
                "lora_unet_y.hada_w1_a": torch.zeros(4, 2)}, str(tmp_path / "loha.safetensors"))
     with pytest.raises(LoraFormatError, match="lora_unet_y.hada_w1_a' is LoHa"):
         merge_loras(tiny_ckpt, [tmp_path / "loha.safetensors"], tmp_path / "m.safetensors")
+
+
+# ---------------------------------------------------------------------------- combine / resize
+def deltas_of(path: Path, weight: float = 1.0):
+    return {n: f.delta(weight, torch.float64) for n, f in lora_factors(load_file(str(path)), path.name).items()}
+
+
+def test_exact_combine_is_the_weighted_sum_of_deltas(tmp_path, loras):
+    out = tmp_path / "ab.safetensors"
+    result = combine_loras([LoraSource(p, w) for p, w in zip(loras, WEIGHTS)], out)
+    expected = {}
+    for path, weight in zip(loras, WEIGHTS):
+        for name, delta in deltas_of(path, weight).items():
+            expected[name] = expected.get(name, 0) + delta
+    got = deltas_of(out)
+    assert set(got) == set(expected)
+    err = max((got[n] - expected[n]).abs().max().item() for n in got)
+    print(f"exact combine: max abs error {err:.2e}")
+    assert err < 1e-5
+    shared = next(m for m in result.modules if m.sources == 2)
+    assert shared.rank == 7 and result.energy == 1.0
+    meta = read_metadata(out)
+    assert meta["ss_merged_from"] == "a.safetensors, b.safetensors" and meta["ss_steps"] == "123"
+    assert meta["ss_network_dim"] == meta["ss_network_alpha"] == "7" and meta["ss_output_name"] == "ab"
+
+
+def test_combine_to_a_rank_reports_the_kept_energy(tmp_path, loras):
+    out = tmp_path / "ab2.safetensors"
+    result = combine_loras([LoraSource(p, w) for p, w in zip(loras, WEIGHTS)], out, rank=2)
+    expected = {}
+    for path, weight in zip(loras, WEIGHTS):
+        for name, delta in deltas_of(path, weight).items():
+            expected[name] = expected.get(name, 0) + delta
+    got = deltas_of(out)
+    residual = sum((got[n] - expected[n]).pow(2).sum().item() for n in got)
+    total = sum(d.pow(2).sum().item() for d in expected.values())
+    print(f"combine to rank 2: kept energy {result.energy:.4f}")
+    assert max(m.rank for m in result.modules) == 2
+    assert 0 < result.energy < 1 and result.energy == pytest.approx(1 - residual / total, abs=1e-5)
+
+
+def test_resize_is_lossless_at_full_rank_and_the_error_falls_with_rank(tmp_path, loras):
+    source = deltas_of(loras[0])
+    errors = []
+    for rank in (1, 2, 3, 4, 8):
+        out = tmp_path / f"a_r{rank}.safetensors"
+        result = resize_lora(loras[0], rank, out)
+        got = deltas_of(out)
+        measured = math.sqrt(sum((got[n] - source[n]).pow(2).sum().item() for n in got) /
+                             sum(d.pow(2).sum().item() for d in source.values()))
+        assert result.error == pytest.approx(measured, abs=1e-5)
+        assert all(m.new_rank == min(rank, 4) for m in result.modules)
+        errors.append(result.error)
+    print("resize relative error by rank 1, 2, 3, 4, 8: " + ", ".join(f"{e:.4f}" for e in errors))
+    assert errors[0] > errors[1] > errors[2] > errors[3] and errors[3] < 1e-6 and errors[4] < 1e-6
+    meta = read_metadata(tmp_path / "a_r2.safetensors")
+    assert meta["ss_network_dim"] == "2" and meta["ss_steps"] == "123"
+    assert json.loads(meta["lora_trainer_resize"])["source"]["file"] == "a.safetensors"
+    with safe_open(str(tmp_path / "a_r2.safetensors"), "pt") as fh:
+        assert fh.metadata()["sshs_model_hash"]
