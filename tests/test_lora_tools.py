@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from lora_trainer.cli import main
 from lora_trainer.errors import LoraFormatError
 from lora_trainer.formats.kohya import read_metadata
 from lora_trainer.lora.kohya_names import kohya_name, text_encoder_path
@@ -23,7 +24,7 @@ from lora_trainer.models import default_families
 from lora_trainer.models.loading import load_bundle
 from lora_trainer.models.sd1 import SD1_ORIGINAL_CONFIG
 from lora_trainer.tiny import tiny_original_config
-from lora_trainer.tools import LoraSource, combine_loras, merge_loras, resize_lora
+from lora_trainer.tools import LoraSource, combine_loras, merge_loras, parse_lora_arg, resize_lora
 from lora_trainer.tools.deltas import lora_factors
 
 from ldm_tiny import build_tiny_ldm, import_ldm, save_single_file
@@ -338,3 +339,29 @@ def test_resize_is_lossless_at_full_rank_and_the_error_falls_with_rank(tmp_path,
     assert json.loads(meta["lora_trainer_resize"])["source"]["file"] == "a.safetensors"
     with safe_open(str(tmp_path / "a_r2.safetensors"), "pt") as fh:
         assert fh.metadata()["sshs_model_hash"]
+
+
+# ---------------------------------------------------------------------------- arguments and CLI
+@pytest.mark.parametrize("text,path,weight", [
+    ("a.safetensors", "a.safetensors", 1.0),
+    ("a.safetensors:0.8", "a.safetensors", 0.8),
+    ("dir/a.safetensors:-0.5", "dir/a.safetensors", -0.5),
+    ("C:\\loras\\a.safetensors", "C:\\loras\\a.safetensors", 1.0),
+    ("C:\\loras\\a.safetensors:1.5", "C:\\loras\\a.safetensors", 1.5),
+    ("a:b.safetensors", "a:b.safetensors", 1.0),
+])
+def test_lora_arguments(text, path, weight):
+    assert parse_lora_arg(text) == LoraSource(Path(path), weight)
+
+
+def test_cli_commands(tmp_path, tiny_ckpt, loras, capsys):
+    a, b = (str(p) for p in loras)
+    assert main(["resize", "--lora", a, "--rank", "2", "--out", str(tmp_path / "r.safetensors")]) == 0
+    assert main(["combine", "--lora", f"{a}:0.8", "--lora", f"{b}:0.5", "--rank", "3",
+                 "--out", str(tmp_path / "c.safetensors")]) == 0
+    assert main(["merge", "--base", str(tiny_ckpt), "--lora", f"{a}:0.8", "--out", str(tmp_path / "m.safetensors"),
+                 "--precision", "fp16"]) == 0
+    printed = capsys.readouterr().out
+    assert "overall" in printed and "kept energy" in printed and "m.safetensors" in printed
+    assert main(["merge", "--base", str(tiny_ckpt), "--lora", a, "--out", str(tmp_path / "m.safetensors")]) == 1
+    assert "already exists" in capsys.readouterr().err

@@ -42,7 +42,7 @@ class MergeResult:
     path: Path
     base: Path
     family: str
-    precision: str  # "fp16" / "bf16" / "fp32", or "as base"
+    precision: str  # "fp16" / "bf16" / "fp32", or "base dtypes"
     loras: List[MergedLora] = field(default_factory=list)
     weights_changed: int = 0  # checkpoint weights that differ from the base
 
@@ -132,7 +132,7 @@ def merge_loras(base: PathLike, loras: Sequence[Union[LoraSource, PathLike, tupl
     plan = plan_merge(loaded, family.checkpoint_lora_keys(shapes), shapes, family, base.name)
     state = state if state is not None else read_state_dict(base)
     apply_plan(state, plan, dtype)
-    result = MergeResult(out, base, family.name, precision or "as base", weights_changed=len(plan))
+    result = MergeResult(out, base, family.name, precision or "base dtypes", weights_changed=len(plan))
     for lora in loaded:
         result.loras.append(MergedLora(lora.name, lora.source.weight, len(lora.modules)))
     metadata = dict(metadata)
