@@ -173,7 +173,8 @@ def test_full_size_sd15_checkpoint_keys_cover_kohya_lora_and_locon_names():
                                num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu")
     with torch.device("meta"):
         ldm_unet, text_encoder = UNetModel(**unet_params), CLIPTextModel(te_config)
-        unet = UNet2DConditionModel(**sfu.create_unet_diffusers_config_from_ldm(SD1_ORIGINAL_CONFIG, {}, image_size=512))
+        unet_config = sfu.create_unet_diffusers_config_from_ldm(SD1_ORIGINAL_CONFIG, {}, image_size=512)
+        unet = UNet2DConditionModel(**unet_config)
     shapes = {f"{UNET_PREFIX}{k}": tuple(v.shape) for k, v in ldm_unet.state_dict().items()}
     shapes.update({f"cond_stage_model.transformer.{text_encoder_path(k)}": tuple(v.shape)
                    for k, v in text_encoder.state_dict().items()})
@@ -240,7 +241,8 @@ def test_merge_equals_diffusers_load_lora_weights(tmp_path, tiny_ckpt, loras):
     pipe.set_adapters(["a", "b"], adapter_weights=list(WEIGHTS))
     patched = sum(isinstance(m, LoraLayer) for part in (pipe.unet, pipe.text_encoder) for m in part.modules())
     assert patched == len(set(LORA_A) | set(LORA_B))  # diffusers read every module, the LoCon convs too
-    for merged_t, runtime_t in zip(model_outputs(_bundle(out, tiny_ckpt)), model_outputs(base, pipe.unet, pipe.text_encoder)):
+    runtime_out = model_outputs(base, pipe.unet, pipe.text_encoder)
+    for merged_t, runtime_t in zip(model_outputs(_bundle(out, tiny_ckpt)), runtime_out):
         diff = (merged_t - runtime_t).abs().max().item()
         print(f"merge vs diffusers load_lora_weights: max abs diff {diff:.2e}")
         assert diff < 1e-4
@@ -252,6 +254,16 @@ def test_merge_casts_to_the_requested_precision(tmp_path, tiny_ckpt, loras):
     base, merged = load_file(str(tiny_ckpt)), load_file(str(out))
     assert {merged[k].dtype for k in base if base[k].is_floating_point()} == {torch.float16}
     assert all(merged[k].dtype == v.dtype for k, v in base.items() if not v.is_floating_point())
+
+
+def test_linear_and_1x1_conv_forms_of_a_module_cancel_out(tmp_path, tiny_ckpt, loras):
+    """A LoRA with proj_in in Linear form (as SD2 files have it) fits SD1's 1x1 conv; +0.8 and -0.8 cancel."""
+    flat = {k: v.flatten(1) if v.dim() == 4 else v for k, v in load_file(str(loras[0])).items()}
+    save_file(flat, str(tmp_path / "flat.safetensors"))
+    out = tmp_path / "cancelled.safetensors"
+    merge_loras(tiny_ckpt, [LoraSource(loras[0], 0.8), LoraSource(tmp_path / "flat.safetensors", -0.8)], out)
+    base, merged = load_file(str(tiny_ckpt)), load_file(str(out))
+    assert max((merged[k] - base[k]).abs().max().item() for k in base if base[k].is_floating_point()) < 1e-6
 
 
 def test_a_lora_that_does_not_fit_is_refused_naming_the_first_bad_key(tmp_path, tiny_ckpt, loras):

@@ -1,8 +1,9 @@
 """Which weight of an ldm-layout single-file checkpoint a kohya LoRA module patches.
 
 Built from the checkpoint's own keys, the way the WebUI builds its lookup: every Linear / Conv weight
-(2-D or 4-D; not the text encoder's embeddings) gets the kohya name of its module. UNet keys go ldm path -> diffusers path (`unet_paths`)
--> the family's kohya naming; text-encoder keys are transformers CLIP paths under a prefix.
+(2-D or 4-D; not the text encoder's embeddings) gets the kohya name of its module. UNet keys go
+ldm path -> diffusers path (`unet_paths`) -> the family's kohya naming; text-encoder keys are
+transformers CLIP paths under a prefix.
 """
 from __future__ import annotations
 

@@ -141,13 +141,15 @@ def truncate(factors: LoraFactors, rank: int, dtype: torch.dtype) -> Truncation:
 
 def stack(parts: Sequence[Tuple[LoraFactors, float]], name: str) -> LoraFactors:
     """One module equal to the weighted sum of several (float64): downs stacked, each up scaled by
-    weight * alpha / rank, alpha = total rank (scale 1)."""
+    weight * alpha / rank, alpha = total rank (scale 1). Linear and 1x1-conv forms of a module mix."""
     first = parts[0][0]
-    for factors, _ in parts[1:]:
-        if factors.delta_shape != first.delta_shape:
-            raise LoraFormatError(f"module {name} changes a weight of shape {first.delta_shape} in one LoRA and "
-                                  f"{factors.delta_shape} in another; are they for the same base model?")
-    downs = [f.down.to(torch.float64) for f, _ in parts]
-    ups = [f.up.to(torch.float64) * (w * f.scale) for f, w in parts]
+    downs, ups = [], []
+    for factors, weight in parts:
+        if not fits(factors.delta_shape, first.delta_shape):
+            raise LoraFormatError(f"module {name} changes a weight of shape {list(first.delta_shape)} in one "
+                                  f"LoRA and {list(factors.delta_shape)} in another; are they for the same model?")
+        downs.append(factors.down.to(torch.float64).reshape((factors.rank,) + tuple(first.down.shape[1:])))
+        up = factors.up.to(torch.float64) * (weight * factors.scale)
+        ups.append(up.reshape(tuple(up.shape[:2]) + tuple(first.up.shape[2:])))
     down, up = torch.cat(downs, dim=0), torch.cat(ups, dim=1)
     return LoraFactors(down, up, float(down.shape[0]))

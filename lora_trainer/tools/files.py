@@ -110,7 +110,8 @@ def check_output(out: Path, inputs: Iterable[Path], overwrite: bool) -> None:
         if path.exists() and path.resolve() == target:
             raise LoraTrainerError(f"output {str(out)!r} is also an input; choose another file name")
     if out.exists() and not overwrite:
-        raise LoraTrainerError(f"output {str(out)!r} already exists; choose another name, or overwrite it (--overwrite)")
+        raise LoraTrainerError(f"output {str(out)!r} already exists; choose another name, or overwrite it "
+                               f"(--overwrite)")
 
 
 def derived_metadata(source: Dict[str, str], out: Path, rank: int, extra: Dict[str, Any]) -> Dict[str, str]:

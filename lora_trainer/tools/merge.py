@@ -20,7 +20,7 @@ from ..errors import LoraFormatError, ModelLoadError
 from ..models import FamilyRegistry, ModelFamily, default_families
 from ..models.loading import read_state_dict
 from ..utils.atomic import atomic_path, atomic_save_safetensors
-from .deltas import LoraFactors, fits
+from .deltas import LoraFactors, fits, stack
 from .files import LoadedLora, LoraSource, PathLike, as_source, check_output, load_lora, precision_dtype
 
 Shapes = Dict[str, Tuple[int, ...]]
@@ -89,13 +89,12 @@ def plan_merge(loras: Sequence[LoadedLora], targets: Dict[str, str], shapes: Sha
 
 def apply_plan(state: Dict[str, torch.Tensor], plan: Dict[str, List[Tuple[LoraFactors, float]]],
                dtype: Optional[torch.dtype]) -> None:
-    """Add the deltas in fp32, cast each weight back to its own dtype (or `dtype`), in place."""
+    """Add the deltas in fp32 (all LoRAs of a weight in one product of their stacked factors), then cast
+    each weight back to its own dtype (or `dtype`), in place."""
     for key, parts in plan.items():
         weight = state[key]
-        merged = weight.to(torch.float32)
-        for factors, scale in parts:
-            merged = merged + factors.delta(scale).reshape(weight.shape)
-        state[key] = merged.to(dtype or weight.dtype)
+        delta = stack(parts, key).delta(dtype=torch.float32)
+        state[key] = (weight.to(torch.float32) + delta.reshape(weight.shape)).to(dtype or weight.dtype)
     if dtype is not None:
         for key, value in state.items():
             if value.is_floating_point() and key not in plan:
