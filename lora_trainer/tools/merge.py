@@ -53,6 +53,9 @@ class MergeResult:
 
 def checkpoint_header(path: Path) -> Tuple[Shapes, Dict[str, str], Optional[Dict[str, torch.Tensor]]]:
     """(key shapes, metadata, state dict or None): a .safetensors header is read without its tensors."""
+    if path.is_dir():
+        raise ModelLoadError(f"base {str(path)!r} is a folder; merging needs a single-file checkpoint "
+                             f"(.safetensors or .ckpt)")
     if not path.is_file():
         raise ModelLoadError(f"base checkpoint {str(path)!r} does not exist")
     if path.suffix.lower() != ".safetensors":
