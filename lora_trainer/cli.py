@@ -1,4 +1,4 @@
-"""`python -m lora_trainer <command>`: train, check, caption, demo, keys (and more as they are added).
+"""`python -m lora_trainer <command>`: train, check, plan, caption, demo, keys, merge, combine, resize.
 
 Errors the user can fix are printed as one line (no traceback): exit code 2 for config errors, 1 for
 everything else that stops a run.
@@ -201,6 +201,49 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .tools import merge_loras, parse_lora_arg
+
+    result = merge_loras(args.base, [parse_lora_arg(t) for t in args.lora], args.out, precision=args.precision,
+                         overwrite=args.overwrite)
+    for lora in result.loras:
+        print(f"{lora.file}: weight {lora.weight:g}, {lora.modules} modules")
+    print(f"{result.weights_changed} weights changed; checkpoint ({result.precision}) written to {result.path}")
+    return 0
+
+
+def cmd_combine(args: argparse.Namespace) -> int:
+    from .tools import combine_loras, parse_lora_arg
+
+    result = combine_loras([parse_lora_arg(t) for t in args.lora], args.out, rank=args.rank,
+                           precision=args.precision, overwrite=args.overwrite)
+    if args.rank is not None:
+        _table(["module", "in LoRAs", "rank", "kept energy"],
+               [(m.name, m.sources, m.rank, f"{m.energy:.2%}") for m in result.modules])
+        print(f"kept energy overall: {result.energy:.2%}")
+    else:
+        print(f"exact: {len(result.modules)} modules, rank up to {max(m.rank for m in result.modules)}")
+    print(f"LoRA written to {result.path}")
+    return 0
+
+
+def cmd_resize(args: argparse.Namespace) -> int:
+    from .tools import resize_lora
+
+    result = resize_lora(args.lora, args.rank, args.out, precision=args.precision, overwrite=args.overwrite)
+    _table(["module", "rank", "new rank", "relative error"],
+           [(m.name, m.rank, m.new_rank, f"{m.error:.2%}") for m in result.modules])
+    print(f"relative Frobenius error overall: {result.error:.2%}")
+    print(f"LoRA written to {result.path}")
+    return 0
+
+
+def _table(header: List[str], rows: List[tuple]) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    for row in [header] + rows:
+        print("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lora_trainer", description="Train kohya-format LoRAs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
@@ -251,7 +294,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("keys", help="list every config key with its default and help")
     p.set_defaults(func=cmd_keys)
+
+    lora_help = "a LoRA file, optionally with its weight: a.safetensors:0.8 (repeatable)"
+    p = sub.add_parser("merge", help="bake LoRAs into a single-file checkpoint")
+    p.add_argument("--base", required=True, help="the checkpoint (.safetensors or .ckpt)")
+    p.add_argument("--lora", required=True, action="append", help=lora_help)
+    p.add_argument("--out", required=True, help="the merged checkpoint (.safetensors)")
+    _add_output_args(p, "default: each tensor keeps the base's dtype")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("combine", help="one LoRA equal to the weighted sum of several")
+    p.add_argument("--lora", required=True, action="append", help=lora_help)
+    p.add_argument("--rank", type=int, help="cut to this rank by SVD (default: exact, ranks stacked)")
+    p.add_argument("--out", required=True, help="the combined LoRA (.safetensors)")
+    _add_output_args(p, "default: the first LoRA's dtype")
+    p.set_defaults(func=cmd_combine)
+
+    p = sub.add_parser("resize", help="change a LoRA's rank by SVD and report the error")
+    p.add_argument("--lora", required=True, help="the LoRA file")
+    p.add_argument("--rank", required=True, type=int, help="the new rank")
+    p.add_argument("--out", required=True, help="the resized LoRA (.safetensors)")
+    _add_output_args(p, "default: the LoRA's dtype")
+    p.set_defaults(func=cmd_resize)
     return parser
+
+
+def _add_output_args(p: argparse.ArgumentParser, precision_default: str) -> None:
+    p.add_argument("--precision", choices=["fp16", "bf16", "fp32"], help=f"output dtype ({precision_default})")
+    p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-from ..errors import ModelLoadError
+from ..errors import LoraTrainerError, ModelLoadError
 
 
 class ModelFamily:
@@ -45,6 +45,11 @@ class ModelFamily:
     def unet_kohya_path(self, diffusers_path: str, layers_per_block: int) -> str:
         """Module path used in kohya names for a diffusers UNet module (SD1/SD2: unchanged)."""
         return diffusers_path
+
+    def checkpoint_lora_keys(self, shapes: Dict[str, Sequence[int]]) -> Dict[str, str]:
+        """{kohya module name: weight key} of a single-file checkpoint of this family, given its key shapes
+        (what merging a LoRA into the checkpoint patches)."""
+        raise LoraTrainerError(f"merging LoRAs into {self.title} checkpoints is not supported yet")
 
 
 class FamilyRegistry:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict, Iterable, Sequence
 
+from ..lora.checkpoint_keys import ldm_checkpoint_lora_keys
 from .family import ModelFamily
 
 # The public v1-inference settings, as the diffusers converters read them.
@@ -48,6 +49,8 @@ SD1_ORIGINAL_CONFIG: Dict[str, Any] = {
 }
 
 UNET_KEY = "model.diffusion_model.input_blocks.1.1.proj_in.weight"
+UNET_PREFIX = "model.diffusion_model."
+TEXT_ENCODER_PREFIX = "cond_stage_model.transformer."
 TEXT_KEY = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
 
 
@@ -86,3 +89,7 @@ class SD1Family(ModelFamily):
 
     def original_config(self, shapes: Dict[str, Sequence[int]]) -> Dict[str, Any]:
         return copy.deepcopy(SD1_ORIGINAL_CONFIG)
+
+    def checkpoint_lora_keys(self, shapes: Dict[str, Sequence[int]]) -> Dict[str, str]:
+        return ldm_checkpoint_lora_keys(shapes, UNET_PREFIX, self.unet_prefix, self.unet_kohya_path,
+                                        [(TEXT_ENCODER_PREFIX, self.text_encoder_prefixes[0])])
