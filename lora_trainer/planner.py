@@ -93,12 +93,16 @@ def _flash_like_sdpa():
         F.scaled_dot_product_attention = original
 
 
-def saved_activation_bytes(fn) -> Dict[str, int]:
-    """Run `fn()` recording the distinct storages autograd saves; returns total and largest bytes."""
+def saved_activation_bytes(fn, modules=()) -> Dict[str, int]:
+    """Run `fn()` recording the distinct storages autograd saves, other than the modules' own weights
+    (counted once, as weights); returns total and largest bytes."""
+    weights = {p.untyped_storage()._cdata for m in modules for p in m.parameters()}
     storages: Dict[int, int] = {}
 
     def pack(t: torch.Tensor):
-        storages[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+        key = t.untyped_storage()._cdata
+        if key not in weights:
+            storages[key] = t.untyped_storage().nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _flash_like_sdpa():
@@ -175,7 +179,7 @@ def estimate(config: TrainConfig, batch_size: Optional[int] = None, parts=None,
             x = torch.empty(batch, unet.config.in_channels, latent, latent, device="meta", dtype=dtype)
             unet(x, torch.zeros(batch, dtype=torch.long, device="meta"), encoder_hidden_states=ctx)
 
-        saved = saved_activation_bytes(forward)
+        saved = saved_activation_bytes(forward, (unet, te))
     finally:
         net.remove()
     weights = _param_bytes(unet, precision.base_dtype) + _param_bytes(te, precision.base_dtype)
