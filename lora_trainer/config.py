@@ -105,7 +105,7 @@ class TrainConfig:
     save_steps: int = _opt(0, "Also save <name>-stepNNNNNNNN.safetensors every N steps (0 = only at the end).", minimum=0)
     save_precision: str = _opt("fp16", "Dtype of the saved LoRA tensors.", choices=SAVE_PRECISIONS)
     preferred_weight: float = _opt(0.8, "Weight suggested in the .json sidecar (<lora:name:weight>).")
-    log_every_n_steps: int = _opt(1, "How often the loss is read back and logged (higher = fewer host syncs).", minimum=1)
+    log_every_n_steps: int = _opt(10, "How often losses are read back from the GPU and logged (every step is logged; fewer reads = fewer host syncs).", minimum=1)
 
     config_version: int = _opt(CONFIG_VERSION, "Config format version (written by the tool; old files are migrated).")
 

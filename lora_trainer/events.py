@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 log = logging.getLogger("lora_trainer")
 
@@ -34,6 +34,13 @@ class StepEnded:
     steps_per_second: float
     eta_seconds: float
     samples_seen: int
+
+
+@dataclass
+class LossesRead:
+    """Losses read back from the device (every log_every_n_steps): (step, loss) pairs, in order."""
+
+    pairs: List[Tuple[int, float]]
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .config import TrainConfig
 from .errors import LoraTrainerError
-from .events import Callback, CheckpointSaved, Message, RunEnded, RunStarted, SampleImages, StepEnded
+from .events import Callback, CheckpointSaved, LossesRead, Message, RunEnded, RunStarted, SampleImages, StepEnded
 
 Runner = Callable[[Callable[[], Any]], Any]
 MAX_MESSAGES = 200
@@ -72,7 +72,8 @@ class JobRecorder(Callback):
                 s.steps_per_second, s.eta_seconds = event.steps_per_second, event.eta_seconds
                 if event.loss is not None:
                     s.loss = event.loss
-                    s.losses.append([event.step, event.loss])
+            elif isinstance(event, LossesRead):
+                s.losses.extend([step, loss] for step, loss in event.pairs)
             elif isinstance(event, Message):
                 s.messages = (s.messages + [event.text])[-MAX_MESSAGES:]
             elif isinstance(event, CheckpointSaved):

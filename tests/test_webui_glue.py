@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from lora_trainer.config import config_from_dict
-from lora_trainer.events import RunEnded, RunStarted, StepEnded
+from lora_trainer.events import LossesRead, RunEnded, RunStarted, StepEnded
 from lora_trainer.jobs import JobBusy, JobManager
 from lora_trainer.webui.lora_folder import install_lora
 from lora_trainer.webui.progress import WebUIStateProgress
@@ -92,6 +92,7 @@ def test_one_job_at_a_time_stop_and_failure(tmp_path):
         while not any(cb.should_stop() for cb in callbacks):
             step += 1
             for cb in callbacks:
+                cb.on_event(LossesRead([(step, 0.5 / step)]))
                 cb.on_event(StepEnded(step, 100, 1, 0.5 / step, 1e-4, 10.0, 1.0, step))
             threading.Event().wait(0.01)
         result = SimpleNamespace(lora_path=tmp_path / "x.safetensors", stopped_early=True)

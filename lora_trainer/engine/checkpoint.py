@@ -131,6 +131,7 @@ def restore_trainer(trainer, state: Dict[str, Any], fingerprint: Dict[str, Any])
     p.samples_seen = int(state["samples_seen"])
     p.losses = [float(x) for x in state["losses"].tolist()]
     p.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+    trainer._nonfinite_total.fill_(p.nonfinite_steps)
     trainer.micro_batch_size = int(state["micro_batch_size"])
     if state.get("gradient_checkpointing_forced"):
         trainer.force_gradient_checkpointing()

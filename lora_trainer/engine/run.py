@@ -20,7 +20,7 @@ from ..data.dataset import CaptionSettings, TrainingSet
 from ..data.doctor import DatasetReport, build_report
 from ..data.scan import scan_dataset
 from ..errors import ConfigError, DatasetError, LoraTrainerError
-from ..events import Callback, CheckpointSaved, Events, RunEnded
+from ..events import Callback, CheckpointSaved, Events, LossesRead, RunEnded
 from ..formats.kohya import load_kohya_lora, rank_and_alpha, save_kohya_lora
 from ..formats.metadata import training_metadata
 from ..formats.sidecar import write_sidecar
@@ -114,9 +114,10 @@ class TensorBoardLogger(Callback):
 
         if self.writer is None:
             return
-        if isinstance(event, StepEnded):
-            if event.loss is not None:
-                self.writer.add_scalar("loss", event.loss, event.step)
+        if isinstance(event, LossesRead):
+            for step, loss in event.pairs:
+                self.writer.add_scalar("loss", loss, step)
+        elif isinstance(event, StepEnded):
             self.writer.add_scalar("lr", event.lr, event.step)
         elif isinstance(event, CheckpointSaved):
             self.writer.flush()  # a resumed run continues from here: everything up to it is on disk

@@ -19,7 +19,7 @@ from ..config import TrainConfig
 from ..data.cache import LatentCache, TextCache
 from ..data.dataset import Sample, TrainingSet, stack_pixels
 from ..errors import TrainingStopped
-from ..events import Events, RunStarted, StepEnded
+from ..events import Events, LossesRead, RunStarted, StepEnded
 from ..lora.network import LoraNetwork
 from ..models.bundle import Conditioning, ModelBundle
 from ..utils.device import Precision
@@ -102,6 +102,10 @@ class Trainer:
         self.lr_scheduler = build_scheduler(cfg.lr_scheduler, self.optimizer, cfg.lr_warmup_steps,
                                             self.schedule["total_steps"], cfg.lr_num_cycles)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision.use_grad_scaler else None
+        self._skip_on_device = self.device.type == "cuda" and getattr(self.optimizer, "_step_supports_amp_scaling",
+                                                                      False) and self.scaler is None
+        self._consecutive_nonfinite = torch.zeros((), dtype=torch.int32, device=self.device)
+        self._nonfinite_total = torch.zeros((), dtype=torch.int32, device=self.device)
 
     def _build_caches(self) -> None:
         cfg = self.config
@@ -224,32 +228,36 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         finite = torch.isfinite(loss_sum)
         if self.config.max_grad_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm, foreach=True)
             if self.scaler is None:  # with fp16 the grad scaler itself skips steps with inf gradients
                 finite = finite & torch.isfinite(norm)
-        if bool(finite):
-            if self.scaler:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            self.progress.consecutive_nonfinite = 0
-        else:
-            self._skip_nonfinite(step)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif self._skip_on_device:
+            # fused AdamW skips the update on the GPU itself when found_inf is set: no host sync per step
+            self.optimizer.found_inf = (~finite).float()
+            self.optimizer.step()
+            del self.optimizer.found_inf
+        elif bool(finite):
+            self.optimizer.step()
+        self._consecutive_nonfinite = torch.where(finite, 0, self._consecutive_nonfinite + 1)
+        self._nonfinite_total = self._nonfinite_total + (~finite).int()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum
 
-    def _skip_nonfinite(self, step: int) -> None:
+    def check_nonfinite(self, step: int) -> None:
+        """Read the skipped-step counters (at log time); stop after a run of non-finite steps."""
         p = self.progress
-        p.nonfinite_steps += 1
-        p.consecutive_nonfinite += 1
-        self.events.say(f"step {step + 1}: loss or gradients not finite; step skipped "
-                        f"({p.nonfinite_steps} so far)", logging.WARNING)
-        if p.consecutive_nonfinite >= self.max_nonfinite_steps:
-            self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingStopped(f"{p.consecutive_nonfinite} steps in a row had a non-finite loss; training "
-                                  f"stopped at step {step + 1} and the last checkpoint was kept. {NONFINITE_ADVICE}")
+        total, consecutive = int(self._nonfinite_total), int(self._consecutive_nonfinite)
+        if total > p.nonfinite_steps:
+            self.events.say(f"{total - p.nonfinite_steps} step(s) up to step {step} had a non-finite loss or "
+                            f"gradients and were skipped ({total} so far)", logging.WARNING)
+        p.nonfinite_steps, p.consecutive_nonfinite = total, consecutive
+        if consecutive >= self.max_nonfinite_steps:
+            raise TrainingStopped(f"{consecutive} steps in a row had a non-finite loss; training stopped at step "
+                                  f"{step} and the last checkpoint was kept. {NONFINITE_ADVICE}")
 
     # ------------------------------------------------------------------ loop
     def run(self, on_checkpoint=None) -> Progress:
@@ -266,30 +274,37 @@ class Trainer:
             batches = self.dataset.epoch_batches(p.epoch, cfg.seed, cfg.batch_size)
             k = p.step % spe
             step_batches = batches[k * ga:(k + 1) * ga]
-            loss = self.optimizer_step(p.step, step_batches)
+            pending.append(self.optimizer_step(p.step, step_batches))
             p.step += 1
             p.samples_seen += sum(len(b) for b in step_batches)
-            pending.append(loss)
+            stop = self.events.stop_requested()
+            save = bool(on_checkpoint and p.step < total and cfg.save_steps and p.step % cfg.save_steps == 0)
             value = None
-            if p.step % cfg.log_every_n_steps == 0 or p.step == total:
-                values = torch.stack(pending).tolist()
-                p.losses.extend(values)
-                pending, value = [], values[-1]
+            if p.step % cfg.log_every_n_steps == 0 or p.step == total or stop or save:
+                value = self._read_back(pending, p.step)
+                pending = []
             elapsed = time.perf_counter() - started
             rate = (p.step - first_step) / elapsed if elapsed > 0 else 0.0
-            self.events.emit(StepEnded(p.step, total, p.epoch + 1, value,
-                                       self.lr_scheduler.get_last_lr()[0], rate,
+            self.events.emit(StepEnded(p.step, total, p.epoch + 1, value, self.lr_scheduler.get_last_lr()[0], rate,
                                        (total - p.step) / rate if rate else 0.0, p.samples_seen))
-            stop = self.events.stop_requested()
-            if on_checkpoint and (p.step < total and cfg.save_steps and p.step % cfg.save_steps == 0) and not stop:
+            if save and not stop:
                 on_checkpoint(p.step, p.epoch, False)
             if stop:
                 self.events.say(f"stop requested: stopping after step {p.step}")
                 break
         if pending:
-            p.losses.extend(torch.stack(pending).tolist())
+            self._read_back(pending, p.step)
         self.network.train(False)
         return p
+
+    def _read_back(self, pending: List[torch.Tensor], step: int) -> float:
+        """One host sync for the losses of the last steps; also checks the non-finite counters."""
+        values = torch.stack(pending).tolist()
+        first = step - len(values) + 1
+        self.progress.losses.extend(values)
+        self.events.emit(LossesRead([(first + i, v) for i, v in enumerate(values)]))
+        self.check_nonfinite(step)
+        return values[-1]
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
