@@ -165,6 +165,8 @@ class LoraRun:
             device = pick_device(cfg.device)
             precision = pick_precision(cfg.mixed_precision, device)
         self.events.say(f"device {device}, precision {precision.name}")
+        if device.type == "cuda" and placement is None:
+            self._memory_advice(device)
         self._warn_long_captions(dataset)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.output_dir / "config.yaml", dump_config(cfg))
@@ -184,6 +186,19 @@ class LoraRun:
         if self.tensorboard:
             self.events.add(TensorBoardLogger(self.output_dir / "logs", purge_step=self.trainer.progress.step + 1))
         return self.trainer
+
+    def _memory_advice(self, device: torch.device) -> None:
+        """The planner's verdict at start: say what to change when the config will not fit the GPU."""
+        try:
+            from ..planner import plan
+
+            verdict = plan(self.config)
+        except Exception as exc:  # noqa: BLE001 - advice only; never stops a run
+            self.events.say(f"memory plan unavailable: {exc}", logging.DEBUG)
+            return
+        level = logging.WARNING if verdict.fits is False else logging.INFO
+        self.events.say(f"memory plan: peak about {verdict.peak / 2**30:.1f} GiB of "
+                        f"{(verdict.capacity or 0) / 2**30:.1f} GiB" + "".join(f"; {a}" for a in verdict.advice), level)
 
     def _read_init_lora(self) -> Optional[Dict[str, torch.Tensor]]:
         if not self.config.init_lora:
