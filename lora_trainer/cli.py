@@ -194,6 +194,29 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0 if result.fits in (None, True) else 1
 
 
+def cmd_grid(args: argparse.Namespace) -> int:
+    from .grid import base_model_of, find_loras, render_grid, save_grid
+    from .models import default_families
+    from .models.loading import load_bundle
+    from .utils.device import pick_device, pick_precision
+
+    loras = find_loras(args.loras)
+    base = args.base or base_model_of(Path(args.loras[0]) if Path(args.loras[0]).is_dir() else loras[0].parent)
+    if not base:
+        raise LoraTrainerError("grid: pass --base MODEL (no config.yaml with base_model next to the LoRAs)")
+    weights = [float(w) for w in args.weights.split(",") if w.strip()]
+    bundle = load_bundle(base, default_families(), args.tokenizer_path)
+    device = pick_device(args.device)
+    bundle.prepare(device, pick_precision("auto", device).base_dtype, False, False)
+    print(f"rendering {len(loras)} x {len(weights)} cells")
+    result = render_grid(bundle, loras, args.prompt, weights, seed=args.seed, size=args.size, steps=args.steps,
+                         cfg=args.cfg, negative=args.negative)
+    out = Path(args.out) if args.out else loras[0].parent / "grid.png"
+    save_grid(result, out)
+    print(f"grid written to {out}")
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from .config import describe_keys
 
@@ -291,6 +314,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("grid", help="image grid: rows = LoRA checkpoints, columns = weights")
+    p.add_argument("--loras", nargs="+", required=True, help="LoRA files or a training output folder")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--weights", default="0.4,0.6,0.8,1.0")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base", default=None, help="base model (default: base_model from the folder's config.yaml)")
+    p.add_argument("--tokenizer-path", default=None)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=7.0)
+    p.add_argument("--negative", default="")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="PNG path (default: grid.png next to the LoRAs)")
+    p.set_defaults(func=cmd_grid)
 
     p = sub.add_parser("keys", help="list every config key with its default and help")
     p.set_defaults(func=cmd_keys)

@@ -99,6 +99,16 @@ class TrainConfig:
     max_nonfinite_steps: int = _opt(5, "Stop after this many steps in a row with a NaN/inf loss (each one is skipped).", minimum=1)
     device: str = _opt("auto", "cuda, mps or cpu; auto picks the best available.", choices=DEVICES)
 
+    # --- samples and validation ---
+    sample_prompts: Optional[Union[str, List[str]]] = _opt(None, "Prompts for sample images: a list, or a text file with one per line (flags --n negative --w --h --s steps --l cfg --d seed).")
+    sample_every_n_steps: int = _opt(0, "Take samples every N steps (0 = off).", minimum=0)
+    sample_every_n_epochs: int = _opt(0, "Take samples every N epochs (0 = off).", minimum=0)
+    sample_at_start: bool = _opt(False, "Also take samples before the first step (the base model's look).")
+    sample_steps: int = _opt(20, "Denoising steps of each sample (a prompt's --s overrides).", minimum=1)
+    sample_cfg: float = _opt(7.0, "CFG scale of each sample (a prompt's --l overrides).", minimum=0.0)
+    validation_split: float = _opt(0.0, "Fraction of the images held out to measure validation loss at every save.", minimum=0.0, maximum=0.5)
+    validation_dir: Optional[str] = _opt(None, "A separate folder of validation images (instead of validation_split).")
+
     # --- output ---
     output_dir: str = _opt("", "Folder for the LoRA, checkpoints, logs and the effective config.")
     output_name: Optional[str] = _opt(None, "File name of the LoRA (no extension). Default: the last folder name of output_dir.")
@@ -204,7 +214,8 @@ def _check_type(name: str, value: Any) -> Any:
             raise ConfigError(f"config error: {name}: expected text, got {value!r}")
         return str(value)
     if origin is Union:
-        if not isinstance(value, args):
+        kinds = tuple(typing.get_origin(a) or a for a in args)
+        if not isinstance(value, kinds):
             names = " or ".join("true/false" if a is bool else "text" if a is str else a.__name__ for a in args)
             raise ConfigError(f"config error: {name}: expected {names}, got {value!r}")
         return value
@@ -234,6 +245,10 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError("config error: min_bucket_reso is larger than max_bucket_reso")
     if cfg.caption_extension and not cfg.caption_extension.startswith("."):
         object.__setattr__(cfg, "caption_extension", "." + cfg.caption_extension)
+    if isinstance(cfg.sample_prompts, list) and not all(isinstance(p, str) for p in cfg.sample_prompts):
+        raise ConfigError("config error: sample_prompts: expected a list of prompt lines (text)")
+    if cfg.validation_split and cfg.validation_dir:
+        raise ConfigError("config error: validation_split and validation_dir: set one of them, not both")
     if cfg.config_version > CONFIG_VERSION:
         raise ConfigError(f"config error: config_version {cfg.config_version} is newer than this tool "
                           f"understands ({CONFIG_VERSION}); update lora_trainer")
@@ -290,7 +305,7 @@ def load_config(path: Union[str, Path], overrides: Optional[Dict[str, Any]] = No
 
 
 PATH_KEYS = ("train_data_dir", "metadata_path", "base_model", "base_model_config", "tokenizer_path",
-             "output_dir", "init_lora")
+             "output_dir", "init_lora", "validation_dir")
 
 
 def resolve_paths(raw: Dict[str, Any], base: Path) -> Dict[str, Any]:

@@ -63,6 +63,12 @@ class SampleImages:
 
 
 @dataclass
+class ValidationLoss:
+    step: int
+    loss: float
+
+
+@dataclass
 class RunEnded:
     lora_path: Optional[Path]
     steps_done: int

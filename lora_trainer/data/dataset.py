@@ -55,9 +55,9 @@ class TrainingSet:
     """Good images with their buckets; produces per-epoch batches and per-sample pixels and captions."""
 
     def __init__(self, scan: ScanResult, buckets: BucketSettings, captions: CaptionSettings,
-                 flip_aug: bool = False):
+                 flip_aug: bool = False, records: Optional[Sequence[ImageRecord]] = None):
         self.scan = scan
-        self.records: List[ImageRecord] = [r for r in scan.records if r.repeats > 0]
+        self.records: List[ImageRecord] = [r for r in (scan.records if records is None else records) if r.repeats > 0]
         self.bucket_settings = buckets
         self.caption_settings = captions
         self.flip_aug = flip_aug
@@ -65,6 +65,11 @@ class TrainingSet:
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def subset(self, indices: Sequence[int], flip_aug: Optional[bool] = None) -> "TrainingSet":
+        """The same settings on some of the images (e.g. a validation split)."""
+        return TrainingSet(self.scan, self.bucket_settings, self.caption_settings,
+                           self.flip_aug if flip_aug is None else flip_aug, [self.records[i] for i in indices])
 
     # ------------------------------------------------------------------ structure
     @property

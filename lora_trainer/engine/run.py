@@ -20,17 +20,19 @@ from ..data.dataset import CaptionSettings, TrainingSet
 from ..data.doctor import DatasetReport, build_report
 from ..data.scan import scan_dataset
 from ..errors import ConfigError, DatasetError, LoraTrainerError
-from ..events import Callback, CheckpointSaved, Events, LossesRead, RunEnded
+from ..events import Callback, CheckpointSaved, Events, LossesRead, RunEnded, SampleImages, ValidationLoss
 from ..formats.kohya import load_kohya_lora, rank_and_alpha, save_kohya_lora
 from ..formats.metadata import training_metadata
-from ..formats.sidecar import write_sidecar
+from ..formats.sidecar import write_preview, write_sidecar
 from ..models import default_families
 from ..models.bundle import ModelBundle
-from ..utils.atomic import atomic_write_text
+from ..utils.atomic import atomic_write_text, atomic_write_with
 from ..utils.device import pick_device, pick_precision, precision_for_weights
 from ..utils.seeding import seed_everything
 from .checkpoint import load_state, model_identity, restore_trainer, run_fingerprint, save_state, state_path
 from .optim import bitsandbytes_available
+from .sampling import isolated_rng, sample_path, sample_prompts_from_config
+from .validation import OverfitDetector, Validator, as_metadata, split_validation
 from .trainer import Trainer
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -90,6 +92,18 @@ def build_training_set(config: TrainConfig) -> TrainingSet:
     return TrainingSet(scan, buckets, captions, config.flip_aug)
 
 
+def split_datasets(config: TrainConfig, dataset: TrainingSet):
+    """(training set, validation set or None) from validation_split or validation_dir."""
+    if config.validation_dir:
+        scan = scan_dataset(config.validation_dir, None, config.caption_extension, config.trigger_word)
+        return dataset, TrainingSet(scan, dataset.bucket_settings, dataset.caption_settings, False)
+    if config.validation_split > 0:
+        train_idx, val_idx = split_validation(dataset.records, config.validation_split, config.seed)
+        if val_idx:
+            return dataset.subset(train_idx), dataset.subset(val_idx, flip_aug=False)
+    return dataset, None
+
+
 def load_model(config: TrainConfig) -> ModelBundle:
     from ..models.loading import load_bundle
 
@@ -119,6 +133,16 @@ class TensorBoardLogger(Callback):
                 self.writer.add_scalar("loss", loss, step)
         elif isinstance(event, StepEnded):
             self.writer.add_scalar("lr", event.lr, event.step)
+        elif isinstance(event, ValidationLoss):
+            self.writer.add_scalar("validation_loss", event.loss, event.step)
+        elif isinstance(event, SampleImages):
+            import numpy as np
+            from PIL import Image
+
+            for i, path in enumerate(event.paths):
+                with Image.open(path) as im:
+                    self.writer.add_image(f"sample_{i:02d}", np.asarray(im.convert("RGB")), event.step,
+                                          dataformats="HWC")
         elif isinstance(event, CheckpointSaved):
             self.writer.flush()  # a resumed run continues from here: everything up to it is on disk
         elif isinstance(event, RunEnded):
@@ -141,13 +165,19 @@ class LoraRun:
         self.report: Optional[DatasetReport] = None
         self.tensorboard = tensorboard
         self.fingerprint: Dict[str, Any] = {}
+        self.validation_set: Optional[TrainingSet] = None
+        self.validator: Optional[Validator] = None
+        self.overfit = OverfitDetector()
+        self.sample_prompts: List = []
+        self.latest_sample: Optional[Path] = None
+        self.checkpoint_steps: Dict[int, Path] = {}
 
     # ------------------------------------------------------------------ steps
     def setup(self) -> Trainer:
         cfg = self.config
         preflight(cfg, check_model=self.bundle is None)
         seed_everything(cfg.seed)
-        dataset = build_training_set(cfg)
+        dataset, self.validation_set = split_datasets(cfg, build_training_set(cfg))
         self.report = build_report(dataset, cfg.batch_size, cfg.gradient_accumulation_steps,
                                    broken=dataset.scan.broken)
         for line in self.report.summary_lines():
@@ -183,6 +213,10 @@ class LoraRun:
             restore_trainer(self.trainer, state, self.fingerprint)
             self.events.say(f"resuming at step {self.trainer.progress.step} of {self.trainer.schedule['total_steps']}")
         self._check_room()
+        self.sample_prompts = sample_prompts_from_config(cfg)
+        if self.validation_set is not None:
+            self.validator = Validator(self.trainer, self.validation_set, seed=cfg.seed)
+            self.events.say(f"validation: {len(self.validation_set)} held-out image(s), loss at every save")
         if self.tensorboard:
             self.events.add(TensorBoardLogger(self.output_dir / "logs", purge_step=self.trainer.progress.step + 1))
         return self.trainer
@@ -234,7 +268,45 @@ class LoraRun:
 
     def train(self) -> None:
         assert self.trainer is not None, "call setup() first"
-        self.trainer.run(on_checkpoint=self.save_checkpoint)
+        self.trainer.run(on_checkpoint=self.save_checkpoint,
+                         on_sample=self.take_samples if self.sample_prompts else None)
+
+    # ------------------------------------------------------------------ samples and validation
+    def take_samples(self, step: int) -> List[Path]:
+        """Render the sample prompts with the current weights into samples/; training randomness is untouched."""
+        network = self.trainer.network
+        was_training = network.training
+        network.train(False)
+        try:
+            with isolated_rng(), torch.no_grad():
+                images = self.bundle.sample(self.sample_prompts)
+        except LoraTrainerError as exc:
+            self.events.say(f"samples skipped: {exc}", logging.WARNING)
+            return []
+        finally:
+            network.train(was_training)
+        folder = self.output_dir / "samples"
+        paths = []
+        for i, image in enumerate(images):
+            path = sample_path(folder, step, i)
+            atomic_write_with(path, lambda tmp, im=image: im.save(tmp, format="PNG"))
+            paths.append(path)
+        self.latest_sample = paths[0] if paths else self.latest_sample
+        self.events.emit(SampleImages(step, paths))
+        return paths
+
+    def validate(self, step: int) -> Dict[str, str]:
+        """Validation loss of the current weights (metadata for the checkpoint) and the overfitting check."""
+        if self.validator is None:
+            return {}
+        value = self.validator.loss()
+        recent = self.trainer.progress.losses[-max(1, self.config.save_steps or 10):]
+        warning = self.overfit.update(step, value, sum(recent) / max(1, len(recent)))
+        self.events.emit(ValidationLoss(step, value))
+        self.events.say(f"validation loss at step {step}: {value:.5f}")
+        if warning:
+            self.events.say(warning, logging.WARNING)
+        return as_metadata(value)
 
     # ------------------------------------------------------------------ files
     @property
@@ -247,17 +319,18 @@ class LoraRun:
                                  started_at=self.started_at, steps=step, epoch=epoch,
                                  dataset=self.trainer.dataset, extra=extra)
 
-    def save_lora(self, path: Path, step: int, epoch: int) -> Path:
+    def save_lora(self, path: Path, step: int, epoch: int, extra: Optional[Dict[str, str]] = None) -> Path:
         tensors = self.trainer.network.kohya_state_dict(SAVE_DTYPES[self.config.save_precision])
-        return save_kohya_lora(path, tensors, self.metadata(step, epoch))
+        return save_kohya_lora(path, tensors, self.metadata(step, epoch, extra))
 
     def save_checkpoint(self, step: int, epoch: int, final: bool = False) -> Path:
         """A LoRA file (`<name>-stepNNNNNNNN` or the final `<name>`) plus the training state for resuming."""
         name = self.config.effective_output_name
         path = self.lora_path if final else self.output_dir / f"{name}-step{step:08d}.safetensors"
-        self.save_lora(path, step, epoch)
+        self.save_lora(path, step, epoch, self.validate(step))
         save_state(state_path(self.output_dir), self.trainer, self.fingerprint)
         self.checkpoints.append(path)
+        self.checkpoint_steps[step] = path
         self.events.emit(CheckpointSaved(path, step, final))
         return path
 
@@ -268,6 +341,15 @@ class LoraRun:
         if p.step < total:
             self.events.say(f"stopped at step {p.step} of {total}; the LoRA so far is {path}. To finish this run, "
                             f"train again with the same config and resume: true (--set resume=true)")
+        if self.latest_sample is not None:
+            from PIL import Image
+
+            with Image.open(self.latest_sample) as im:
+                write_preview(path, im.copy())
+        best = self.overfit.best()
+        if best is not None:
+            self.events.say(f"lowest validation loss {best[1]:.5f} at step {best[0]}: "
+                            f"{self.checkpoint_steps.get(best[0], path).name}")
         write_sidecar(path, sd_version=self.bundle.family.sd_version, activation_text=self.config.trigger_word or "",
                       preferred_weight=self.config.preferred_weight,
                       description=f"Trained with lora_trainer on {self.trainer.dataset.samples_per_epoch} "

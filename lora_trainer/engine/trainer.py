@@ -260,8 +260,9 @@ class Trainer:
                                   f"{step} and the last checkpoint was kept. {NONFINITE_ADVICE}")
 
     # ------------------------------------------------------------------ loop
-    def run(self, on_checkpoint=None) -> Progress:
-        """Train until total_steps (or a stop request); `on_checkpoint(step, epoch, final)` saves."""
+    def run(self, on_checkpoint=None, on_sample=None) -> Progress:
+        """Train until total_steps (or a stop request); `on_checkpoint(step, epoch, final)` saves and
+        `on_sample(step)` is called when sample images are due (step 0: before training)."""
         cfg, sched, p = self.config, self.schedule, self.progress
         total, spe, ga = sched["total_steps"], sched["steps_per_epoch"], cfg.gradient_accumulation_steps
         self.events.emit(RunStarted(total, spe, sched["epochs"], len(self.dataset), p.step,
@@ -269,6 +270,8 @@ class Trainer:
         self.network.train(True)
         started, first_step = time.perf_counter(), p.step
         pending: List[torch.Tensor] = []
+        if on_sample and self.sample_due(p.step):
+            on_sample(p.step)
         while p.step < total:
             p.epoch = p.step // spe
             batches = self.dataset.epoch_batches(p.epoch, cfg.seed, cfg.batch_size)
@@ -289,6 +292,8 @@ class Trainer:
                                        (total - p.step) / rate if rate else 0.0, p.samples_seen))
             if save and not stop:
                 on_checkpoint(p.step, p.epoch, False)
+            if on_sample and self.sample_due(p.step):
+                on_sample(p.step)
             if stop:
                 self.events.say(f"stop requested: stopping after step {p.step}")
                 break
@@ -296,6 +301,13 @@ class Trainer:
             self._read_back(pending, p.step)
         self.network.train(False)
         return p
+
+    def sample_due(self, step: int) -> bool:
+        from .sampling import is_sample_step
+
+        cfg = self.config
+        return is_sample_step(step, self.schedule["steps_per_epoch"], cfg.sample_every_n_steps,
+                              cfg.sample_every_n_epochs, cfg.sample_at_start and step == self.progress.step == 0)
 
     def _read_back(self, pending: List[torch.Tensor], step: int) -> float:
         """One host sync for the losses of the last steps; also checks the non-finite counters."""
@@ -307,21 +319,11 @@ class Trainer:
         return values[-1]
 
     # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
     def evaluation_loss(self, indices: Sequence[int], timesteps: Sequence[int], seed: int = 0) -> float:
-        """Mean loss at fixed timesteps with fixed noise: the same number for the same weights."""
-        was_training = self.network.training
-        self.network.train(False)
-        losses = []
-        for i in indices:
-            sample = Sample(i, False, self.dataset.fixed_caption(i))
-            w, h = self.dataset.buckets[i]
-            for t in timesteps:
-                g = generator(seed, "eval", i, t)
-                noise = torch.randn((1, self.latent_channels, h // self.vae_factor, w // self.vae_factor), generator=g)
-                losses.append(self.batch_loss([sample], noise, torch.tensor([t])).item())
-        self.network.train(was_training)
-        return float(sum(losses) / len(losses))
+        """Loss of the current weights on some training images at fixed timesteps and noise (deterministic)."""
+        from .validation import Validator
+
+        return Validator(self, self.dataset.subset(indices), timesteps, seed).loss()
 
     def state_summary(self) -> Dict[str, Any]:
         return {"step": self.progress.step, "epoch": self.progress.epoch, "samples_seen": self.progress.samples_seen}

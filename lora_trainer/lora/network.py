@@ -124,10 +124,10 @@ class LoraNetwork:
         for m in self.modules:
             m.layer.lora_dropout[self.ADAPTER].train(mode)
 
-    def set_enabled(self, enabled: bool) -> None:
-        """Turn the LoRA path on or off without removing it (for base-vs-LoRA comparisons)."""
+    def set_multiplier(self, weight: float) -> None:
+        """Scale the LoRA path (0 = off, 1 = as trained), like `<lora:name:weight>` in the WebUI."""
         for m in self.modules:
-            m.layer.scaling[self.ADAPTER] = (self.alpha / self.rank) if enabled else 0.0
+            m.layer.scaling[self.ADAPTER] = weight * self.alpha / self.rank
 
     # ------------------------------------------------------------------ kohya tensors
     def kohya_state_dict(self, dtype: torch.dtype = torch.float16) -> Dict[str, torch.Tensor]:

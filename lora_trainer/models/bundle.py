@@ -77,6 +77,13 @@ class ModelBundle(ABC):
     def offload_text_encoder(self) -> None:
         """Move a frozen text encoder off the accelerator once captions are cached (default: nothing)."""
 
+    def sample(self, prompts: Sequence) -> List:
+        """PIL images for `SamplePrompt`s with the current weights (LoRA included), or raise LoraTrainerError
+        when this bundle cannot render."""
+        from ..errors import LoraTrainerError
+
+        raise LoraTrainerError(f"{type(self).__name__} cannot render sample images")
+
     def count_tokens(self, text: str) -> Optional[int]:
         """Tokens of a caption without BOS/EOS (None when the bundle cannot tell)."""
         return None

@@ -118,6 +118,44 @@ class DiffusersBundle(ModelBundle):
         ids = self.tokenize(captions).to(self.device)
         return {"crossattn": encode_clip(self.text_encoder, ids, self.clip_skip)}
 
+    def betas(self) -> torch.Tensor:
+        ac = self.alphas_cumprod.double()
+        return (1 - ac / torch.cat([torch.ones(1, dtype=ac.dtype), ac[:-1]])).float()
+
+    @torch.no_grad()
+    def sample(self, prompts: Sequence) -> List:
+        """Render with a diffusers pipeline built on the modules being trained (deterministic DDIM)."""
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        scheduler = DDIMScheduler(num_train_timesteps=self.num_train_timesteps, trained_betas=self.betas().numpy(),
+                                  prediction_type=self.prediction_type, clip_sample=False, set_alpha_to_one=False,
+                                  steps_offset=1)
+        pipe = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                                       unet=self.unet, scheduler=scheduler, safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        images = []
+        for p in prompts:
+            latents = pipe(p.prompt, negative_prompt=p.negative or None, width=p.width, height=p.height,
+                           num_inference_steps=p.steps, guidance_scale=p.cfg, output_type="latent",
+                           clip_skip=(self.clip_skip - 1) or None,
+                           generator=torch.Generator(self.device).manual_seed(p.seed)).images
+            images.append(self.decode_latents(latents)[0])
+        return images
+
+    def decode_latents(self, latents: torch.Tensor) -> List:
+        """Latents -> PIL images with the fp32 VAE (brought to the UNet's device for the decode)."""
+        from PIL import Image
+
+        home = next(self.vae.parameters()).device
+        self.vae.to(self.device)
+        try:
+            pixels = self.vae.decode(latents.to(self.device, torch.float32) / self.vae_scale).sample
+        finally:
+            self.vae.to(home)
+        arr = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(a) for a in arr]
+
     def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,
                 image_info: Optional[Sequence] = None) -> torch.Tensor:
         return self.unet(noisy_latents, timesteps, encoder_hidden_states=cond["crossattn"]).sample
