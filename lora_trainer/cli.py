@@ -1,4 +1,4 @@
-"""`python -m lora_trainer <command>`: train, check, demo, keys (and more as they are added).
+"""`python -m lora_trainer <command>`: train, check, demo, ui, keys (and more as they are added).
 
 Errors the user can fix are printed as one line (no traceback): exit code 2 for config errors, 1 for
 everything else that stops a run.
@@ -105,6 +105,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    try:
+        from .ui.app import launch
+    except ImportError as exc:
+        raise LoraTrainerError(f"the web page needs gradio ({exc}): pip install gradio") from None
+    from .backend import StandaloneBackend
+
+    print(f"LoRA Trainer page: http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
+    launch(args.host, args.port, StandaloneBackend(args.output_root), block=True, quiet=True)
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from .config import describe_keys
 
@@ -131,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="demo_output", help="folder for the demo model, data and LoRA")
     p.add_argument("--steps", type=int, default=200)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("ui", help="the trainer's web page (binds to localhost unless --host says otherwise)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every network)")
+    p.add_argument("--port", type=int, default=7861)
+    p.add_argument("--output-root", default="output", help="where runs go when output_dir is empty")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("keys", help="list every config key with its default and help")
     p.set_defaults(func=cmd_keys)
