@@ -17,21 +17,25 @@
 
     // Click the page's hidden "poll" button so that the Run section shows the server's job. Only while
     // the trainer's page is on screen (in the WebUI it is one tab of many) and the browser tab is visible.
-    function tick() {
+    // Returns the delay until the next poll.
+    function pollOnce() {
         var root = appRoot();
         var page = root.querySelector("#lora_trainer");
         var button = root.querySelector("#lora_trainer_poll");
-        var delay = 500; // the page is still being built
-        if (page && button) {
-            if (page.getClientRects().length > 0 && !document.hidden) {
-                button.click();
-            }
-            var active = root.querySelector('#lora_trainer_run_status [data-active="1"]');
-            delay = active ? FAST_MS : SLOW_MS;
+        if (!page || !button) {
+            return 500; // the page is still being built
         }
-        setTimeout(tick, delay);
+        if (page.getClientRects().length > 0 && !document.hidden) {
+            button.click();
+        }
+        return root.querySelector('#lora_trainer_run_status [data-active="1"]') ? FAST_MS : SLOW_MS;
     }
 
+    function tick() {
+        setTimeout(tick, pollOnce());
+    }
+
+    window.loraTrainerPollOnce = pollOnce;
     window.loraTrainerStartPolling = function () {
         if (!window.loraTrainerPolling) {
             window.loraTrainerPolling = true;

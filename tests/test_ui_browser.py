@@ -204,3 +204,40 @@ def test_the_page_end_to_end(tmp_path, tiny_model_dir, browser, app):
     assert (out / f"{NAME}.safetensors").is_file()
     assert backend.status().lora_path == str(out / f"{NAME}.safetensors")
     page.shot("result-listed", "#lora_trainer_results_section")
+
+
+FAKE_WEBUI_PAGE = """<html><body>
+<div id="tab_txt2img"><div id="txt2img_prompt"><textarea>a cat, </textarea></div></div>
+<div id="lora_trainer"><button id="lora_trainer_poll" onclick="window.polls = (window.polls || 0) + 1">poll</button>
+</div></body></html>"""
+
+
+def test_page_script_polls_while_visible_and_sends_to_txt2img(tmp_path, browser):
+    """javascript/lora_trainer.js on a stand-in for the WebUI page (gradioApp, switch_to_txt2img)."""
+    from lora_trainer.ui.app import JS_FILE
+
+    page_file = tmp_path / "webui.html"
+    page_file.write_text(FAKE_WEBUI_PAGE, encoding="utf-8")
+    browser.get(page_file.as_uri())
+    browser.execute_script("""
+        window.gradioApp = () => document;
+        window.switch_to_txt2img = () => { window.switched = true; };
+        window.inputs = 0;
+        document.querySelector('#txt2img_prompt textarea').addEventListener('input', () => { window.inputs++; });
+    """)
+    browser.execute_script(JS_FILE.read_text(encoding="utf-8"))
+    browser.execute_script("window.loraTrainerStartPolling();")
+    page = Page(browser, tmp_path)
+    page.wait(lambda: (browser.execute_script("return window.polls || 0") or 0) >= 1, 10, "poll clicked")
+
+    assert browser.execute_script("return window.loraTrainerPollOnce()") == 4000  # idle: slow polling
+
+    # The trainer's tab hidden (another WebUI tab is open): no poll.
+    browser.execute_script("document.querySelector('#lora_trainer').style.display = 'none'; window.polls = 0;"
+                           "window.loraTrainerPollOnce();")
+    assert browser.execute_script("return window.polls") == 0
+
+    browser.execute_script("return window.loraTrainerSendToTxt2img('sks, <lora:mine:0.8>');")
+    value = browser.execute_script("return document.querySelector('#txt2img_prompt textarea').value")
+    assert value == "a cat, sks, <lora:mine:0.8>"
+    assert browser.execute_script("return [window.switched, window.inputs]") == [True, 1]

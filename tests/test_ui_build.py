@@ -87,3 +87,45 @@ def test_css_is_scoped_to_the_page_and_js_defines_what_the_page_calls():
         assert name in js
     assert page_js().startswith("() => {")
     assert CSS_FILE == ROOT / "style.css" and JS_FILE == ROOT / "javascript" / "lora_trainer.js"
+
+
+def _non_loopback_ip() -> str:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("10.255.255.255", 1))  # no packet is sent; this only picks the outgoing interface
+            return sock.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def test_cli_ui_serves_the_page_on_localhost_only(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "lora_trainer", "ui", "--port", str(port), "--output-root",
+                             str(tmp_path / "runs")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline, body = time.monotonic() + 120, ""
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode("utf-8", "replace")
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert proc.poll() is None, proc.stdout.read().decode("utf-8", "replace")
+        assert "<html" in body.lower()
+        other = _non_loopback_ip()
+        if not other.startswith("127."):
+            with pytest.raises(OSError):
+                socket.create_connection((other, port), timeout=2).close()
+    finally:
+        proc.terminate()
+        proc.wait(30)
