@@ -2,7 +2,7 @@
 downloaded): a wrong folder shows an error, a saved config loads, Scan shows the report, a caption edit
 reaches the disk, a run on the tiny model shows progress and a growing loss curve, survives a page reload,
 refuses a second Start, stops and saves, and its LoRA is listed. Screenshots of each stage go to
-$LORA_TRAINER_SCREENSHOTS (default: the test's tmp folder)."""
+$LORA_TRAINER_SCREENSHOTS/gradio-<version>/ (default: the test's tmp folder)."""
 from __future__ import annotations
 
 import os
@@ -133,7 +133,10 @@ def test_the_page_end_to_end(tmp_path, tiny_model_dir, browser, app):
     from lora_trainer.tiny import make_shapes_dataset
 
     url, backend = app
-    shots = Path(os.environ.get("LORA_TRAINER_SCREENSHOTS") or tmp_path / "screenshots")
+    import gradio
+
+    base = Path(os.environ.get("LORA_TRAINER_SCREENSHOTS") or tmp_path / "screenshots")
+    shots = base / f"gradio-{gradio.__version__}"
     shots.mkdir(parents=True, exist_ok=True)
     data = make_shapes_dataset(tmp_path / "data", n=8)
     out = tmp_path / "runs" / NAME

@@ -109,8 +109,7 @@ def advanced_groups() -> List[Tuple[str, List[str]]]:
 # ---------------------------------------------------------------------------- values
 def to_form(name: str, value: Any) -> Any:
     """A config value as its widget shows it."""
-    spec_kind = "choice" if FIELDS[name].metadata.get("choices") else None
-    if spec_kind == "choice":
+    if FIELDS[name].metadata.get("choices"):
         return _choice_text(value)
     hint, optional = _hint(name)
     if value is None:

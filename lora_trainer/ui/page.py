@@ -14,11 +14,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import gradio as gr
 
 from ..backend import TrainerBackend
-from . import compat
-from .forms import form_keys
+from . import ROOT_ID, compat
+from .forms import form_keys, raw_from_form
 from .views import error_html
-
-from . import ROOT_ID
 
 
 @dataclass
@@ -44,8 +42,7 @@ class PageContext:
         return list(args[:n]), list(args[n:])
 
     def raw(self, values: Sequence[Any]) -> Dict[str, Any]:
-        from .forms import raw_from_form
-
+        """The form values as a raw config dict."""
         return raw_from_form(self.field_names, values)
 
 

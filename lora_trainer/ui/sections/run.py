@@ -2,6 +2,7 @@
 curve, the newest samples, the log). The job lives on the server: a hidden "poll" button, clicked by
 javascript/lora_trainer.js every second or so, refreshes this view, so a reloaded or second page shows the
 running job too."""
+import logging
 from typing import Any, List, Optional, Tuple
 
 import gradio as gr
@@ -16,6 +17,7 @@ from ..views import log_text, message_html, status_html
 from .results import results_outputs
 
 SAMPLES_SHOWN = 4
+log = logging.getLogger("lora_trainer")
 
 
 def layout(ctx: PageContext) -> None:
@@ -83,7 +85,8 @@ def wire(ctx: PageContext) -> None:
     def on_poll(previous: Any) -> List[Any]:
         try:
             return poll_outputs(ctx, previous)
-        except Exception:  # noqa: BLE001 - a failed refresh must not break the page; the next poll retries
+        except Exception as exc:  # noqa: BLE001 - a failed refresh must not break the page; the next poll retries
+            log.warning("refreshing the Run section failed: %s", exc)
             return [compat.no_change()] * 7 + [None]
 
     p["start"].click(on_start, ctx.field_inputs, [p["run_msg"], p["status"]])
