@@ -1,1 +1,64 @@
-// LoRA Trainer: WebUI page additions (filled in with the WebUI tab).
+// LoRA Trainer: page script for the WebUI tab and the standalone page. The WebUI loads this file itself;
+// the standalone app (lora_trainer/ui/app.py) runs it on page load. It only defines window.loraTrainer*.
+(function () {
+    if (window.loraTrainerStartPolling) {
+        return; // already loaded
+    }
+    var FAST_MS = 1000; // while a job runs
+    var SLOW_MS = 4000; // otherwise
+
+    function appRoot() {
+        if (typeof gradioApp === "function") {
+            return gradioApp();
+        }
+        var app = document.querySelector("gradio-app");
+        return (app && app.shadowRoot) || document;
+    }
+
+    // Click the page's hidden "poll" button so that the Run section shows the server's job. Only while
+    // the trainer's page is on screen (in the WebUI it is one tab of many) and the browser tab is visible.
+    // Returns the delay until the next poll.
+    function pollOnce() {
+        var root = appRoot();
+        var page = root.querySelector("#lora_trainer");
+        var button = root.querySelector("#lora_trainer_poll");
+        if (!page || !button) {
+            return 500; // the page is still being built
+        }
+        if (page.getClientRects().length > 0 && !document.hidden) {
+            button.click();
+        }
+        return root.querySelector('#lora_trainer_run_status [data-active="1"]') ? FAST_MS : SLOW_MS;
+    }
+
+    function tick() {
+        setTimeout(tick, pollOnce());
+    }
+
+    window.loraTrainerPollOnce = pollOnce;
+    window.loraTrainerStartPolling = function () {
+        if (!window.loraTrainerPolling) {
+            window.loraTrainerPolling = true;
+            tick();
+        }
+    };
+
+    // Results -> "Send to txt2img" (WebUI only): append `<lora:name:weight>` and the trigger word to the
+    // txt2img prompt, tell gradio about the new value, and switch to the txt2img tab.
+    window.loraTrainerSendToTxt2img = function (text) {
+        var box = appRoot().querySelector("#txt2img_prompt textarea");
+        if (box && text) {
+            var current = box.value.replace(/[\s,]+$/, "");
+            box.value = current ? current + ", " + text : text;
+            box.dispatchEvent(new Event("input", {bubbles: true}));
+        }
+        if (typeof switch_to_txt2img === "function") {
+            switch_to_txt2img();
+        }
+        return [];
+    };
+
+    if (typeof onUiLoaded === "function") {
+        onUiLoaded(window.loraTrainerStartPolling);
+    }
+})();

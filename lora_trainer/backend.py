@@ -5,9 +5,11 @@ trains the WebUI's loaded checkpoint.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .config import TrainConfig, config_from_dict
+from .data.editor import caption_store
+from .errors import DatasetError, LoraTrainerError
 from .jobs import JobManager, JobStatus, list_loras
 
 
@@ -43,7 +45,12 @@ class TrainerBackend:
 
     # ------------------------------------------------------------------ jobs
     def make_config(self, raw: Dict[str, Any]) -> TrainConfig:
-        """Validate the page's values into a TrainConfig (raises ConfigError naming the key)."""
+        """Validate the page's values into a TrainConfig (raises ConfigError naming the key).
+
+        An empty output_dir becomes `default_output_dir(output_name)`."""
+        raw = dict(raw)
+        if not raw.get("output_dir"):
+            raw["output_dir"] = self.default_output_dir(raw.get("output_name") or "my_lora")
         return config_from_dict(raw)
 
     def start(self, config: TrainConfig) -> JobStatus:
@@ -64,6 +71,35 @@ class TrainerBackend:
                     out.append(item)
         return out
 
+    # ------------------------------------------------------------------ captioning
+    def captioners(self) -> List[str]:
+        """Names of the auto-captioning backends that can run here ([] when `lora_trainer.caption` is absent)."""
+        try:
+            from . import caption
+        except ImportError:
+            return []
+        return [spec.name for spec in caption.default_backends().available()]
+
+    def run_captioner(self, folder: str, name: str, prefix: str = "", overwrite: bool = False,
+                      progress: Optional[Callable[[Any], None]] = None, model: Optional[str] = None) -> str:
+        """Caption the images of `folder` with backend `name`, where the folder keeps its captions
+        (metadata.csv, or .txt sidecars when it already uses them); returns a one-line summary."""
+        try:
+            from .caption import caption_folder
+        except ImportError:
+            raise LoraTrainerError("auto-captioning is not installed (the lora_trainer.caption package is "
+                                   "missing)") from None
+        if not folder or not Path(folder).is_dir():
+            raise DatasetError(f"{folder!r} is not a folder of images: enter the dataset folder first")
+        result = caption_folder(folder, fmt=caption_store(Path(folder)), backend=name, model=model or None,
+                                prefix=prefix, overwrite=overwrite, progress=progress)
+        parts = [f"{result.captioned} image(s) captioned with {name}", f"{result.skipped} already had a caption"]
+        if result.broken:
+            parts.append(f"{len(result.broken)} could not be captioned")
+        if result.stopped:
+            parts.append("stopped early")
+        return "; ".join(parts + list(result.notes))
+
     def prompt_text(self, name: str, weight: float, trigger: str = "") -> str:
         """The text to paste into a prompt: `<lora:name:weight>` plus the trigger word."""
         text = f"<lora:{name}:{weight:g}>"
@@ -71,4 +107,18 @@ class TrainerBackend:
 
 
 class StandaloneBackend(TrainerBackend):
-    """`python -m lora_trainer ui`: trains a base model given by path."""
+    """`python -m lora_trainer ui`: trains a base model given by path; runs go to `output_root/<name>`."""
+
+    def __init__(self, output_root: str = "output", jobs: Optional[JobManager] = None):
+        super().__init__(jobs)
+        self.output_root = Path(output_root)
+
+    def default_output_dir(self, name: str) -> str:
+        return str((self.output_root / name).resolve())
+
+    def results_folders(self) -> List[Path]:
+        """The last run's folder, then every run folder under output_root."""
+        folders = super().results_folders()
+        if self.output_root.is_dir():
+            folders += sorted(p for p in self.output_root.iterdir() if p.is_dir())
+        return folders

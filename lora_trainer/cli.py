@@ -1,4 +1,4 @@
-"""`python -m lora_trainer <command>`: train, check, plan, caption, demo, keys, merge, combine, resize.
+"""`python -m lora_trainer <command>`: train, check, plan, caption, demo, ui, grid, keys, merge, combine, resize.
 
 Errors the user can fix are printed as one line (no traceback): exit code 2 for config errors, 1 for
 everything else that stops a run.
@@ -217,6 +217,18 @@ def cmd_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    try:
+        from .ui.app import launch
+    except ImportError as exc:
+        raise LoraTrainerError(f"the web page needs gradio ({exc}): pip install gradio") from None
+    from .backend import StandaloneBackend
+
+    print(f"LoRA Trainer page: http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
+    launch(args.host, args.port, StandaloneBackend(args.output_root), block=True, quiet=True)
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from .config import describe_keys
 
@@ -329,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="PNG path (default: grid.png next to the LoRAs)")
     p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("ui", help="the trainer's web page (binds to localhost unless --host says otherwise)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every network)")
+    p.add_argument("--port", type=int, default=7861)
+    p.add_argument("--output-root", default="output", help="where runs go when output_dir is empty")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("keys", help="list every config key with its default and help")
     p.set_defaults(func=cmd_keys)

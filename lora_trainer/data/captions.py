@@ -60,8 +60,8 @@ def write_metadata_csv(path: Path, captions: Dict[str, str]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def sidecar_caption(image: Path, caption_extension: str) -> Optional[str]:
-    """Caption from `<image-stem><ext>` (configured extension first, then .txt/.caption)."""
+def find_sidecar(image: Path, caption_extension: str) -> Optional[Path]:
+    """The caption sidecar an image has: `<image-stem><ext>`, configured extension first, then .txt/.caption."""
     seen = []
     for ext in (caption_extension, ".txt", ".caption"):
         if ext in seen:
@@ -69,8 +69,14 @@ def sidecar_caption(image: Path, caption_extension: str) -> Optional[str]:
         seen.append(ext)
         side = image.with_suffix(ext)
         if side.is_file():
-            return side.read_text(encoding="utf-8", errors="replace").strip()
+            return side
     return None
+
+
+def sidecar_caption(image: Path, caption_extension: str) -> Optional[str]:
+    """Caption from the image's sidecar (see `find_sidecar`), or None when it has none."""
+    side = find_sidecar(image, caption_extension)
+    return side.read_text(encoding="utf-8", errors="replace").strip() if side else None
 
 
 def lookup_csv(captions: Dict[str, str], rel: str) -> Optional[str]:

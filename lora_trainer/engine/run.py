@@ -81,10 +81,13 @@ def check_output_dir(out: Path) -> None:
         raise LoraTrainerError(f"output_dir {str(out)!r} has only {free // 2**20} MiB free; checkpoints need more")
 
 
-def build_training_set(config: TrainConfig) -> TrainingSet:
-    """Scan the folder and wrap it with the config's bucket and caption settings."""
+def build_training_set(config: TrainConfig, require_captions: bool = True) -> TrainingSet:
+    """Scan the folder and wrap it with the config's bucket and caption settings.
+
+    `require_captions=False` (the page's Scan) keeps uncaptioned images so the report can list them.
+    """
     scan = scan_dataset(config.train_data_dir, config.metadata_path, config.caption_extension,
-                        config.trigger_word, require_captions=True)
+                        config.trigger_word, require_captions=require_captions)
     buckets = BucketSettings(config.resolution, config.bucket_reso_steps, config.min_bucket_reso,
                              config.max_bucket_reso, config.bucket_no_upscale, config.enable_bucket)
     captions = CaptionSettings(config.trigger_word, config.shuffle_caption, config.keep_tokens,

@@ -148,6 +148,10 @@ class WebUIBackend(TrainerBackend):
     def results_folders(self) -> List[Path]:
         return [lora_dir()]
 
+    def run_captioner(self, *args, **kwargs) -> str:
+        """Caption through the WebUI's GPU queue, so captioning never overlaps txt2img or training."""
+        return webui_runner(lambda: TrainerBackend.run_captioner(self, *args, **kwargs))
+
     def make_config(self, raw: Dict[str, Any]) -> TrainConfig:
         from modules import shared
 

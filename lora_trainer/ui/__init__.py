@@ -1,0 +1,20 @@
+"""The trainer's web page: one gradio Blocks (`build_ui`) for the WebUI tab and the standalone app.
+
+forms, presets, scanning, views and charts are plain functions (no gradio); page, widgets, compat, app
+and sections/ build the gradio page, so gradio is imported only when a page is built.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+ROOT_ID = "lora_trainer"  # elem_id of the page's root (and of the WebUI tab); style.css is scoped to it
+
+
+def build_ui(backend: Any, css: Optional[str] = None, js: Optional[str] = None) -> Any:
+    """The page as a gradio Blocks (see page.build_ui)."""
+    from .page import build_ui as build
+
+    return build(backend, css=css, js=js)
+
+
+__all__ = ["ROOT_ID", "build_ui"]

@@ -1,0 +1,52 @@
+"""The standalone page: `python -m lora_trainer ui [--host 127.0.0.1] [--port 7861]`.
+
+It serves the same Blocks as the WebUI tab with a StandaloneBackend, and loads the same style.css and
+javascript/lora_trainer.js that the WebUI loads for the extension (from the repository root).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import gradio as gr
+
+from ..backend import StandaloneBackend, TrainerBackend
+from . import compat
+from .page import build_ui
+
+ASSET_ROOT = Path(__file__).resolve().parents[2]  # the repository (= WebUI extension) root
+CSS_FILE = ASSET_ROOT / "style.css"
+JS_FILE = ASSET_ROOT / "javascript" / "lora_trainer.js"
+log = logging.getLogger("lora_trainer")
+
+
+def _read(path: Path) -> Optional[str]:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        log.warning("%s is missing: the page will look plain and will not refresh the Run section", path)
+        return None
+
+
+def page_js() -> str:
+    """javascript/lora_trainer.js as the function the page runs on load (then polling starts)."""
+    body = _read(JS_FILE) or ""
+    return "() => {\n" + body + "\nif (window.loraTrainerStartPolling) { window.loraTrainerStartPolling(); }\n}"
+
+
+def create_app(backend: Optional[TrainerBackend] = None) -> tuple:
+    """(the Blocks with the queue on, the extra launch() keywords) for the standalone page."""
+    css = _read(CSS_FILE)
+    demo = build_ui(backend or StandaloneBackend(), css=css, js=page_js())
+    compat.enable_queue(demo)
+    return demo, compat.launch_kwargs(css)
+
+
+def launch(host: str = "127.0.0.1", port: int = 7861, backend: Optional[TrainerBackend] = None,
+           block: bool = True, quiet: bool = False) -> gr.Blocks:
+    """Serve the page on host:port (localhost by default). With block=False it returns the running app."""
+    demo, extra = create_app(backend)
+    demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, inbrowser=False,
+                show_error=True, quiet=quiet, **extra)
+    return demo
