@@ -73,22 +73,17 @@ class TrainerBackend:
 
     # ------------------------------------------------------------------ captioning
     def captioners(self) -> List[str]:
-        """Names of the auto-captioning backends that can run here ([] when `lora_trainer.caption` is absent)."""
-        try:
-            from . import caption
-        except ImportError:
-            return []
-        return [spec.name for spec in caption.default_backends().available()]
+        """Names of the auto-captioning backends that can run here."""
+        from .caption import default_backends
+
+        return [spec.name for spec in default_backends().available()]
 
     def run_captioner(self, folder: str, name: str, prefix: str = "", overwrite: bool = False,
                       progress: Optional[Callable[[Any], None]] = None, model: Optional[str] = None) -> str:
         """Caption the images of `folder` with backend `name`, where the folder keeps its captions
         (metadata.csv, or .txt sidecars when it already uses them); returns a one-line summary."""
-        try:
-            from .caption import caption_folder
-        except ImportError:
-            raise LoraTrainerError("auto-captioning is not installed (the lora_trainer.caption package is "
-                                   "missing)") from None
+        from .caption import caption_folder
+
         if not folder or not Path(folder).is_dir():
             raise DatasetError(f"{folder!r} is not a folder of images: enter the dataset folder first")
         result = caption_folder(folder, fmt=caption_store(Path(folder)), backend=name, model=model or None,

@@ -214,6 +214,8 @@ def _check_type(name: str, value: Any) -> Any:
             raise ConfigError(f"config error: {name}: expected text, got {value!r}")
         return str(value)
     if origin is Union:
+        if bool in args and isinstance(value, str) and value.strip().lower() in ("true", "false", ""):
+            return value.strip().lower() == "true"  # "true"/"false" typed into a text box
         kinds = tuple(typing.get_origin(a) or a for a in args)
         if not isinstance(value, kinds):
             names = " or ".join("true/false" if a is bool else "text" if a is str else a.__name__ for a in args)

@@ -145,12 +145,10 @@ def test_loss_chart():
 
 
 # ---------------------------------------------------------------------------- backend hooks
-def test_captioners_empty_without_the_caption_package(monkeypatch):
-    monkeypatch.setitem(sys.modules, "lora_trainer.caption", None)  # import fails like a missing package
-    backend = TrainerBackend()
-    assert backend.captioners() == []
-    with pytest.raises(LoraTrainerError, match="not installed"):
-        backend.run_captioner("x", "blip")
+def test_captioners_outside_the_webui_are_the_model_backends():
+    names = TrainerBackend().captioners()
+    assert {"blip", "clip-tags", "blip+clip-tags"} <= set(names)
+    assert not [n for n in names if n.startswith("webui")]
 
 
 def test_captioners_use_the_caption_package(monkeypatch, tmp_path):
@@ -185,3 +183,13 @@ def test_standalone_backend_defaults(tmp_path):
     (tmp_path / "runs" / "older").mkdir(parents=True)
     assert (tmp_path / "runs" / "older") in backend.results_folders()
     assert backend.prompt_text("n", 0.8, "sks") == "sks, <lora:n:0.8>"
+
+
+def test_every_key_round_trips_through_the_form_with_its_default():
+    from lora_trainer.config import config_from_dict
+    from lora_trainer.ui.forms import form_from_config, form_keys, raw_from_form
+
+    base = config_from_dict({"train_data_dir": "d", "base_model": "m", "output_dir": "o"})
+    names = form_keys()
+    again = config_from_dict(raw_from_form(names, form_from_config(names, base)))
+    assert again.to_dict() == base.to_dict()
