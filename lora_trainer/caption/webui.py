@@ -9,32 +9,15 @@ bar reads and clear the Interrupt flag; every call is wrapped in `preserved_stat
 """
 from __future__ import annotations
 
-import contextlib
 import sys
-from typing import Any, Iterator, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from PIL import Image
 
+from ..webui.state import preserved_state
 from .base import BackendSpec, CaptionOptions, Captioner
 
-PROGRESS_FIELDS = ("job", "job_count", "job_no", "textinfo", "time_start", "job_timestamp",
-                   "sampling_step", "sampling_steps")
-STOP_FLAGS = ("interrupted", "stopping_generation")
 WEBUI_ONLY = "runs only inside the AUTOMATIC1111 WebUI"
-
-
-@contextlib.contextmanager
-def preserved_state(state: Any) -> Iterator[None]:
-    """Restore the progress fields of `state` after the block; keep a stop request made meanwhile."""
-    saved = {name: getattr(state, name) for name in PROGRESS_FIELDS if hasattr(state, name)}
-    flags = {name: bool(getattr(state, name)) for name in STOP_FLAGS if hasattr(state, name)}
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(state, name, value)
-        for name, was_set in flags.items():
-            setattr(state, name, was_set or bool(getattr(state, name, False)))
 
 
 def _shared() -> Any:

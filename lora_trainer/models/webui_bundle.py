@@ -62,6 +62,7 @@ class WebUIBundle(ModelBundle):
         self._offload = offload  # move the VAE / frozen text encoder to the CPU while training
         self._saved: Optional[Dict[str, Any]] = None
         self._checkpointed: List[nn.Module] = []
+        self.sampler = None  # set by the WebUI glue: renders SamplePrompts through the WebUI's txt2img
 
     @property
     def fixed_placement(self) -> Tuple[torch.device, torch.dtype]:
@@ -159,6 +160,11 @@ class WebUIBundle(ModelBundle):
 
     def encode_captions(self, captions: Sequence[str]) -> Conditioning:
         return {"crossattn": self.sd_model.cond_stage_model(list(captions))}
+
+    def sample(self, prompts: Sequence) -> List:
+        if self.sampler is None:
+            return super().sample(prompts)
+        return self.sampler(prompts)
 
     def count_tokens(self, text: str) -> Optional[int]:
         tokenizer = getattr(getattr(self.sd_model.cond_stage_model, "wrapped", None), "tokenizer", None)

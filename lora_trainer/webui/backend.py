@@ -81,9 +81,12 @@ def refresh_networks(name: str) -> None:
 def make_webui_bundle(sd_model, name: str, offload: bool):
     from ..models import default_families
 
+    from .sampling import webui_sampler
+
     bundle = default_families().webui_bundle(sd_model, name=name, offload=offload)
     if bundle is None:
         raise ModelLoadError(f"the loaded checkpoint ({name}) is of a model family this trainer cannot train yet")
+    bundle.sampler = webui_sampler
     return bundle
 
 
