@@ -60,7 +60,7 @@ class TrainConfig:
     cache_latents: Union[str, bool] = _opt("auto", "Encode every image once with the VAE (auto = on; with flip_aug the flipped images are cached too).", choices=CACHE_MODES)
     cache_latents_to_disk: bool = _opt(False, "Also keep encoded latents on disk (a cache folder beside the images) so a re-run skips the VAE.")
     cache_text_encoder_outputs: Union[str, bool] = _opt("auto", "Encode each caption once. auto: on when the text encoder is frozen and captions are fixed.", choices=CACHE_MODES)
-    num_workers: int = _opt(0, "Data-loader worker processes for per-step image loading (0 = main process).", minimum=0)
+    num_workers: int = _opt(2, "Threads that load the next steps' images when latents are not cached (0 = load in the training thread).", minimum=0)
 
     # --- model ---
     base_model: str = _opt("", "Base checkpoint: a single .safetensors/.ckpt file (SD1.x) or a diffusers folder.")
@@ -98,6 +98,7 @@ class TrainConfig:
     seed: int = _opt(42, "Random seed: the same seed and config give the same LoRA.")
     max_nonfinite_steps: int = _opt(5, "Stop after this many steps in a row with a NaN/inf loss (each one is skipped).", minimum=1)
     device: str = _opt("auto", "cuda, mps or cpu; auto picks the best available.", choices=DEVICES)
+    torch_compile: bool = _opt(False, "Compile the UNet with torch.compile (faster steps on a GPU after a minute of compiling).")
 
     # --- samples and validation ---
     sample_prompts: Optional[Union[str, List[str]]] = _opt(None, "Prompts for sample images: a list, or a text file with one per line (flags --n negative --w --h --s steps --l cfg --d seed).")

@@ -49,3 +49,11 @@ def test_second_run_reads_latents_from_disk_and_matches(tmp_path, tiny_model_dir
     assert list((color_data / ".lora_trainer_cache").glob("*.safetensors"))
     for key in results[0]:
         assert torch.equal(results[0][key], results[1][key]), key
+
+
+def test_uncached_training_with_prefetch_threads_matches_the_training_thread(tmp_path, tiny_model_dir, color_data):
+    runs = [train(make_config(tiny_model_dir, color_data, tmp_path / f"w{w}", max_steps=4, cache_latents=False,
+                              num_workers=w, output_name="x")) for w in (0, 2)]
+    a, b = (load_file(str(r.lora_path)) for r in runs)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -154,3 +154,31 @@ def image_to_tensor(img: Image.Image, bucket: Size, flip: bool = False) -> torch
 
 def stack_pixels(dataset: TrainingSet, samples: Sequence[Sample]) -> torch.Tensor:
     return torch.stack([dataset.pixels(s.index, s.flip) for s in samples])
+
+
+class PixelPrefetcher:
+    """Loads the next steps' images on worker threads while the current step computes (no latent cache)."""
+
+    def __init__(self, dataset: TrainingSet, workers: int, pin: bool = False):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.dataset = dataset
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lora-trainer-pixels")
+        self.pin = pin
+        self.pending: Dict[Tuple[int, bool], object] = {}
+
+    def _load(self, index: int, flip: bool) -> torch.Tensor:
+        t = self.dataset.pixels(index, flip)
+        return t.pin_memory() if self.pin else t
+
+    def prefetch(self, samples: Sequence[Sample]) -> None:
+        for s in samples:
+            key = (s.index, s.flip)
+            if key not in self.pending:
+                self.pending[key] = self.pool.submit(self._load, s.index, s.flip)
+
+    def get(self, samples: Sequence[Sample]) -> torch.Tensor:
+        self.prefetch(samples)
+        keys = [(s.index, s.flip) for s in samples]
+        loaded = {key: self.pending.pop(key).result() for key in dict.fromkeys(keys)}
+        return torch.stack([loaded[key] for key in keys])

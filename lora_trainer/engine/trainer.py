@@ -17,7 +17,7 @@ import torch
 
 from ..config import TrainConfig
 from ..data.cache import LatentCache, TextCache
-from ..data.dataset import Sample, TrainingSet, stack_pixels
+from ..data.dataset import PixelPrefetcher, Sample, TrainingSet, stack_pixels
 from ..errors import TrainingStopped
 from ..events import Events, LossesRead, RunStarted, StepEnded
 from ..lora.network import LoraNetwork
@@ -78,6 +78,7 @@ class Trainer:
         self.latent_cache: Optional[LatentCache] = None
         self.text_cache: Optional[TextCache] = None
         self.micro_batch_size = config.batch_size
+        self.prefetcher: Optional[PixelPrefetcher] = None
         self.forced_checkpointing = False
         self.faults = FaultInjector()
         self.max_nonfinite_steps = config.max_nonfinite_steps
@@ -94,6 +95,10 @@ class Trainer:
         self.network = LoraNetwork.inject(self.bundle.lora_components(cfg.train_text_encoder), rank, alpha,
                                           cfg.lora_dropout)
         self._build_caches()
+        if cfg.torch_compile:
+            self.bundle.compile()
+        if self.latent_cache is None and cfg.num_workers > 0:
+            self.prefetcher = PixelPrefetcher(self.dataset, cfg.num_workers, pin=self.device.type == "cuda")
         groups = [{"params": self.network.parameters("unet"), "lr": cfg.effective_unet_lr}]
         if cfg.train_text_encoder:
             te_params = [p for role in self.network.roles() if role != "unet" for p in self.network.parameters(role)]
@@ -132,7 +137,8 @@ class Trainer:
     def latents_for(self, samples: Sequence[Sample]) -> torch.Tensor:
         if self.latent_cache is not None:
             return self.latent_cache.get(samples)
-        return self.bundle.encode_images(stack_pixels(self.dataset, samples))
+        pixels = self.prefetcher.get(samples) if self.prefetcher else stack_pixels(self.dataset, samples)
+        return self.bundle.encode_images(pixels)
 
     def conditioning_for(self, samples: Sequence[Sample]) -> Conditioning:
         captions = [s.caption for s in samples]
@@ -277,6 +283,8 @@ class Trainer:
             batches = self.dataset.epoch_batches(p.epoch, cfg.seed, cfg.batch_size)
             k = p.step % spe
             step_batches = batches[k * ga:(k + 1) * ga]
+            if self.prefetcher is not None:
+                self.prefetcher.prefetch(self._upcoming(p.step + 1, ga))
             pending.append(self.optimizer_step(p.step, step_batches))
             p.step += 1
             p.samples_seen += sum(len(b) for b in step_batches)
@@ -301,6 +309,12 @@ class Trainer:
             self._read_back(pending, p.step)
         self.network.train(False)
         return p
+
+    def _upcoming(self, step: int, ga: int) -> List[Sample]:
+        spe = self.schedule["steps_per_epoch"]
+        batches = self.dataset.epoch_batches(step // spe, self.config.seed, self.config.batch_size)
+        k = step % spe
+        return [s for b in batches[k * ga:(k + 1) * ga] for s in b]
 
     def sample_due(self, step: int) -> bool:
         from .sampling import is_sample_step

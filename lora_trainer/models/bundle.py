@@ -68,6 +68,9 @@ class ModelBundle(ABC):
     def restore(self) -> None:
         """Undo `prepare` where that matters (default: nothing)."""
 
+    def compile(self) -> None:
+        """torch.compile the denoiser in place (after LoRA layers are in); default: not supported, no-op."""
+
     def enable_gradient_checkpointing(self, text_encoder: bool) -> None:
         """Turn activation checkpointing on mid-run (out-of-memory recovery)."""
 

@@ -74,9 +74,14 @@ class DiffusersBundle(ModelBundle):
         self.vae.to(device=device, dtype=torch.float32)  # fp16 VAEs overflow (NaN); it runs rarely
         if gradient_checkpointing:
             self.enable_gradient_checkpointing(train_text_encoder)
+        elif getattr(self.unet, "gradient_checkpointing", False):
+            self.unet.disable_gradient_checkpointing()  # a bundle may be reused by a run without it
         from diffusers.models.attention_processor import AttnProcessor2_0
 
         self.unet.set_attn_processor(AttnProcessor2_0())  # PyTorch SDPA attention
+
+    def compile(self) -> None:
+        self.unet.compile()
 
     def enable_gradient_checkpointing(self, text_encoder: bool) -> None:
         self.unet.enable_gradient_checkpointing()

@@ -1,0 +1,228 @@
+"""Training speed and memory: this trainer vs. a reference loop like the diffusers LoRA example (not a test).
+
+For each workload it runs, on the same random-weight model and data:
+- `trainer`: the real trainer (LoraRun): cached latents and text embeddings, SDPA, fused/foreach AdamW,
+  fp32 LoRA on bf16/fp16 base weights (GPU), losses read back every 10 steps;
+- `reference`: what examples/text_to_image/train_text_to_image_lora.py does per step: VAE encode and
+  text-encoder forward every step, LoRA on the same modules, AdamW, loss.item() every step.
+It prints a table and writes JSON: steps/s, images/s, time to first step, peak memory (CUDA max
+allocated on GPU, peak resident growth on CPU).
+
+    python benchmarks/bench_train.py --workloads tiny sd15-256-b1          # CPU-sized
+    python benchmarks/bench_train.py --workloads sd15-512-b1 sd15-512-b8 --json out.json   # GPU
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from common import full_size_sd15_bundle, rss_bytes
+
+WORKLOADS: Dict[str, Dict] = {
+    "tiny": dict(model="tiny", resolution=64, batch=2),
+    "sd15-256-b1": dict(model="sd15", resolution=256, batch=1),
+    "sd15-256-b4": dict(model="sd15", resolution=256, batch=4),
+    "sd15-512-b1": dict(model="sd15", resolution=512, batch=1),
+    "sd15-512-b1-ckpt": dict(model="sd15", resolution=512, batch=1, checkpointing=True),
+    "sd15-512-b4": dict(model="sd15", resolution=512, batch=4),
+    "sd15-512-b8": dict(model="sd15", resolution=512, batch=8),
+}
+
+
+@dataclass
+class Row:
+    workload: str
+    loop: str
+    steps_per_s: float
+    images_per_s: float
+    first_step_s: float
+    peak_gib: float
+    tflops: Optional[float] = None
+
+
+class PeakMemory:
+    """CUDA max allocated, or peak resident memory sampled every 2 ms on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            self.start = self.peak = rss_bytes()
+            threading.Thread(target=self._sample, daemon=True).start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+            self.start = 0  # report absolute peak on the GPU (weights included)
+
+    @property
+    def gib(self) -> float:
+        return (self.peak - self.start) / 2**30
+
+
+def make_bundle(model: str, device: torch.device, root: Path):
+    if model == "tiny":
+        from lora_trainer.engine.run import load_model
+        from lora_trainer.config import config_from_dict
+        from lora_trainer.tiny import build_tiny_sd1
+
+        path = build_tiny_sd1(root / "tiny")
+        return load_model(config_from_dict({"train_data_dir": ".", "base_model": str(path), "output_dir": "."}))
+    return full_size_sd15_bundle(device)
+
+
+def run_trainer(bundle, cfg, warmup: int, steps: int) -> Dict[str, float]:
+    from lora_trainer.engine.run import LoraRun
+    from lora_trainer.events import Callback, StepEnded
+
+    stamps: Dict[int, float] = {}
+
+    class Clock(Callback):
+        def on_event(self, event):
+            if isinstance(event, StepEnded):
+                stamps[event.step] = time.perf_counter()
+
+    t0 = time.perf_counter()
+    run = LoraRun(cfg, [Clock()], bundle=bundle, tensorboard=False)
+    try:
+        run.setup()
+        run.train()
+    finally:
+        run.close()
+    # losses are read back (a device sync) every log_every_n_steps: time between two such steps
+    return {"first_step_s": stamps[1] - t0, "steps_per_s": steps / (stamps[warmup + steps] - stamps[warmup])}
+
+
+def run_reference(bundle, dataset, cfg, warmup: int, steps: int, device: torch.device) -> Dict[str, float]:
+    """The diffusers example's inner loop on the same modules (no caching; loss.item() every step)."""
+    from lora_trainer.data.dataset import stack_pixels
+    from lora_trainer.engine.diffusion import add_noise
+    from lora_trainer.lora.network import LoraNetwork
+    from lora_trainer.utils.device import pick_precision
+
+    t0 = time.perf_counter()
+    precision = pick_precision(cfg.mixed_precision, device)
+    bundle.prepare(device, precision.base_dtype, cfg.gradient_checkpointing, False)
+    bundle.vae.to(device, precision.base_dtype if device.type == "cuda" else torch.float32)
+    net = LoraNetwork.inject(bundle.lora_components(False), cfg.lora_rank, cfg.effective_alpha)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate)
+    ac = bundle.alphas_cumprod
+    batches = dataset.epoch_batches(0, cfg.seed, cfg.batch_size)
+    autocast = torch.autocast(device.type, dtype=precision.autocast_dtype, enabled=precision.autocast_dtype is not None)
+    stamps = []
+    try:
+        for i in range(warmup + steps):
+            samples = batches[i % len(batches)]
+            pixels = stack_pixels(dataset, samples).to(device)
+            with torch.no_grad():
+                latents = bundle.vae.encode(pixels.to(bundle.vae.dtype)).latent_dist.sample() * bundle.vae_scale
+                ids = bundle.tokenize([s.caption for s in samples]).to(device)
+                cond = bundle.text_encoder(ids)[0]
+            noise = torch.randn_like(latents)
+            t = torch.randint(0, len(ac), (latents.shape[0],), device=device)
+            noisy = add_noise(latents.float(), noise.float(), t, ac).to(latents.dtype)
+            with autocast:
+                pred = bundle.unet(noisy, t, encoder_hidden_states=cond).sample
+            loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad()
+            loss.item()
+            stamps.append(time.perf_counter())
+    finally:
+        net.remove()
+        bundle.vae.to(torch.float32)
+    return {"first_step_s": stamps[0] - t0, "steps_per_s": steps / (stamps[-1] - stamps[warmup - 1])}
+
+
+def measure(name: str, spec: Dict, device: torch.device, root: Path, warmup: int, steps: int,
+            loops: List[str], compile_unet: bool, bundles: Dict) -> List[Row]:
+    from lora_trainer.config import config_from_dict
+    from lora_trainer.engine.run import build_training_set
+    from lora_trainer.tiny import make_shapes_dataset
+
+    res, batch = spec["resolution"], spec["batch"]
+    data = make_shapes_dataset(root / f"data_{res}", n=max(8, 2 * batch), size=res)
+    raw = dict(train_data_dir=str(data), base_model=str(data), output_dir=str(root / f"out_{name}"),
+               resolution=res, min_bucket_reso=64, max_bucket_reso=res, batch_size=batch, lora_rank=8,
+               max_steps=warmup + steps, learning_rate=1e-4, seed=0, device=device.type, log_every_n_steps=warmup,
+               gradient_checkpointing=spec.get("checkpointing", False), torch_compile=compile_unet)
+    cfg = config_from_dict(raw)
+    rows = []
+    for loop in loops:
+        if spec["model"] not in bundles:  # built once, reused (runs restore it; weights stay on the device)
+            bundles[spec["model"]] = make_bundle(spec["model"], device, root)
+        bundle = bundles[spec["model"]]
+        with PeakMemory(device) as mem:
+            if loop == "trainer":
+                r = run_trainer(bundle, cfg, warmup, steps)
+            else:
+                r = run_reference(bundle, build_training_set(cfg), cfg, warmup, steps, device)
+        tflops = 1.73 * batch * (res / 512) ** 2 * r["steps_per_s"] if spec["model"] == "sd15" else None
+        rows.append(Row(name, loop, round(r["steps_per_s"], 3), round(r["steps_per_s"] * batch, 3),
+                        round(r["first_step_s"], 1), round(mem.gib, 3), round(tflops, 1) if tflops else None))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workloads", nargs="+", default=["tiny", "sd15-256-b1"], choices=sorted(WORKLOADS))
+    ap.add_argument("--loops", nargs="+", default=["trainer", "reference"])
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--compile", action="store_true", help="torch_compile: true for the trainer")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    rows: List[Row] = []
+    bundles: Dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in a.workloads:
+            rows += measure(name, WORKLOADS[name], device, Path(tmp), a.warmup, a.steps, a.loops, a.compile, bundles)
+            print(json.dumps([asdict(r) for r in rows[-len(a.loops):]]), flush=True)
+    header = f"{'workload':18} {'loop':10} {'steps/s':>8} {'img/s':>8} {'1st step s':>10} {'peak GiB':>9} {'TFLOP/s':>8}"
+    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")
+    print(header)
+    for r in rows:
+        print(f"{r.workload:18} {r.loop:10} {r.steps_per_s:8.3f} {r.images_per_s:8.3f} {r.first_step_s:10.1f} "
+              f"{r.peak_gib:9.3f} {r.tflops if r.tflops is not None else '-':>8}")
+    by = {(r.workload, r.loop): r for r in rows}
+    for name in a.workloads:
+        if (name, "trainer") in by and (name, "reference") in by:
+            print(f"{name}: trainer / reference steps/s = "
+                  f"{by[(name, 'trainer')].steps_per_s / by[(name, 'reference')].steps_per_s:.2f}x")
+    if a.json:
+        Path(a.json).write_text(json.dumps([asdict(r) for r in rows], indent=2))
+
+
+if __name__ == "__main__":
+    main()
