@@ -16,6 +16,7 @@ import json
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -49,7 +50,9 @@ def main() -> int:
     before = txt2img(a.url, prompt, a.image_size)
     config = dict(train_data_dir=a.data, output_name=a.name, resolution=a.resolution, min_bucket_reso=64,
                   max_bucket_reso=max(256, a.resolution), lora_rank=4, batch_size=1, max_steps=a.steps,
-                  learning_rate=a.lr, trigger_word="shpz", train_text_encoder=True)
+                  learning_rate=a.lr, trigger_word="shpz", train_text_encoder=True,
+                  sample_prompts=[f"{prompt} --w {a.image_size} --h {a.image_size} --s 4 --d 3"],
+                  sample_every_n_steps=a.steps)
     t0 = time.time()
     call(a.url, "/lora_trainer/v1/train", config)
     while True:
@@ -64,7 +67,13 @@ def main() -> int:
     verify = call(a.url, f"/lora_trainer/v1/verify/{name}")
     after = txt2img(a.url, prompt, a.image_size)
     with_lora = txt2img(a.url, f"{prompt} <lora:{name}:1>", a.image_size)
+    page = urllib.request.urlopen(a.url + "/config", timeout=60).read().decode()
+    preview = Path(status["lora_path"]).with_name(f"{name}.preview.png") if status["lora_path"] else None
     checks = {
+        "the LoRA Trainer tab is on the page (no start-up error)":
+            '"LoRA Trainer"' in page and "lora_trainer_error" not in page,
+        f"a sample was taken through the WebUI's txt2img ({len(status['samples'])})": bool(status["samples"]),
+        "the sample became the card's preview image": bool(preview and preview.is_file()),
         "job finished": status["state"] == "finished",
         "listed by /sdapi/v1/loras": name in listed,
         f"every module matched ({verify['modules_matched']}/{verify['modules_in_file']})":

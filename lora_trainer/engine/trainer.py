@@ -87,6 +87,9 @@ class Trainer:
     def setup(self, network_rank: Optional[int] = None, network_alpha: Optional[float] = None) -> None:
         """Freeze and place the model, add LoRA layers, build caches, optimizer and schedule."""
         cfg = self.config
+        if self.device.type == "cuda":  # TF32 for the fp32 parts (LoRA grads, norms) on Ampere and newer
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.bundle.prepare(self.device, self.precision.base_dtype, cfg.gradient_checkpointing,
                             cfg.train_text_encoder)
         torch.manual_seed(cfg.seed)  # LoRA down-weights are initialised from the global RNG
@@ -117,7 +120,9 @@ class Trainer:
         if cfg.cache_latents in ("auto", True):
             self.latent_cache = LatentCache(self.dataset, self.bundle.vae_fingerprint(), cfg.cache_latents_to_disk)
             self.events.say(f"caching latents of {len(self.dataset)} image(s)")
-            self.latent_cache.build(self.bundle.encode_images, batch_size=max(1, cfg.batch_size), device=self.device)
+            # the VAE runs in fp32: keep its batch small at high resolution (it is the peak otherwise)
+            vae_batch = max(1, min(cfg.batch_size, (512 * 512) // (cfg.resolution ** 2)))
+            self.latent_cache.build(self.bundle.encode_images, batch_size=vae_batch, device=self.device)
             self.bundle.offload_vae()
         use_text_cache = cfg.cache_text_encoder_outputs
         if use_text_cache == "auto":
