@@ -150,6 +150,16 @@ def parse_weights(text: str) -> List[float]:
     return weights
 
 
+def check_grid_request(loras: Sequence[Any], prompt: str, weights: Sequence[float]) -> None:
+    """Refuse a grid without rows, columns or prompt before any model is loaded."""
+    if not loras:
+        raise LoraTrainerError("grid: no LoRA files given")
+    if not weights:
+        raise LoraTrainerError("grid: give at least one weight, e.g. 0.4,0.6,0.8,1.0")
+    if not str(prompt or "").strip():
+        raise LoraTrainerError("grid: enter a prompt for the grid's images")
+
+
 def new_grid_path(folder: Path) -> Path:
     """`folder/grid-YYYYmmdd-HHMMSS.png` (with -1, -2 ... when that exists)."""
     stem = time.strftime("grid-%Y%m%d-%H%M%S")
@@ -181,10 +191,7 @@ def grid_to_file(loras: Sequence[Path], prompt: str, weights: Sequence[float], o
     Without `base`, the base model (with its tokenizer_path, base_model_config, clip_skip and
     prediction_type) is the one recorded in the run's config.yaml beside the first LoRA. `out` defaults to
     `grid.png` beside the LoRAs; `render` goes to `render_grid` (seed, size, steps, cfg, negative)."""
-    if not loras:
-        raise LoraTrainerError("grid: no LoRA files given")
-    if not str(prompt or "").strip():
-        raise LoraTrainerError("grid: enter a prompt for the grid's images")
+    check_grid_request(loras, prompt, weights)
     folder = Path(loras[0]).parent
     settings = run_settings(folder)
     if not base:
