@@ -21,10 +21,11 @@ def layout(ctx: PageContext) -> None:
                                       elem_id="lora_trainer_grid_loras")
         with gr.Row():
             p["grid_prompt"] = gr.Textbox(label="Prompt", placeholder="e.g. sks, a photo of a dog", scale=3,
-                                          elem_id="lora_trainer_grid_prompt")
-            p["grid_negative"] = gr.Textbox(label="Negative prompt", scale=2, elem_id="lora_trainer_grid_negative")
+                                          lines=1, max_lines=1, elem_id="lora_trainer_grid_prompt")
+            p["grid_negative"] = gr.Textbox(label="Negative prompt", scale=2, lines=1, max_lines=1,
+                                            elem_id="lora_trainer_grid_negative")
         with gr.Row():
-            p["grid_weights"] = gr.Textbox(value="0.4,0.6,0.8,1.0", label="Columns: weights",
+            p["grid_weights"] = gr.Textbox(value="0.4,0.6,0.8,1.0", label="Columns: weights", lines=1, max_lines=1,
                                            elem_id="lora_trainer_grid_weights")
             p["grid_seed"] = gr.Number(value=0, precision=0, label="Seed", elem_id="lora_trainer_grid_seed")
             p["grid_size"] = gr.Number(value=512, precision=0, label="Size (px)", elem_id="lora_trainer_grid_size")

@@ -22,12 +22,12 @@ def layout(ctx: PageContext) -> None:
     with gr.Accordion("Tools: resize, merge into checkpoint", open=False, elem_id="lora_trainer_tools_box"):
         with gr.Row():
             p["resize_rank"] = gr.Number(value=8, precision=0, label="New rank", elem_id="lora_trainer_resize_rank",
-                                         info="Writes <name>_r<rank> beside the LoRA and says what it costs.")
-            p["resize_run"] = gr.Button("Resize", elem_id="lora_trainer_resize_run")
+                                         info="Writes <name>_r<rank> beside the LoRA and says what it costs.", scale=3)
+            p["resize_run"] = gr.Button("Resize", elem_id="lora_trainer_resize_run", scale=1)
         with gr.Row():
             p["merge_name"] = gr.Textbox(label="Checkpoint name", info=MERGE_INFO[bool(ctx.backend.in_webui)],
-                                         elem_id="lora_trainer_merge_name")
-            p["merge_run"] = gr.Button("Merge into checkpoint", elem_id="lora_trainer_merge_run")
+                                         lines=1, max_lines=1, scale=3, elem_id="lora_trainer_merge_name")
+            p["merge_run"] = gr.Button("Merge into checkpoint", elem_id="lora_trainer_merge_run", scale=1)
         p["tools_overwrite"] = gr.Checkbox(value=False, label="Overwrite an existing output file",
                                            elem_id="lora_trainer_tools_overwrite")
         p["tools_msg"] = gr.HTML(elem_id="lora_trainer_tools_msg")
