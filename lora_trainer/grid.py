@@ -194,17 +194,15 @@ def grid_to_file(loras: Sequence[Path], prompt: str, weights: Sequence[float], o
     check_grid_request(loras, prompt, weights)
     folder = Path(loras[0]).parent
     settings = run_settings(folder)
+    # the run's own model settings go with the run's own base model
+    model = {} if base else dict(base_model_config=settings.get("base_model_config"),
+                                 prediction_type=settings.get("prediction_type") or "auto")
+    base = base or settings.get("base_model")
     if not base:
-        base = settings.get("base_model")
-        if not base:
-            raise LoraTrainerError(f"grid: no config.yaml with base_model in {folder}: give the base model the "
-                                   f"LoRAs were trained on (CLI: --base MODEL)")
-        render_model = dict(base_model_config=settings.get("base_model_config"),
-                            prediction_type=settings.get("prediction_type") or "auto")
-    else:
-        render_model = {}
+        raise LoraTrainerError(f"grid: no config.yaml with base_model in {folder}: give the base model the LoRAs "
+                               f"were trained on (CLI: --base MODEL)")
     bundle = load_grid_bundle(base, tokenizer_path or settings.get("tokenizer_path"), device=device,
-                              clip_skip=int(settings.get("clip_skip") or 1), **render_model)
+                              clip_skip=int(settings.get("clip_skip") or 1), **model)
     result = render_grid(bundle, [Path(p) for p in loras], prompt, weights, **render)
     out = Path(out) if out else folder / "grid.png"
     return save_grid(result, out), result

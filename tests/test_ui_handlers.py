@@ -303,6 +303,14 @@ def test_merge_into_the_runs_checkpoint(ldm_run):
     page.fire("lora_trainer_merge_run")
     assert "plain file name" in page.get("lora_trainer_tools_msg")
 
+    # a grid on the single-file base: the tokenizer_path comes from the run's config.yaml too
+    for box, value in (("lora_trainer_grid_prompt", "a red image"), ("lora_trainer_grid_weights", "1"),
+                       ("lora_trainer_grid_size", 64), ("lora_trainer_grid_steps", 2)):
+        page.set(box, value)
+    page.fire("lora_trainer_grid_run")
+    assert (attr(page.get("lora_trainer_grid_msg"), "rows"), attr(page.get("lora_trainer_grid_msg"), "columns")) \
+        == ("1", "1"), page.get("lora_trainer_grid_msg")
+
 
 # ---------------------------------------------------------------------------- the same inside a stand-in WebUI
 @pytest.fixture
