@@ -4,13 +4,19 @@ trains the WebUI's loaded checkpoint.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 from .config import TrainConfig, config_from_dict
 from .data.editor import caption_store
-from .errors import DatasetError, LoraTrainerError
-from .jobs import JobManager, JobStatus, list_loras
+from .errors import DatasetError, LoraTrainerError, ModelLoadError
+from .jobs import JobBusy, JobManager, JobStatus, list_loras
+
+if TYPE_CHECKING:
+    from .tools import MergeResult, ResizeResult
+
+MERGED_FOLDER = "merged"  # standalone: merged checkpoints go to <run folder>/merged/ (not listed as LoRAs)
 
 
 class TrainerBackend:
@@ -99,6 +105,81 @@ class TrainerBackend:
         """The text to paste into a prompt: `<lora:name:weight>` plus the trigger word."""
         text = f"<lora:{name}:{weight:g}>"
         return f"{trigger}, {text}" if trigger else text
+
+    # ------------------------------------------------------------------ the Results section's tools
+    def check_idle(self, what: str) -> None:
+        """Refuse work that needs the model or the GPU queue while a training job runs."""
+        s = self.jobs.status()
+        if s.active:
+            raise JobBusy(f"cannot {what} while {s.name} is training (step {s.step}/{s.total_steps}): wait for it "
+                          f"to finish, or press Stop and save")
+
+    def grid_rows(self, lora_path: str) -> List[str]:
+        """The LoRAs a grid of one result shows: its run's step checkpoints in order, then the LoRA."""
+        from .grid import run_checkpoints
+
+        return [str(p) for p in run_checkpoints(Path(lora_path))]
+
+    def grid(self, loras: Sequence[str], prompt: str, weights: Sequence[float], seed: int = 0, size: int = 512,
+             steps: int = 20, cfg: float = 7.0, negative: str = "") -> Path:
+        """Render rows = `loras` x columns = `weights` with the base model of the run (its config.yaml) and
+        save the PNG beside the first LoRA; returns its path."""
+        from .grid import check_grid_request, grid_to_file, new_grid_path
+
+        check_grid_request(loras, prompt, weights)
+        self.check_idle("render a grid")
+        paths = [Path(p) for p in loras]
+        out, _ = grid_to_file(paths, prompt, weights, out=new_grid_path(paths[0].parent), seed=seed, size=size,
+                              steps=steps, cfg=cfg, negative=negative)
+        return out
+
+    def resize(self, lora_path: str, rank: int, overwrite: bool = False) -> "ResizeResult":
+        """`<name>_r<rank>.safetensors` beside the LoRA (card sidecars copied); the result has the errors."""
+        from .tools import resize_beside
+
+        return resize_beside(Path(lora_path), int(rank), overwrite=overwrite)
+
+    def merge_into_checkpoint(self, lora_path: str, weight: float, out_name: str = "",
+                              overwrite: bool = False) -> "MergeResult":
+        """Bake the LoRA at `weight` into `merge_base(lora)`, written as `out_name` (empty: `<base>-<LoRA>`)
+        into `checkpoint_folder(lora)`; the result has the path and the numbers."""
+        from .tools import merge_loras
+
+        lora = Path(lora_path)
+        if not math.isfinite(float(weight)):
+            raise LoraTrainerError(f"merge weight {weight!r} is not a finite number")
+        base = self.merge_base(lora)
+        name = checkpoint_file_name(out_name, f"{base.stem}-{lora.stem}")
+        return merge_loras(base, [(lora, float(weight))], self.checkpoint_folder(lora) / name, overwrite=overwrite)
+
+    def merge_base(self, lora: Path) -> Path:
+        """Standalone: the single-file checkpoint the LoRA was trained on (its run's config.yaml)."""
+        from .grid import base_model_of
+
+        base = base_model_of(lora.parent)
+        if not base:
+            raise ModelLoadError(f"no config.yaml with base_model beside {lora.name}: merge it with the CLI "
+                                 f"instead: python -m lora_trainer merge --base CHECKPOINT --lora {lora}")
+        if Path(base).is_dir():
+            raise ModelLoadError(f"{lora.name} was trained on {base}, a diffusers folder; merging needs a single-file "
+                                 f"checkpoint (.safetensors or .ckpt) of that model: python -m lora_trainer merge "
+                                 f"--base CHECKPOINT --lora {lora}")
+        return Path(base)
+
+    def checkpoint_folder(self, lora: Path) -> Path:
+        """Standalone: `<run folder>/merged/`, so the checkpoint is not mistaken for a LoRA of the run."""
+        return lora.parent / MERGED_FOLDER
+
+
+def checkpoint_file_name(text: Optional[str], default: str) -> str:
+    """A checkpoint file name from the page's box: `name` -> `name.safetensors`; empty -> `default`."""
+    name = (text or "").strip()
+    if name.lower().endswith(".safetensors"):
+        name = name[:-len(".safetensors")]
+    name = name or default
+    if any(c in name for c in "/\\:") or name.strip(".") == "":
+        raise LoraTrainerError(f"checkpoint name {text!r}: give a plain file name without folders, e.g. {default}")
+    return f"{name}.safetensors"
 
 
 class StandaloneBackend(TrainerBackend):

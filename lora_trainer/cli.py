@@ -195,24 +195,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
-    from .grid import base_model_of, find_loras, render_grid, save_grid
-    from .models import default_families
-    from .models.loading import load_bundle
-    from .utils.device import pick_device, pick_precision
+    from .grid import find_loras, grid_to_file, parse_weights
 
     loras = find_loras(args.loras)
-    base = args.base or base_model_of(Path(args.loras[0]) if Path(args.loras[0]).is_dir() else loras[0].parent)
-    if not base:
-        raise LoraTrainerError("grid: pass --base MODEL (no config.yaml with base_model next to the LoRAs)")
-    weights = [float(w) for w in args.weights.split(",") if w.strip()]
-    bundle = load_bundle(base, default_families(), args.tokenizer_path)
-    device = pick_device(args.device)
-    bundle.prepare(device, pick_precision("auto", device).base_dtype, False, False)
+    weights = parse_weights(args.weights)
     print(f"rendering {len(loras)} x {len(weights)} cells")
-    result = render_grid(bundle, loras, args.prompt, weights, seed=args.seed, size=args.size, steps=args.steps,
-                         cfg=args.cfg, negative=args.negative)
-    out = Path(args.out) if args.out else loras[0].parent / "grid.png"
-    save_grid(result, out)
+    out, _ = grid_to_file(loras, args.prompt, weights, out=Path(args.out) if args.out else None, base=args.base,
+                          tokenizer_path=args.tokenizer_path, device=args.device, seed=args.seed, size=args.size,
+                          steps=args.steps, cfg=args.cfg, negative=args.negative)
     print(f"grid written to {out}")
     return 0
 
@@ -333,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="0.4,0.6,0.8,1.0")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--base", default=None, help="base model (default: base_model from the folder's config.yaml)")
-    p.add_argument("--tokenizer-path", default=None)
+    p.add_argument("--tokenizer-path", default=None, help="default: tokenizer_path from the folder's config.yaml")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=7.0)

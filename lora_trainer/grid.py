@@ -5,9 +5,12 @@ each strength: the quick way to pick the epoch and the `<lora:name:weight>` that
 """
 from __future__ import annotations
 
+import glob
+import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -15,6 +18,7 @@ from .errors import LoraTrainerError
 
 LABEL_HEIGHT = 28
 LABEL_WIDTH = 190
+STEP_NAME = re.compile(r"-step\d{8}")  # what follows a LoRA's name in its checkpoints' names
 
 
 @dataclass
@@ -105,11 +109,100 @@ def save_grid(result: GridResult, out: Path) -> Path:
     return atomic_write_with(out, lambda tmp: result.image.save(tmp, format="PNG", pnginfo=info))
 
 
-def base_model_of(lora_folder: Path) -> Optional[str]:
-    """The base_model recorded in a training output folder's config.yaml, if any."""
+def run_settings(folder: Path) -> Dict[str, Any]:
+    """The training config recorded in a run folder's config.yaml, relative paths resolved ({} if none)."""
     import yaml
 
-    cfg = lora_folder / "config.yaml"
-    if cfg.is_file():
-        return (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("base_model")
-    return None
+    from .config import resolve_paths
+
+    cfg = Path(folder) / "config.yaml"
+    if not cfg.is_file():
+        return {}
+    try:
+        raw = yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise LoraTrainerError(f"{cfg} cannot be read: {exc}".splitlines()[0]) from None
+    return resolve_paths(raw, Path(folder)) if isinstance(raw, dict) else {}
+
+
+def base_model_of(lora_folder: Path) -> Optional[str]:
+    """The base_model recorded in a training output folder's config.yaml, if any."""
+    return run_settings(lora_folder).get("base_model")
+
+
+def run_checkpoints(lora: Path) -> List[Path]:
+    """A trained LoRA's run: its `<name>-stepNNNNNNNN` checkpoints beside it in step order, then the LoRA."""
+    lora = Path(lora)
+    steps = sorted(p for p in lora.parent.glob(f"{glob.escape(lora.stem)}-step*.safetensors")
+                   if STEP_NAME.fullmatch(p.stem[len(lora.stem):]))
+    return steps + [lora]
+
+
+def parse_weights(text: str) -> List[float]:
+    """`0.4,0.6,0.8,1.0` -> [0.4, 0.6, 0.8, 1.0]."""
+    try:
+        weights = [float(w) for w in str(text).split(",") if w.strip()]
+    except ValueError:
+        raise LoraTrainerError(f"weights {text!r}: expected numbers separated by commas, e.g. 0.4,0.6,0.8,1.0") \
+            from None
+    if not weights:
+        raise LoraTrainerError("weights: give at least one weight, e.g. 0.4,0.6,0.8,1.0")
+    return weights
+
+
+def check_grid_request(loras: Sequence[Any], prompt: str, weights: Sequence[float]) -> None:
+    """Refuse a grid without rows, columns or prompt before any model is loaded."""
+    if not loras:
+        raise LoraTrainerError("grid: no LoRA files given")
+    if not weights:
+        raise LoraTrainerError("grid: give at least one weight, e.g. 0.4,0.6,0.8,1.0")
+    if not str(prompt or "").strip():
+        raise LoraTrainerError("grid: enter a prompt for the grid's images")
+
+
+def new_grid_path(folder: Path) -> Path:
+    """`folder/grid-YYYYmmdd-HHMMSS.png` (with -1, -2 ... when that exists)."""
+    stem = time.strftime("grid-%Y%m%d-%H%M%S")
+    path, n = Path(folder) / f"{stem}.png", 0
+    while path.exists():
+        n += 1
+        path = Path(folder) / f"{stem}-{n}.png"
+    return path
+
+
+def load_grid_bundle(base: str, tokenizer_path: Optional[str] = None, base_model_config: Optional[str] = None,
+                     device: str = "auto", clip_skip: int = 1, prediction_type: str = "auto"):
+    """The base model, frozen on `device` in the device's inference dtype, ready for `render_grid`."""
+    from .models import default_families
+    from .models.loading import load_bundle
+    from .utils.device import pick_device, pick_precision
+
+    bundle = load_bundle(base, default_families(), tokenizer_path, base_model_config, clip_skip, prediction_type)
+    target = pick_device(device)
+    bundle.prepare(target, pick_precision("auto", target).base_dtype, False, False)
+    return bundle
+
+
+def grid_to_file(loras: Sequence[Path], prompt: str, weights: Sequence[float], out: Optional[Path] = None,
+                 base: Optional[str] = None, tokenizer_path: Optional[str] = None, device: str = "auto",
+                 **render: Any) -> Tuple[Path, GridResult]:
+    """Render and save the grid of `loras` x `weights` (the `grid` command and the page's standalone Grid).
+
+    Without `base`, the base model (with its tokenizer_path, base_model_config, clip_skip and
+    prediction_type) is the one recorded in the run's config.yaml beside the first LoRA. `out` defaults to
+    `grid.png` beside the LoRAs; `render` goes to `render_grid` (seed, size, steps, cfg, negative)."""
+    check_grid_request(loras, prompt, weights)
+    folder = Path(loras[0]).parent
+    settings = run_settings(folder)
+    # the run's own model settings go with the run's own base model
+    model = {} if base else dict(base_model_config=settings.get("base_model_config"),
+                                 prediction_type=settings.get("prediction_type") or "auto")
+    base = base or settings.get("base_model")
+    if not base:
+        raise LoraTrainerError(f"grid: no config.yaml with base_model in {folder}: give the base model the LoRAs "
+                               f"were trained on (CLI: --base MODEL)")
+    bundle = load_grid_bundle(base, tokenizer_path or settings.get("tokenizer_path"), device=device,
+                              clip_skip=int(settings.get("clip_skip") or 1), **model)
+    result = render_grid(bundle, [Path(p) for p in loras], prompt, weights, **render)
+    out = Path(out) if out else folder / "grid.png"
+    return save_grid(result, out), result

@@ -1,8 +1,8 @@
 """The standalone page in a real browser (Debian's chromium + chromedriver through Selenium; nothing is
 downloaded): a wrong folder shows an error, a saved config loads, Scan shows the report, a caption edit
 reaches the disk, a run on the tiny model shows progress and a growing loss curve, survives a page reload,
-refuses a second Start, stops and saves, and its LoRA is listed. Screenshots of each stage go to
-$LORA_TRAINER_SCREENSHOTS/gradio-<version>/ (default: the test's tmp folder)."""
+refuses a second Start, stops and saves, its LoRA is listed, Resize re-ranks it and a Grid of it is shown.
+Screenshots of each stage go to $LORA_TRAINER_SCREENSHOTS/gradio-<version>/ (default: the test's tmp folder)."""
 from __future__ import annotations
 
 import os
@@ -107,6 +107,12 @@ class Page:
         self.d.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
         button.click()
 
+    def open_accordion(self, elem_id: str) -> None:
+        """Open a closed gr.Accordion by clicking its label row (`.label-wrap` in gradio 3.41 and later)."""
+        label = self.el(f"#{elem_id} .label-wrap")
+        self.d.execute_script("arguments[0].scrollIntoView({block: 'center'});", label)
+        label.click()
+
     def attr(self, css: str, name: str):
         found = self.d.find_elements(By.CSS_SELECTOR, css)
         return found[0].get_attribute(name) if found else None
@@ -210,6 +216,33 @@ def test_the_page_end_to_end(tmp_path, tiny_model_dir, browser, app):
     assert (out / f"{NAME}.safetensors").is_file()
     assert backend.status().lora_path == str(out / f"{NAME}.safetensors")
     page.shot("result-listed", "#lora_trainer_results_section")
+
+    # Resize it from the Tools: the relative error is shown, the file lands beside the LoRA and is listed.
+    page.wait(lambda: page.attr("#lora_trainer_result_pick input", "value") == NAME, 30, "LoRA picked")
+    page.open_accordion("lora_trainer_tools_box")
+    page.wait(lambda: page.text_input("lora_trainer_resize_rank").is_displayed(), 10, "tools open")
+    page.type("lora_trainer_resize_rank", "2")
+    page.click("lora_trainer_resize_run")
+    page.wait(lambda: page.attr("#lora_trainer_tools_msg .lt-msg", "data-kind"), 60, "resize message")
+    assert page.attr("#lora_trainer_tools_msg .lt-msg", "data-kind") == "ok", page.text("#lora_trainer_tools_msg")
+    assert 0.0 <= float(page.attr("#lora_trainer_tools_msg .lt-msg", "data-error")) < 1.0
+    assert (out / f"{NAME}_r2.safetensors").is_file()
+    page.wait(lambda: page.d.find_elements(By.CSS_SELECTOR, f'#lora_trainer_results tr[data-name="{NAME}_r2"]'),
+              30, "resized LoRA listed")
+    page.shot("resized", "#lora_trainer_tools_box")
+
+    # A small grid of it (1 LoRA x 2 weights at 64 px): shown on the page, saved beside the LoRA.
+    page.open_accordion("lora_trainer_grid_box")
+    page.wait(lambda: page.text_input("lora_trainer_grid_prompt").is_displayed(), 10, "grid open")
+    for box, text in (("lora_trainer_grid_prompt", "a red circle"), ("lora_trainer_grid_weights", "0.5,1"),
+                      ("lora_trainer_grid_size", "64"), ("lora_trainer_grid_steps", "2")):
+        page.type(box, text)
+    page.click("lora_trainer_grid_run")
+    page.wait(lambda: page.attr("#lora_trainer_grid_msg .lt-msg", "data-kind"), 120, "grid message")
+    assert page.attr("#lora_trainer_grid_msg .lt-msg", "data-columns") == "2", page.text("#lora_trainer_grid_msg")
+    assert Path(page.attr("#lora_trainer_grid_msg .lt-msg", "data-path")).parent == out
+    page.wait(lambda: page.d.find_elements(By.CSS_SELECTOR, "#lora_trainer_grid_image img"), 30, "grid shown")
+    page.shot("grid", "#lora_trainer_grid_box")
 
 
 FAKE_WEBUI_PAGE = """<html><body>

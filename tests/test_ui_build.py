@@ -38,16 +38,25 @@ def _elem_ids(demo) -> set:
     return {c["props"].get("elem_id") for c in demo.get_config_file()["components"]} - {None}
 
 
+RESULT_TOOLS = ("grid_loras", "grid_prompt", "grid_weights", "grid_run", "grid_msg", "grid_image", "resize_rank",
+                "resize_run", "merge_name", "merge_run", "tools_overwrite", "tools_msg")
+
+
 def test_standalone_page_builds_with_every_config_key(tmp_path):
-    demo = build_ui(StandaloneBackend(str(tmp_path)))
+    backend = StandaloneBackend(str(tmp_path))
+    demo = build_ui(backend)
     ids = _elem_ids(demo)
     assert ROOT_ID in ids
     for key in form_keys():
         assert f"lora_trainer_cfg_{key}" in ids, key
     for part in ("scan", "report", "gallery", "caption", "save_caption", "add_trigger", "replace_all", "preset",
                  "advanced", "save_config", "load_config", "cli", "start", "stop", "run_status", "loss", "samples",
-                 "poll", "results", "result_path", "captions_missing"):
+                 "poll", "results", "result_path") + RESULT_TOOLS:
         assert f"lora_trainer_{part}" in ids, part
+    # one button per captioner that can run here; a note where none can
+    captioners = backend.captioners()
+    assert ("lora_trainer_captions_missing" in ids) == (not captioners)
+    assert all(f"lora_trainer_caption_{name.replace('+', '_').replace('-', '_')}" in ids for name in captioners)
     assert "lora_trainer_send" not in ids  # standalone shows the file path instead
 
 
@@ -56,6 +65,7 @@ def test_webui_page_builds_with_model_name_captioners_and_send_button():
     ids = _elem_ids(demo)
     assert {"lora_trainer_send", "lora_trainer_model_info", "lora_trainer_caption_blip",
             "lora_trainer_caption_clip_tags"} <= ids
+    assert {f"lora_trainer_{part}" for part in RESULT_TOOLS} <= ids
     assert "lora_trainer_cfg_base_model" not in ids  # the loaded checkpoint is used
     assert "lora_trainer_result_path" not in ids
     config = demo.get_config_file()

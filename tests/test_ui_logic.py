@@ -193,3 +193,41 @@ def test_every_key_round_trips_through_the_form_with_its_default():
     names = form_keys()
     again = config_from_dict(raw_from_form(names, form_from_config(names, base)))
     assert again.to_dict() == base.to_dict()
+
+
+# ---------------------------------------------------------------------------- the Results section's tools
+def test_grid_rows_settings_and_checkpoint_names(tmp_path):
+    from lora_trainer.backend import checkpoint_file_name
+    from lora_trainer.grid import parse_weights, run_checkpoints
+    from lora_trainer.ui.result_views import grid_rows, grid_settings
+
+    for name in ("o-step00000004", "o-step00000002", "o", "o_r2", "other-step00000002", "o-step2"):
+        (tmp_path / f"{name}.safetensors").write_bytes(b"")
+    assert [p.stem for p in run_checkpoints(tmp_path / "o.safetensors")] == \
+        ["o-step00000002", "o-step00000004", "o"]
+    assert parse_weights(" 0.4, 1 ,") == [0.4, 1.0]
+    for bad in ("", "0.4;1", "x"):
+        with pytest.raises(LoraTrainerError, match="weight"):
+            parse_weights(bad)
+
+    items = [{"name": "o", "path": str(tmp_path / "o.safetensors")},
+             {"name": "o_r2", "path": str(tmp_path / "o_r2.safetensors")}]
+    backend = StandaloneBackend(str(tmp_path))
+    assert [Path(p).stem for p in grid_rows(backend, items, "o", [])] == ["o-step00000002", "o-step00000004", "o"]
+    assert [Path(p).stem for p in grid_rows(backend, items, "o", ["o_r2", "o"])] == ["o_r2", "o"]
+    with pytest.raises(LoraTrainerError, match="pick a LoRA"):
+        grid_rows(backend, items, None, [])
+    with pytest.raises(LoraTrainerError, match="press Refresh"):
+        grid_rows(backend, items, "o", ["gone"])
+
+    assert grid_settings(3, 64.0, "2", None) == {"seed": 3, "size": 64, "steps": 2, "cfg": 7.0}
+    for args, said in [((0, 100, 20, 7), "multiple of 8"), ((0, 512, 0, 7), "at least 1"),
+                       ((0, 512, 20, -1), "CFG"), ((0, "big", 20, 7), "whole numbers")]:
+        with pytest.raises(LoraTrainerError, match=said):
+            grid_settings(*args)
+
+    assert checkpoint_file_name("", "base-o") == "base-o.safetensors"
+    assert checkpoint_file_name(" mine.safetensors ", "x") == "mine.safetensors"
+    for bad in ("../up", "a/b", "c:\\d", ".."):
+        with pytest.raises(LoraTrainerError, match="plain file name"):
+            checkpoint_file_name(bad, "x")

@@ -8,7 +8,8 @@ from __future__ import annotations
 from .combine import CombineResult, ModuleCombine, combine_loras
 from .files import LoraSource, parse_lora_arg
 from .merge import MergedLora, MergeResult, merge_loras
-from .resize import ModuleResize, ResizeResult, resize_lora
+from .resize import ModuleResize, ResizeResult, resize_beside, resize_lora, resized_path
 
 __all__ = ["CombineResult", "LoraSource", "MergeResult", "MergedLora", "ModuleCombine", "ModuleResize",
-           "ResizeResult", "combine_loras", "merge_loras", "parse_lora_arg", "resize_lora"]
+           "ResizeResult", "combine_loras", "merge_loras", "parse_lora_arg", "resize_beside", "resize_lora",
+           "resized_path"]

@@ -13,6 +13,7 @@ import torch
 
 from ..errors import LoraTrainerError
 from ..formats.kohya import save_kohya_lora
+from ..formats.sidecar import copy_sidecars
 from .deltas import truncate
 from .files import LoraSource, PathLike, check_output, derived_metadata, load_lora, precision_dtype
 
@@ -68,4 +69,18 @@ def resize_lora(lora: PathLike, rank: int, out: PathLike, precision: Optional[st
                                      "relative_error": round(result.error, 6)}}
     new_rank = max(m.new_rank for m in result.modules)
     save_kohya_lora(out, tensors, derived_metadata(loaded.metadata, out, new_rank, extra))
+    return result
+
+
+def resized_path(lora: PathLike, rank: int) -> Path:
+    """Where `resize_beside` writes: `<name>_r<rank>.safetensors` beside the LoRA."""
+    lora = Path(lora)
+    return lora.with_name(f"{lora.stem}_r{rank}.safetensors")
+
+
+def resize_beside(lora: PathLike, rank: int, overwrite: bool = False) -> ResizeResult:
+    """`resize_lora` into `<name>_r<rank>.safetensors` beside `lora`, with copies of its card sidecars
+    (`<name>.json`, `<name>.preview.png`) when it has them."""
+    result = resize_lora(lora, rank, resized_path(lora, rank), overwrite=overwrite)
+    copy_sidecars(Path(lora), result.path)
     return result

@@ -6,7 +6,7 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Sequence
 
 from ..backend import TrainerBackend
 from ..config import TrainConfig, config_from_dict
@@ -15,6 +15,9 @@ from ..events import Callback
 from ..jobs import JobManager
 from .lora_folder import install_lora
 from .progress import WebUIStateProgress
+
+if TYPE_CHECKING:
+    from ..tools import MergeResult, ResizeResult
 
 SECTION = ("lora_trainer", "LoRA Trainer")
 # key: (default, label[, slider range])
@@ -48,6 +51,25 @@ def lora_dir() -> Path:
 
 def workspace() -> Path:
     return Path(opt("lora_trainer_workspace") or webui_root() / "outputs" / "lora_trainer")
+
+
+def checkpoint_dir() -> Path:
+    """Where the WebUI lists checkpoints: --ckpt-dir, else models/Stable-diffusion (as sd_models does)."""
+    from modules import paths, shared
+
+    ckpt_dir = getattr(shared.cmd_opts, "ckpt_dir", None)
+    return Path(ckpt_dir) if ckpt_dir else Path(paths.models_path) / "Stable-diffusion"
+
+
+def loaded_checkpoint() -> Path:
+    """The file of the checkpoint loaded in the WebUI."""
+    from modules import shared
+
+    info = getattr(shared.sd_model, "sd_checkpoint_info", None) if shared.sd_model is not None else None
+    filename = getattr(info, "filename", None)
+    if not filename:
+        raise ModelLoadError("no checkpoint is loaded in the WebUI: load one in the checkpoint dropdown first")
+    return Path(filename)
 
 
 def _networks():
@@ -154,6 +176,51 @@ class WebUIBackend(TrainerBackend):
     def run_captioner(self, *args, **kwargs) -> str:
         """Caption through the WebUI's GPU queue, so captioning never overlaps txt2img or training."""
         return webui_runner(lambda: TrainerBackend.run_captioner(self, *args, **kwargs))
+
+    # ------------------------------------------------------------------ the Results section's tools
+    def grid_rows(self, lora_path: str) -> List[str]:
+        """The Lora folder holds finished LoRAs only (checkpoints stay in the workspace): the LoRA itself."""
+        return [lora_path]
+
+    def grid(self, loras: Sequence[str], prompt: str, weights: Sequence[float], seed: int = 0, size: int = 512,
+             steps: int = 20, cfg: float = 7.0, negative: str = "") -> Path:
+        """The grid through the WebUI's txt2img (`<lora:name:weight>` in the prompt), saved in
+        `<workspace>/grids/`."""
+        from ..grid import check_grid_request, new_grid_path, save_grid
+        from .sampling import webui_grid
+
+        check_grid_request(loras, prompt, weights)
+        self.check_idle("render a grid")
+        names = [Path(p).stem for p in loras]
+        out = new_grid_path(workspace() / "grids")
+        return webui_runner(lambda: save_grid(webui_grid(names, prompt, weights, seed=seed, size=size, steps=steps,
+                                                         cfg=cfg, negative=negative), out))
+
+    def resize(self, lora_path: str, rank: int, overwrite: bool = False) -> "ResizeResult":
+        result = TrainerBackend.resize(self, lora_path, rank, overwrite)
+        refresh_networks(result.path.stem)
+        return result
+
+    def merge_into_checkpoint(self, lora_path: str, weight: float, out_name: str = "",
+                              overwrite: bool = False) -> "MergeResult":
+        """Into the loaded checkpoint, written to the WebUI's checkpoint folder, whose list is then re-read.
+        Through the GPU queue: it reads and writes files of gigabytes."""
+        self.check_idle("merge into a checkpoint")
+
+        def body():
+            from modules import sd_models
+
+            result = TrainerBackend.merge_into_checkpoint(self, lora_path, weight, out_name, overwrite)
+            sd_models.list_models()
+            return result
+
+        return webui_runner(body)
+
+    def merge_base(self, lora: Path) -> Path:
+        return loaded_checkpoint()
+
+    def checkpoint_folder(self, lora: Path) -> Path:
+        return checkpoint_dir()
 
     def make_config(self, raw: Dict[str, Any]) -> TrainConfig:
         from modules import shared

@@ -5,9 +5,8 @@ import shutil
 from pathlib import Path
 from typing import Iterable, List, Optional
 
+from ..formats.sidecar import sidecars_of
 from ..utils.atomic import atomic_write_with
-
-SIDECARS = (".json", ".preview.png")
 
 
 def free_name(folder: Path, stem: str, overwrite: bool) -> str:
@@ -21,12 +20,7 @@ def free_name(folder: Path, stem: str, overwrite: bool) -> str:
 
 
 def _files_of(lora: Path) -> List[Path]:
-    files = [lora]
-    for suffix in SIDECARS:
-        side = lora.with_name(lora.stem + suffix)
-        if side.is_file():
-            files.append(side)
-    return files
+    return [lora, *sidecars_of(lora)]
 
 
 def install_lora(lora: Path, folder: Path, overwrite: bool = False, name: Optional[str] = None,

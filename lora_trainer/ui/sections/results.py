@@ -1,15 +1,16 @@
 """6. Results: the trained LoRAs with their metadata, previews and sizes; the `<lora:...>` text to use;
-inside the WebUI a "Send to txt2img" button, standalone the file path."""
+inside the WebUI a "Send to txt2img" button, standalone the file path. Below them the Grid
+(result_grid.py) and the tools for the picked LoRA: Resize, Merge into checkpoint (result_tools.py)."""
 from typing import Any, List
 
 import gradio as gr
 
 from .. import compat
 from ..page import PageContext, guarded
-from ..scanning import thumbnail
-from ..views import final_results, find_result, result_labels, results_html
+from ..views import find_result, results_html
+from . import result_grid, result_tools
+from .result_list import listed, result_targets, results_outputs
 
-SHOWN = 50  # newest LoRAs listed
 JS_SEND = "loraTrainerSendToTxt2img"  # defined in javascript/lora_trainer.js
 
 
@@ -21,7 +22,8 @@ def layout(ctx: PageContext) -> None:
         p["results"] = gr.HTML(results_html([]), elem_id="lora_trainer_results")
         with gr.Row():
             p["result_pick"] = gr.Dropdown(choices=[], value=None, label="LoRA", elem_id="lora_trainer_result_pick")
-            p["weight"] = gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="Weight", elem_id="lora_trainer_weight")
+            p["weight"] = gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="Weight", elem_id="lora_trainer_weight",
+                                    info="In the prompt text, and the weight Merge bakes in.")
         with gr.Row():
             p["prompt"] = gr.Textbox(label="Prompt text", interactive=False, elem_id="lora_trainer_prompt",
                                      **compat.copy_button_kwargs())
@@ -32,32 +34,18 @@ def layout(ctx: PageContext) -> None:
                                               **compat.copy_button_kwargs())
         p["previews"] = gr.Gallery(label="Previews", columns=6, height=200, object_fit="contain",
                                    elem_id="lora_trainer_previews")
-
-
-def listed(ctx: PageContext) -> List[dict]:
-    return final_results(ctx.backend.list_results())[:SHOWN]
-
-
-def results_outputs(ctx: PageContext) -> List[Any]:
-    """[results table, LoRA picker, previews] for the current list."""
-    items = listed(ctx)
-    labels = result_labels(items)
-    previews = []
-    for item, label in zip(items, labels):
-        img = thumbnail(item["preview"], 256) if item.get("preview") else None
-        if img is not None:
-            previews.append((img, label))
-    return [results_html(items, show_paths=not ctx.backend.in_webui),
-            compat.update(choices=labels, value=labels[0] if labels else None), previews]
+        result_grid.layout(ctx)
+        result_tools.layout(ctx)
 
 
 def wire(ctx: PageContext) -> None:
     p = ctx.parts
     detail = [p["prompt"]] + ([p["result_path"]] if "result_path" in p else [])
+    targets = result_targets(ctx)
 
-    @guarded(3)
-    def on_refresh() -> List[Any]:
-        return results_outputs(ctx)
+    @guarded(len(targets))
+    def on_refresh(picked: Any) -> List[Any]:
+        return results_outputs(ctx, keep=picked)
 
     @guarded(len(detail))
     def on_pick(label: Any, weight: Any) -> Any:
@@ -68,8 +56,10 @@ def wire(ctx: PageContext) -> None:
             path = str(item["path"])
         return [text, path] if len(detail) > 1 else text
 
-    p["results_refresh"].click(on_refresh, None, [p["results"], p["result_pick"], p["previews"]])
+    p["results_refresh"].click(on_refresh, [p["result_pick"]], targets)
     p["result_pick"].change(on_pick, [p["result_pick"], p["weight"]], detail)
     p["weight"].change(on_pick, [p["result_pick"], p["weight"]], detail)
     if "send" in p:
         p["send"].click(None, [p["prompt"]], None, **compat.js_kwargs(JS_SEND))
+    result_grid.wire(ctx)
+    result_tools.wire(ctx)

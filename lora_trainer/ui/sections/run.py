@@ -14,7 +14,7 @@ from ..forms import make_config
 from ..page import PageContext, guarded
 from ..scanning import thumbnail
 from ..views import log_text, message_html, status_html
-from .results import results_outputs
+from .result_list import result_targets, results_outputs
 
 SAMPLES_SHOWN = 4
 log = logging.getLogger("lora_trainer")
@@ -54,15 +54,17 @@ def sample_items(s: JobStatus) -> List[Tuple[Any, str]]:
 
 
 def poll_outputs(ctx: PageContext, previous: Optional[Tuple[Any, ...]]) -> List[Any]:
-    """[status, loss, samples, log, *results (3), signature]: only what changed since `previous`."""
+    """[status, loss, samples, log, *results (see result_targets), signature]: only what changed since
+    `previous` (a run that ended lists its LoRA, picked)."""
     s = ctx.backend.status()
     sig = signature(s)
     keep = compat.no_change()
+    n_results = len(result_targets(ctx))
     if previous is not None and tuple(previous) == sig:
-        return [keep] * 7 + [previous]
+        return [keep] * (4 + n_results) + [previous]
     prev = tuple(previous) if previous is not None else (None,) * len(sig)
     samples = sample_items(s) if prev[3] != sig[3] else keep
-    results = results_outputs(ctx) if (prev[0], prev[5]) != (sig[0], sig[5]) else [keep] * 3
+    results = results_outputs(ctx) if (prev[0], prev[5]) != (sig[0], sig[5]) else [keep] * n_results
     return [status_html(s), loss_svg(s.losses), samples, log_text(s), *results, list(sig)]
 
 
@@ -82,15 +84,17 @@ def wire(ctx: PageContext) -> None:
         text = "stopping after the current step; the LoRA is saved" if status.active else "no job is running"
         return [message_html(text, "info"), status_html(status)]
 
+    targets = result_targets(ctx)
+
     def on_poll(previous: Any) -> List[Any]:
         try:
             return poll_outputs(ctx, previous)
         except Exception as exc:  # noqa: BLE001 - a failed refresh must not break the page; the next poll retries
             log.warning("refreshing the Run section failed: %s", exc)
-            return [compat.no_change()] * 7 + [None]
+            return [compat.no_change()] * (4 + len(targets)) + [None]
 
     p["start"].click(on_start, ctx.field_inputs, [p["run_msg"], p["status"]])
     p["stop"].click(on_stop, None, [p["run_msg"], p["status"]])
     p["poll"].click(on_poll, [p["poll_state"]],
-                    [p["status"], p["loss"], p["samples"], p["log"], p["results"], p["result_pick"],
-                     p["previews"], p["poll_state"]], show_progress="hidden")
+                    [p["status"], p["loss"], p["samples"], p["log"], *targets, p["poll_state"]],
+                    show_progress="hidden")
