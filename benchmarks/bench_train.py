@@ -160,7 +160,7 @@ def run_reference(bundle, dataset, cfg, warmup: int, steps: int, device: torch.d
 
 
 def measure(name: str, spec: Dict, device: torch.device, root: Path, warmup: int, steps: int,
-            loops: List[str], compile_unet: bool, bundles: Dict) -> List[Row]:
+            loops: List[str], compile_unet: bool, bundles: Dict, channels_last: bool = False) -> List[Row]:
     from lora_trainer.config import config_from_dict
     from lora_trainer.engine.run import build_training_set
     from lora_trainer.tiny import make_shapes_dataset
@@ -170,7 +170,8 @@ def measure(name: str, spec: Dict, device: torch.device, root: Path, warmup: int
     raw = dict(train_data_dir=str(data), base_model=str(data), output_dir=str(root / f"out_{name}"),
                resolution=res, min_bucket_reso=64, max_bucket_reso=res, batch_size=batch, lora_rank=8,
                max_steps=warmup + steps, learning_rate=1e-4, seed=0, device=device.type, log_every_n_steps=warmup,
-               gradient_checkpointing=spec.get("checkpointing", False), torch_compile=compile_unet)
+               gradient_checkpointing=spec.get("checkpointing", False), torch_compile=compile_unet,
+               channels_last=channels_last)
     cfg = config_from_dict(raw)
     rows = []
     for loop in loops:
@@ -197,6 +198,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--compile", action="store_true", help="torch_compile: true for the trainer")
+    ap.add_argument("--channels-last", action="store_true", help="channels_last: true for the trainer")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -207,7 +209,8 @@ def main() -> None:
     bundles: Dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.workloads:
-            rows += measure(name, WORKLOADS[name], device, Path(tmp), a.warmup, a.steps, a.loops, a.compile, bundles)
+            rows += measure(name, WORKLOADS[name], device, Path(tmp), a.warmup, a.steps, a.loops, a.compile, bundles,
+                            a.channels_last)
             print(json.dumps([asdict(r) for r in rows[-len(a.loops):]]), flush=True)
     header = f"{'workload':18} {'loop':10} {'steps/s':>8} {'img/s':>8} {'1st step s':>10} {'peak GiB':>9} {'TFLOP/s':>8}"
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")

@@ -98,6 +98,7 @@ class TrainConfig:
     seed: int = _opt(42, "Random seed: the same seed and config give the same LoRA.")
     max_nonfinite_steps: int = _opt(5, "Stop after this many steps in a row with a NaN/inf loss (each one is skipped).", minimum=1)
     device: str = _opt("auto", "cuda, mps or cpu; auto picks the best available.", choices=DEVICES)
+    channels_last: bool = _opt(False, "Keep the UNet's activations in channels-last layout (often faster convolutions on NVIDIA GPUs).")
     torch_compile: bool = _opt(False, "Compile the UNet with torch.compile (faster steps on a GPU after a minute of compiling).")
 
     # --- samples and validation ---

@@ -98,6 +98,8 @@ class Trainer:
         self.network = LoraNetwork.inject(self.bundle.lora_components(cfg.train_text_encoder), rank, alpha,
                                           cfg.lora_dropout)
         self._build_caches()
+        if cfg.channels_last:
+            self.bundle.use_channels_last()
         if cfg.torch_compile:
             self.bundle.compile()
         if self.latent_cache is None and cfg.num_workers > 0:

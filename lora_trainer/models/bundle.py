@@ -68,6 +68,9 @@ class ModelBundle(ABC):
     def restore(self) -> None:
         """Undo `prepare` where that matters (default: nothing)."""
 
+    def use_channels_last(self) -> None:
+        """Put the denoiser's weights (and so its convolutions) in channels-last layout; default: no-op."""
+
     def compile(self) -> None:
         """torch.compile the denoiser in place (after LoRA layers are in); default: not supported, no-op."""
 

@@ -80,6 +80,9 @@ class DiffusersBundle(ModelBundle):
 
         self.unet.set_attn_processor(AttnProcessor2_0())  # PyTorch SDPA attention
 
+    def use_channels_last(self) -> None:
+        self.unet.to(memory_format=torch.channels_last)
+
     def compile(self) -> None:
         self.unet.compile()
 
