@@ -1,4 +1,5 @@
-"""WebUIBundle: train the model the WebUI already holds in memory (ldm `LatentDiffusion`, SD1.x).
+"""WebUIBundle: train the model the WebUI already holds in memory (ldm `LatentDiffusion`: SD1.x, SD2.x;
+SDXL's sgm model is `WebUISDXLBundle`, a subclass).
 
 Why LoRA layers go on the ldm modules themselves (and not on diffusers modules sharing storage): the
 WebUI's model is used as it is, so no second set of modules, no key conversion at load and no risk of
@@ -9,7 +10,11 @@ when the WebUI runs half). `restore()` takes every wrapper and every flag this b
 Conditioning comes from the WebUI's own text-encoder path (`sd_model.cond_stage_model(texts)`), so
 its tokenisation, emphasis syntax and clip-skip setting are exactly what txt2img uses; noise
 predictions come from `sd_model.apply_model`. kohya names are made from the ldm module paths mapped to
-the diffusers paths that SD1 kohya files use.
+the diffusers paths that SD1/SD2 kohya files use (SDXL's family maps them on to sgm paths).
+
+Text-encoder LoRA in place works for transformers' CLIP (SD1). An OpenCLIP encoder (SD2, SDXL) packs
+q/k/v into one `nn.MultiheadAttention.in_proj_weight`, which a plain LoRA layer cannot wrap: training it
+in place is refused with a one-line message (train the UNet only, or train from the checkpoint file).
 
 This module never imports the WebUI (`modules.*`): it only uses the model object it is given.
 """
@@ -28,6 +33,24 @@ from .bundle import Conditioning, ModelBundle
 from .family import ModelFamily
 
 CHECKPOINTED_BLOCKS = ("BasicTransformerBlock", "ResBlock")
+
+
+def find_open_clip_model(cond_stage_model: nn.Module) -> Optional[nn.Module]:
+    """The open_clip text tower inside a WebUI text-encoder wrapper (SD2), or None."""
+    for path in ("wrapped.model", "model"):
+        try:
+            model = cond_stage_model.get_submodule(path)
+        except AttributeError:
+            continue
+        if hasattr(model, "token_embedding") and hasattr(getattr(model, "transformer", None), "resblocks"):
+            return model
+    return None
+
+
+def refuse_open_clip_training(title: str) -> None:
+    raise ModelLoadError(f"the WebUI's loaded {title} model has an OpenCLIP text encoder, which cannot be trained in "
+                         f"place yet: set train_text_encoder: false (UNet only), or train from the checkpoint file "
+                         f"with the CLI")
 
 
 def find_clip_text_model(cond_stage_model: nn.Module) -> nn.Module:
@@ -49,7 +72,8 @@ class WebUIBundle(ModelBundle):
         self.family = family
         self.name = name
         self.unet = sd_model.model.diffusion_model
-        self.text_encoder = find_clip_text_model(sd_model.cond_stage_model)
+        self.text_module = self._text_module()  # what holds every text-encoder weight
+        self.text_encoder = self._find_text_encoder()
         self.vae = sd_model.first_stage_model
         self.prediction_type = "v_prediction" if getattr(sd_model, "parameterization", "eps") == "v" else "epsilon"
         self.alphas_cumprod = sd_model.alphas_cumprod.detach().float().cpu().clone()
@@ -62,6 +86,12 @@ class WebUIBundle(ModelBundle):
         self._offload = offload  # move the VAE / frozen text encoder to the CPU while training
         self._saved: Optional[Dict[str, Any]] = None
         self._checkpointed: List[nn.Module] = []
+
+    def _text_module(self) -> nn.Module:
+        return self.sd_model.cond_stage_model
+
+    def _find_text_encoder(self) -> Optional[nn.Module]:
+        return find_open_clip_model(self.text_module) or find_clip_text_model(self.text_module)
 
     @property
     def fixed_placement(self) -> Tuple[torch.device, torch.dtype]:
@@ -76,10 +106,15 @@ class WebUIBundle(ModelBundle):
             "unet", self.unet, unet_targets(self.unet),
             lambda p: kohya_name(fam.unet_prefix, fam.unet_kohya_path(ldm_to_diffusers_unet_path(p, layers), layers)))]
         if train_text_encoder:
+            self._check_text_encoder_trainable()
             prefix = fam.text_encoder_prefixes[0]
             comps.append(LoraComponent("text_encoder", self.text_encoder, text_encoder_targets(self.text_encoder),
                                        lambda p: kohya_name(prefix, text_encoder_path(p))))
         return comps
+
+    def _check_text_encoder_trainable(self) -> None:
+        if find_open_clip_model(self.text_module) is not None:
+            refuse_open_clip_training(self.family.title)
 
     def _layers_per_block(self) -> int:
         nrb = getattr(self.unet, "num_res_blocks", 2)
@@ -89,6 +124,8 @@ class WebUIBundle(ModelBundle):
     def prepare(self, device: torch.device, base_dtype: torch.dtype, gradient_checkpointing: bool,
                 train_text_encoder: bool) -> None:
         """Freeze in place; nothing is moved or cast (the WebUI's placement is kept)."""
+        if train_text_encoder:
+            self._check_text_encoder_trainable()
         model = self.sd_model
         self._saved = {
             "requires_grad": {id(p): p.requires_grad for p in model.parameters()},
@@ -96,7 +133,7 @@ class WebUIBundle(ModelBundle):
             "training": {id(m): m.training for m in model.modules()},
             "modules": list(model.modules()),
             "devices": {"vae": next(self.vae.parameters()).device,
-                        "text": next(self.sd_model.cond_stage_model.parameters()).device},
+                        "text": next(self.text_module.parameters()).device},
         }
         model.requires_grad_(False)
         model.eval()
@@ -136,7 +173,7 @@ class WebUIBundle(ModelBundle):
             p.requires_grad_(saved["requires_grad"][id(p)])
         for m in saved["modules"]:
             m.training = saved["training"][id(m)]
-        for module, key in ((self.vae, "vae"), (self.sd_model.cond_stage_model, "text")):
+        for module, key in ((self.vae, "vae"), (self.text_module, "text")):
             if next(module.parameters()).device != saved["devices"][key]:
                 module.to(saved["devices"][key])
 
@@ -146,7 +183,7 @@ class WebUIBundle(ModelBundle):
 
     def offload_text_encoder(self) -> None:
         if self._offload:
-            self.sd_model.cond_stage_model.to("cpu")
+            self.text_module.to("cpu")
 
 
     # ------------------------------------------------------------------ compute
