@@ -177,3 +177,15 @@ def test_saved_sd2_lora_loads_in_diffusers_and_reproduces_the_trained_model(tmp_
     with_lora = _render(pipe)
     assert (with_lora - base).abs().max() > 1e-2, "the LoRA does not change the image"
     assert (with_lora - trained).abs().max() < 1e-4, "diffusers' reading of the file differs from the trained model"
+
+
+@pytest.mark.parametrize("open_clip,kohya", [
+    ("transformer.resblocks.0.attn.q_proj", "lora_te_text_model_encoder_layers_0_self_attn_q_proj"),
+    ("transformer.resblocks.22.attn.out_proj", "lora_te_text_model_encoder_layers_22_self_attn_out_proj"),
+    ("transformer.resblocks.5.mlp.c_fc", "lora_te_text_model_encoder_layers_5_mlp_fc1"),
+    ("transformer.resblocks.5.mlp.c_proj", "lora_te_text_model_encoder_layers_5_mlp_fc2"),
+])
+def test_open_clip_paths_get_the_converted_encoders_kohya_names(open_clip, kohya):
+    from lora_trainer.lora.kohya_names import kohya_name, open_clip_text_encoder_path
+
+    assert kohya_name("lora_te", open_clip_text_encoder_path(open_clip)) == kohya

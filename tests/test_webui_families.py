@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from safetensors import safe_open
+
 from lora_trainer.engine.run import LoraRun, load_model, train
-from lora_trainer.errors import ModelLoadError
+from lora_trainer.events import Callback, StepEnded
 from lora_trainer.models import default_families
 from lora_trainer.models.webui_sdxl_bundle import WebUISDXLBundle
 from lora_trainer.tiny import make_color_dataset
@@ -33,7 +35,7 @@ def wide_data(tmp_path):
     return make_color_dataset(tmp_path / "wide", n=4, size=(96, 64))
 
 
-def _same_lora_same_loss(tmp_path, cfg, bundles, prefix):
+def _same_lora_same_loss(tmp_path, cfg, bundles, prefixes):
     """Set up both bundles with the same LoRA weights; return their names and the loss / step of each."""
     trainers = []
     for i, bundle in enumerate(bundles):
@@ -53,7 +55,8 @@ def _same_lora_same_loss(tmp_path, cfg, bundles, prefix):
     with torch.no_grad():
         losses = [float(t.batch_loss(batches[0], noise, timesteps).mean()) for t in trainers]
     steps = [float(t.optimizer_step(0, batches[:1])) for t in trainers]
-    assert names[0] == names[1] and len(names[0]) > 20 and all(n.startswith(prefix) for n in names[0])
+    assert names[0] == names[1] and len(names[0]) > 20
+    assert {n.split("_")[1] for n in names[0]} == set(prefixes)
     return names[0], losses, steps
 
 
@@ -62,11 +65,14 @@ def test_sd2_webui_model_is_recognised_and_matches_the_converted_file(tmp_path, 
     bundle = default_families().webui_bundle(sd2_ldm, name="tiny-sd2")
     assert bundle is not None and bundle.family.name == "sd2" and bundle.prediction_type == "epsilon"
     path = save_sd2_single_file(sd2_ldm, tmp_path / "models" / "tiny-sd2.safetensors")
-    cfg = make_config(path, color_data, tmp_path / "out", tokenizer_path=str(tmp_path / "ldm_tokenizer"))
+    cfg = make_config(path, color_data, tmp_path / "out", tokenizer_path=str(tmp_path / "ldm_tokenizer"),
+                      train_text_encoder=True)
     converted = load_model(cfg)
     assert converted.family.name == "sd2" and converted.text_encoder.config.num_hidden_layers == 2  # 3 - penultimate
-    names, losses, steps = _same_lora_same_loss(tmp_path, cfg, [bundle, converted], "lora_unet_")
+    names, losses, steps = _same_lora_same_loss(tmp_path, cfg, [bundle, converted], ["unet", "te"])
     assert "lora_unet_down_blocks_0_attentions_0_proj_in" in names
+    te = [n for n in names if n.startswith("lora_te_")]
+    assert len(te) == 12 and "lora_te_text_model_encoder_layers_1_self_attn_q_proj" in te  # the 3rd layer is unused
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
     assert steps[0] == pytest.approx(steps[1], abs=1e-5)
 
@@ -79,17 +85,28 @@ def test_sd2_v_model_from_its_yaml(tmp_path, color_data):
     assert load_model(cfg).prediction_type == "v_prediction"
 
 
-def test_sd2_training_in_place_restores_the_model_and_refuses_the_open_clip_encoder(tmp_path, sd2_ldm, color_data):
-    snapshot = _snapshot(sd2_ldm)
-    cfg = make_config(tmp_path / "unused", color_data, tmp_path / "out", max_steps=2, gradient_checkpointing=True)
-    result = train(cfg, bundle=default_families().webui_bundle(sd2_ldm, name="tiny"))
-    assert result.lora_path.is_file()
-    _assert_restored(sd2_ldm, snapshot)
-    cfg = make_config(tmp_path / "unused", color_data, tmp_path / "out2", max_steps=2, train_text_encoder=True)
-    with pytest.raises(ModelLoadError, match="OpenCLIP text encoder") as err:
-        train(cfg, bundle=default_families().webui_bundle(sd2_ldm, name="tiny"))
-    assert len(str(err.value).splitlines()) == 1
-    _assert_restored(sd2_ldm, snapshot)
+@pytest.mark.parametrize("family", ["sd2", "sdxl"])
+def test_training_in_place_keeps_every_weight_and_restores_the_model(tmp_path, color_data, family):
+    model = build_tiny_sd2_ldm(tmp_path) if family == "sd2" else build_tiny_sdxl_sgm(tmp_path)
+    snapshot = _snapshot(model)
+    cfg = make_config(tmp_path / "unused", color_data, tmp_path / "out", max_steps=3, train_text_encoder=True,
+                      gradient_checkpointing=True)
+    seen = {}
+
+    class Peek(Callback):
+        def on_event(self, event):
+            if isinstance(event, StepEnded) and event.step == 2:
+                seen["ptrs"] = {n: p.data_ptr() for n, p in model.named_parameters() if "lora_" not in n}
+                seen["forwards"] = [n for n, m in model.named_modules() if "forward" in m.__dict__]
+
+    result = train(cfg, [Peek()], bundle=default_families().webui_bundle(model, name="tiny"))
+    with safe_open(str(result.lora_path), "pt") as f:
+        assert {k.split("_")[1] for k in f.keys()} == ({"unet", "te"} if family == "sd2" else {"unet", "te1", "te2"})
+        assert f.metadata()["ss_base_model_version"] == ("sd_v2" if family == "sd2" else "sdxl_base_v1-0")
+    base_ptrs = {n.replace(".base_layer", ""): ptr for n, ptr in seen["ptrs"].items()}
+    assert base_ptrs == {n: v[0] for n, v in snapshot[1].items()}  # no base weight was copied or moved
+    assert any(n.endswith(".attn") for n in seen["forwards"])  # OpenCLIP attention ran with its LoRA
+    _assert_restored(model, snapshot)
 
 
 # ---------------------------------------------------------------------------- SDXL
@@ -98,10 +115,13 @@ def test_sdxl_webui_model_is_recognised_and_matches_the_converted_file(tmp_path,
     assert isinstance(bundle, WebUISDXLBundle) and bundle.family.name == "sdxl"
     path = save_sdxl_single_file(sdxl_sgm, tmp_path / "models" / "tiny-sdxl.safetensors")
     cfg = make_config(path, wide_data, tmp_path / "out", tokenizer_path=str(tmp_path / "sgm_tokenizer"),
-                      resolution=64, min_bucket_reso=64, max_bucket_reso=128, gradient_checkpointing=False)
+                      resolution=64, min_bucket_reso=64, max_bucket_reso=128, gradient_checkpointing=False,
+                      train_text_encoder=True)
     converted = load_model(cfg)
     assert converted.family.name == "sdxl"
-    names, losses, steps = _same_lora_same_loss(tmp_path, cfg, [bundle, converted], "lora_unet_")
+    names, losses, steps = _same_lora_same_loss(tmp_path, cfg, [bundle, converted], ["unet", "te1", "te2"])
+    assert "lora_te2_text_model_encoder_layers_1_self_attn_out_proj" in names
+    assert "lora_te2_text_model_encoder_layers_0_mlp_fc2" in names
     assert "lora_unet_input_blocks_4_1_transformer_blocks_1_attn1_to_q" in names
     assert "lora_unet_middle_block_1_proj_out" in names and "lora_unet_output_blocks_3_1_proj_in" in names
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
@@ -122,14 +142,3 @@ def test_sdxl_conditioning_comes_from_the_models_embedders(tmp_path, sdxl_sgm):
         assert torch.equal(bundle.predict(x, t, cond, same), bundle.predict(x, t, cond, None))
         assert (bundle.predict(x, t, cond, same) - bundle.predict(x, t, cond, other)).abs().max() > 1e-5
 
-
-def test_sdxl_training_in_place_restores_the_model_and_refuses_the_open_clip_encoder(tmp_path, sdxl_sgm, color_data):
-    snapshot = _snapshot(sdxl_sgm)
-    cfg = make_config(tmp_path / "unused", color_data, tmp_path / "out", max_steps=2)  # checkpointing: auto = on
-    result = train(cfg, bundle=default_families().webui_bundle(sdxl_sgm, name="tiny"))
-    assert result.lora_path.is_file()
-    _assert_restored(sdxl_sgm, snapshot)
-    cfg = make_config(tmp_path / "unused", color_data, tmp_path / "out2", max_steps=2, train_text_encoder=True)
-    with pytest.raises(ModelLoadError, match="OpenCLIP text encoder"):
-        train(cfg, bundle=default_families().webui_bundle(sdxl_sgm, name="tiny"))
-    _assert_restored(sdxl_sgm, snapshot)

@@ -12,9 +12,10 @@ its tokenisation, emphasis syntax and clip-skip setting are exactly what txt2img
 predictions come from `sd_model.apply_model`. kohya names are made from the ldm module paths mapped to
 the diffusers paths that SD1/SD2 kohya files use (SDXL's family maps them on to sgm paths).
 
-Text-encoder LoRA in place works for transformers' CLIP (SD1). An OpenCLIP encoder (SD2, SDXL) packs
-q/k/v into one `nn.MultiheadAttention.in_proj_weight`, which a plain LoRA layer cannot wrap: training it
-in place is refused with a one-line message (train the UNet only, or train from the checkpoint file).
+Text encoders: transformers' CLIP (SD1, SDXL's first) gets peft layers like a diffusers model; OpenCLIP
+(SD2, SDXL's bigG) packs q/k/v into one `nn.MultiheadAttention.in_proj_weight`, so its attention gets
+q/k/v/out LoRA pairs on the packed weight (lora/packed_attention.py) and its MLP plain LoRA layers,
+named as kohya names the converted transformers encoder (`..._self_attn_q_proj`, `..._mlp_fc1`).
 
 This module never imports the WebUI (`modules.*`): it only uses the model object it is given.
 """
@@ -26,13 +27,14 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError
-from ..lora.kohya_names import kohya_name, ldm_to_diffusers_unet_path, text_encoder_path
+from ..lora.kohya_names import kohya_name, ldm_to_diffusers_unet_path, open_clip_text_encoder_path, text_encoder_path
 from ..lora.network import LoraComponent
-from ..lora.targets import text_encoder_targets, unet_targets
+from ..lora.targets import open_clip_targets, text_encoder_targets, unet_targets
 from .bundle import Conditioning, ModelBundle
 from .family import ModelFamily
 
 CHECKPOINTED_BLOCKS = ("BasicTransformerBlock", "ResBlock")
+TEXT_BLOCKS = ("CLIPEncoderLayer", "ResidualAttentionBlock")  # transformers CLIP, open_clip
 
 
 def find_open_clip_model(cond_stage_model: nn.Module) -> Optional[nn.Module]:
@@ -47,10 +49,15 @@ def find_open_clip_model(cond_stage_model: nn.Module) -> Optional[nn.Module]:
     return None
 
 
-def refuse_open_clip_training(title: str) -> None:
-    raise ModelLoadError(f"the WebUI's loaded {title} model has an OpenCLIP text encoder, which cannot be trained in "
-                         f"place yet: set train_text_encoder: false (UNet only), or train from the checkpoint file "
-                         f"with the CLI")
+def clip_component(role: str, model: nn.Module, prefix: str) -> LoraComponent:
+    """LoRA targets and kohya names of a transformers CLIP text model."""
+    return LoraComponent(role, model, text_encoder_targets(model), lambda p: kohya_name(prefix, text_encoder_path(p)))
+
+
+def open_clip_component(role: str, tower: nn.Module, prefix: str, layers: int) -> LoraComponent:
+    """LoRA targets (attention and MLP of the first `layers` blocks) and kohya names of an open_clip text tower."""
+    return LoraComponent(role, tower, open_clip_targets(tower, layers),
+                         lambda p: kohya_name(prefix, open_clip_text_encoder_path(p)))
 
 
 def find_clip_text_model(cond_stage_model: nn.Module) -> nn.Module:
@@ -105,16 +112,17 @@ class WebUIBundle(ModelBundle):
         comps = [LoraComponent(
             "unet", self.unet, unet_targets(self.unet),
             lambda p: kohya_name(fam.unet_prefix, fam.unet_kohya_path(ldm_to_diffusers_unet_path(p, layers), layers)))]
-        if train_text_encoder:
-            self._check_text_encoder_trainable()
-            prefix = fam.text_encoder_prefixes[0]
-            comps.append(LoraComponent("text_encoder", self.text_encoder, text_encoder_targets(self.text_encoder),
-                                       lambda p: kohya_name(prefix, text_encoder_path(p))))
-        return comps
+        return comps + (self.text_encoder_components() if train_text_encoder else [])
 
-    def _check_text_encoder_trainable(self) -> None:
-        if find_open_clip_model(self.text_module) is not None:
-            refuse_open_clip_training(self.family.title)
+    def text_encoder_components(self) -> List[LoraComponent]:
+        """SD1: the CLIP text model. SD2: the open_clip tower's blocks that the conditioning uses (all but the
+        last `layer_idx`: the penultimate layer for SD2, so 23 of 24 as in diffusers' SD2 encoder)."""
+        prefix = self.family.text_encoder_prefixes[0]
+        tower = find_open_clip_model(self.text_module)
+        if tower is None:
+            return [clip_component("text_encoder", self.text_encoder, prefix)]
+        skipped = int(getattr(getattr(self.text_module, "wrapped", None), "layer_idx", 0) or 0)
+        return [open_clip_component("text_encoder", tower, prefix, len(tower.transformer.resblocks) - skipped)]
 
     def _layers_per_block(self) -> int:
         nrb = getattr(self.unet, "num_res_blocks", 2)
@@ -124,8 +132,6 @@ class WebUIBundle(ModelBundle):
     def prepare(self, device: torch.device, base_dtype: torch.dtype, gradient_checkpointing: bool,
                 train_text_encoder: bool) -> None:
         """Freeze in place; nothing is moved or cast (the WebUI's placement is kept)."""
-        if train_text_encoder:
-            self._check_text_encoder_trainable()
         model = self.sd_model
         self._saved = {
             "requires_grad": {id(p): p.requires_grad for p in model.parameters()},
@@ -143,7 +149,8 @@ class WebUIBundle(ModelBundle):
     def enable_gradient_checkpointing(self, text_encoder: bool) -> None:
         self._enable_checkpointing(self.unet)
         if text_encoder:
-            self._enable_checkpointing(self.text_encoder, ("CLIPEncoderLayer",))
+            for comp in self.text_encoder_components():
+                self._enable_checkpointing(comp.module, TEXT_BLOCKS)
 
     def _enable_checkpointing(self, root: nn.Module, names: Sequence[str] = CHECKPOINTED_BLOCKS) -> None:
         """Non-reentrant activation checkpointing on each block, as an instance attribute (undone by restore)."""

@@ -8,7 +8,8 @@ Everything the WebUI bundle does for SD1 holds (LoRA layers on the model's own m
   bigG, so WebUI tokenisation and emphasis apply) give `crossattn` (3-D outputs, concatenated on
   channels) and the pooled text `vector` (2-D); the size/crop embedders are run per sample in
   `predict`, from each image's original size, crop and bucket (txt2img uses the image size and the
-  crop setting). The conditioner itself runs its embedders under `no_grad`, so it is not called directly;
+  crop setting). The conditioner itself runs its embedders under `no_grad`, so it is not called directly
+  (text-encoder LoRA needs gradients through them);
 - noise predictions come from `sd_model.apply_model(x, t, {"crossattn", "vector"})` with discrete
   timesteps, as the WebUI samples SDXL;
 - latents are the VAE posterior's mean times `scale_factor` (sgm's `encode_first_stage` samples).
@@ -21,8 +22,9 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError
+from ..lora.network import LoraComponent
 from .bundle import Conditioning
-from .webui_bundle import WebUIBundle, refuse_open_clip_training
+from .webui_bundle import WebUIBundle, clip_component, find_clip_text_model, find_open_clip_model, open_clip_component
 
 TEXT_KEY = "txt"
 SIZE_KEYS = ("original_size_as_tuple", "crop_coords_top_left", "target_size_as_tuple")
@@ -48,10 +50,20 @@ class WebUISDXLBundle(WebUIBundle):
         return self.sd_model.conditioner
 
     def _find_text_encoder(self) -> Optional[nn.Module]:
-        return None  # not trained in place (see refuse_open_clip_training)
+        return find_clip_text_model(self.text_embedders[0])
 
-    def _check_text_encoder_trainable(self) -> None:
-        refuse_open_clip_training(self.family.title)
+    def text_encoder_components(self) -> List[LoraComponent]:
+        """CLIP-L (`lora_te1_`) and every block of OpenCLIP bigG (`lora_te2_`: its last layer makes the pooled
+        vector), from the WebUI-wrapped embedders 0 and 1."""
+        te1, te2 = self.family.text_encoder_prefixes
+        comps = [clip_component("text_encoder", self.text_encoder, te1)]
+        for embedder in self.text_embedders[1:]:
+            tower = find_open_clip_model(embedder)
+            if tower is None:
+                raise ModelLoadError(f"the loaded SDXL model's second text embedder is not OpenCLIP "
+                                     f"({type(embedder).__name__})")
+            comps.append(open_clip_component("text_encoder_2", tower, te2, len(tower.transformer.resblocks)))
+        return comps
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
