@@ -63,7 +63,7 @@ class TrainConfig:
     num_workers: int = _opt(0, "Data-loader worker processes for per-step image loading (0 = main process).", minimum=0)
 
     # --- model ---
-    base_model: str = _opt("", "Base checkpoint: a single .safetensors/.ckpt file (SD1.x) or a diffusers folder.")
+    base_model: str = _opt("", "Base checkpoint: a single .safetensors/.ckpt file (SD1.x, SD2.x, SDXL) or a diffusers folder.")
     base_model_config: Optional[str] = _opt(None, "Original (ldm) YAML config for an unusual single-file checkpoint. Default: <checkpoint>.yaml beside it, else detected.")
     tokenizer_path: Optional[str] = _opt(None, "Folder with the CLIP tokenizer (vocab.json, merges.txt) when a single-file checkpoint is used offline.")
     prediction_type: str = _opt("auto", "epsilon or v_prediction; auto reads it from the model.", choices=PREDICTION_TYPES)
