@@ -181,12 +181,16 @@ def estimate(config: TrainConfig, batch_size: Optional[int] = None, parts=None,
     unet.set_attn_processor(AttnProcessor2_0())
     comps = [LoraComponent("unet", unet, unet_targets(unet), lambda p: p)]
     if config.train_text_encoder:
-        comps += [LoraComponent(f"te{i}", te, text_encoder_targets(te), lambda p: p) for i, te in enumerate(encoders)]
+        comps += [LoraComponent(f"te{i}", te, text_encoder_targets(te), lambda p, i=i: f"te{i}.{p}")
+                  for i, te in enumerate(encoders)]
     with torch.device("meta"):
         net = LoraNetwork.inject(comps, config.lora_rank, config.effective_alpha)
     try:
         if checkpointing:
+            from .models.diffusers_bundle import flag_checkpointed_blocks
+
             unet.enable_gradient_checkpointing()
+            flag_checkpointed_blocks(unet)
         for module in (unet, *encoders):
             module.to(dtype)
         for p in net.parameters():

@@ -182,3 +182,44 @@ def test_loss_uses_per_image_time_ids(tmp_path, tiny_sdxl_dir, color_data):
     b = bundle.predict(x, t, cond, [ImageInfo((512, 256), (32, 0), (64, 64))])
     assert cond["crossattn"].shape == (1, 77, 64) and cond["pooled"].shape == (1, 32)
     assert (a - b).abs().max() > 1e-4
+
+
+def test_plan_builds_sdxl_from_a_folder(tmp_path, tiny_sdxl_dir, color_data):
+    from lora_trainer.planner import estimate
+
+    plan = estimate(make_config(tiny_sdxl_dir, color_data, tmp_path / "o"))  # (transformers 4.30's CLIP cannot run on meta)
+    assert plan.gradient_checkpointing and plan.activations > 0 and plan.lora_state > 0
+
+
+def test_sdxl_defaults_are_planned_to_fit_12_gb_at_1024_px(tmp_path, color_data):
+    """The planner's estimate (meta device, bf16 on CUDA): defaults fit 12 GiB, without checkpointing they do not."""
+    from lora_trainer.models.architecture import build_sd_architecture
+    from lora_trainer.planner import GiB, estimate
+
+    family = default_families().get("sdxl")
+    peaks = {}
+    for checkpointing in ("auto", False):
+        parts = {**build_sd_architecture(SDXL_ORIGINAL_CONFIG, "meta", family=family), "family": family}
+        cfg = make_config(tmp_path, color_data, tmp_path / "o", resolution=1024, batch_size=1, lora_rank=16,
+                          mixed_precision="bf16", gradient_checkpointing=checkpointing, device="auto")
+        peaks[checkpointing] = estimate(cfg, parts=parts, device=torch.device("cuda")).peak / GiB
+    print(f"planned SDXL peak at 1024 px: {peaks}")
+    assert peaks["auto"] < 11 < 12 < peaks[False]
+
+
+def test_gradient_checkpointing_really_saves_activations(tmp_path, tiny_sdxl_dir, color_data):
+    """diffusers 0.31 checkpoints only blocks in training mode: the bundle must make it happen there too."""
+    from lora_trainer.lora.network import LoraNetwork
+    from lora_trainer.planner import saved_activation_bytes
+
+    saved = {}
+    for checkpointing in (False, True):
+        bundle = load_model(make_config(tiny_sdxl_dir, color_data, tmp_path / "o"))
+        bundle.prepare(torch.device("cpu"), torch.float32, checkpointing, False)
+        net = LoraNetwork.inject(bundle.lora_components(False), 4, 4)
+        cond = bundle.encode_captions(["a red image"])
+        x = torch.randn(1, 4, 8, 8)
+        saved[checkpointing] = saved_activation_bytes(lambda: bundle.predict(x, torch.tensor([500]), cond),
+                                                      (bundle.unet,))["total"]
+        net.remove()
+    assert saved[True] < 0.7 * saved[False]

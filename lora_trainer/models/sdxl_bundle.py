@@ -19,7 +19,7 @@ from ..lora.kohya_names import kohya_name, text_encoder_path
 from ..lora.network import LoraComponent
 from ..lora.targets import text_encoder_targets
 from .bundle import Conditioning
-from .diffusers_bundle import DiffusersBundle
+from .diffusers_bundle import DiffusersBundle, flag_checkpointed_blocks
 from .family import ModelFamily
 
 
@@ -62,6 +62,7 @@ class SDXLBundle(DiffusersBundle):
         if text_encoder:
             self.text_encoder_2.gradient_checkpointing_enable()
             self.text_encoder_2.enable_input_require_grads()
+            flag_checkpointed_blocks(self.text_encoder_2)
 
     def offload_text_encoder(self) -> None:
         """Captions are cached and the encoders frozen: their ~1.6 GB (fp16) leave the accelerator."""
