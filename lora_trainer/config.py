@@ -63,7 +63,7 @@ class TrainConfig:
     num_workers: int = _opt(2, "Threads that load the next steps' images when latents are not cached (0 = load in the training thread).", minimum=0)
 
     # --- model ---
-    base_model: str = _opt("", "Base checkpoint: a single .safetensors/.ckpt file (SD1.x) or a diffusers folder.")
+    base_model: str = _opt("", "Base checkpoint: a single .safetensors/.ckpt file (SD1.x, SD2.x, SDXL) or a diffusers folder.")
     base_model_config: Optional[str] = _opt(None, "Original (ldm) YAML config for an unusual single-file checkpoint. Default: <checkpoint>.yaml beside it, else detected.")
     tokenizer_path: Optional[str] = _opt(None, "Folder with the CLIP tokenizer (vocab.json, merges.txt) when a single-file checkpoint is used offline.")
     prediction_type: str = _opt("auto", "epsilon or v_prediction; auto reads it from the model.", choices=PREDICTION_TYPES)
@@ -85,6 +85,7 @@ class TrainConfig:
     learning_rate: float = _opt(1e-4, "Learning rate of the UNet LoRA.", minimum=0.0)
     unet_lr: Optional[float] = _opt(None, "UNet learning rate; default learning_rate.", minimum=0.0)
     text_encoder_lr: Optional[float] = _opt(None, "Text-encoder LoRA learning rate; default learning_rate.", minimum=0.0)
+    text_encoder_2_lr: Optional[float] = _opt(None, "SDXL's second text encoder (OpenCLIP bigG) learning rate; default text_encoder_lr.", minimum=0.0)
     lr_scheduler: str = _opt("constant", "Learning-rate schedule.", choices=SCHEDULERS)
     lr_warmup_steps: int = _opt(0, "Steps of linear warm-up.", minimum=0)
     lr_num_cycles: int = _opt(1, "Restarts for cosine_with_restarts.", minimum=1)
@@ -94,7 +95,7 @@ class TrainConfig:
     noise_offset: float = _opt(0.0, "Noise offset (~0.05-0.1) helps very dark/bright images.", minimum=0.0)
     min_snr_gamma: Optional[float] = _opt(None, "Min-SNR loss weighting gamma (5 is the paper's value).", minimum=0.0)
     mixed_precision: str = _opt("auto", "auto: bf16 where the GPU supports it, else fp16 on CUDA, fp32 on CPU.", choices=PRECISIONS)
-    gradient_checkpointing: bool = _opt(False, "Trade ~20% speed for much less memory.")
+    gradient_checkpointing: Union[str, bool] = _opt("auto", "Trade ~20% speed for much less memory. auto: on for SDXL, off otherwise.", choices=CACHE_MODES)
     seed: int = _opt(42, "Random seed: the same seed and config give the same LoRA.")
     max_nonfinite_steps: int = _opt(5, "Stop after this many steps in a row with a NaN/inf loss (each one is skipped).", minimum=1)
     device: str = _opt("auto", "cuda, mps or cpu; auto picks the best available.", choices=DEVICES)
@@ -139,6 +140,20 @@ class TrainConfig:
     @property
     def effective_text_encoder_lr(self) -> float:
         return self.learning_rate if self.text_encoder_lr is None else self.text_encoder_lr
+
+    def learning_rate_for(self, role: str) -> float:
+        """Learning rate of a LoRA component role (unet, text_encoder, text_encoder_2)."""
+        if role == "unet":
+            return self.effective_unet_lr
+        if role == "text_encoder_2" and self.text_encoder_2_lr is not None:
+            return self.text_encoder_2_lr
+        return self.effective_text_encoder_lr
+
+    def gradient_checkpointing_for(self, family) -> bool:
+        """gradient_checkpointing with auto resolved by the model family."""
+        if self.gradient_checkpointing == "auto":
+            return bool(family.gradient_checkpointing_by_default)
+        return bool(self.gradient_checkpointing)
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain dict in field order, suitable for YAML."""

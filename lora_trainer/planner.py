@@ -115,7 +115,8 @@ def _param_bytes(module: torch.nn.Module, dtype: Optional[torch.dtype] = None) -
 
 
 def _meta_parts(config: TrainConfig):
-    """UNet/VAE/text encoder of the config's base model on `meta` (configs only, no weights read)."""
+    """UNet/VAE/text encoder(s) of the config's base model on `meta` (configs only, no weights read), and
+    its family under "family"."""
     from .models import default_families
     from .models.architecture import build_sd_architecture
     from .models.loading import check_base_model_path, original_config_for, safetensors_shapes
@@ -123,21 +124,40 @@ def _meta_parts(config: TrainConfig):
     path = check_base_model_path(config.base_model)
     families = default_families()
     if path.is_dir():
-        return _meta_from_folder(path)
+        return _meta_from_folder(path, families)
     shapes = safetensors_shapes(path)
     family = families.detect(shapes.keys(), shapes, source=str(path))
-    return build_sd_architecture(original_config_for(path, family, shapes, config.base_model_config), "meta")
+    original = original_config_for(path, family, shapes, config.base_model_config)
+    return {**build_sd_architecture(original, "meta", family=family), "family": family}
 
 
-def _meta_from_folder(path: Path):
+def _meta_from_folder(path: Path, families):
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(path, subfolder="unet"))
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(path, subfolder="vae"))
-        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(path, subfolder="text_encoder"))
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder}
+        te_config = CLIPTextConfig.from_pretrained(path, subfolder="text_encoder")
+        parts = {"unet": unet, "vae": vae, "text_encoder": CLIPTextModel(te_config)}
+        if (path / "text_encoder_2").is_dir():
+            parts["text_encoder_2"] = CLIPTextModelWithProjection(
+                CLIPTextConfig.from_pretrained(path, subfolder="text_encoder_2"))
+    parts["family"] = families.detect_diffusers(unet.config, te_config, source=str(path))
+    return parts
+
+
+def _text_encoders(parts) -> List[torch.nn.Module]:
+    return [parts[k] for k in ("text_encoder", "text_encoder_2") if k in parts]
+
+
+def _added_cond(unet, batch: int, dtype: torch.dtype) -> Optional[Dict[str, torch.Tensor]]:
+    """SDXL-style UNets (addition_embed_type text_time) also take a pooled text embedding and 6 time ids."""
+    if getattr(unet.config, "addition_embed_type", None) != "text_time":
+        return None
+    pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+    return {"text_embeds": torch.empty(batch, pooled, device="meta", dtype=dtype),
+            "time_ids": torch.empty(batch, 6, device="meta", dtype=dtype)}
 
 
 def estimate(config: TrainConfig, batch_size: Optional[int] = None, parts=None,
@@ -145,48 +165,57 @@ def estimate(config: TrainConfig, batch_size: Optional[int] = None, parts=None,
     """Estimated peak memory of training `config` (optionally at another batch size)."""
     from .lora.network import LoraComponent, LoraNetwork
     from .lora.targets import text_encoder_targets, unet_targets
+    from .models.sd1 import SD1Family
 
     device = device or pick_device(config.device)
     precision = pick_precision(config.mixed_precision, device)
     dtype = precision.autocast_dtype or torch.float32
     batch = batch_size or config.batch_size
     parts = parts or _meta_parts(config)
-    unet, te, vae = parts["unet"], parts["text_encoder"], parts["vae"]
-    for module in (unet, te, vae):
+    checkpointing = config.gradient_checkpointing_for(parts.get("family") or SD1Family())
+    unet, vae, encoders = parts["unet"], parts["vae"], _text_encoders(parts)
+    for module in (unet, vae, *encoders):
         module.requires_grad_(False)
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     unet.set_attn_processor(AttnProcessor2_0())
     comps = [LoraComponent("unet", unet, unet_targets(unet), lambda p: p)]
     if config.train_text_encoder:
-        comps.append(LoraComponent("te", te, text_encoder_targets(te), lambda p: p))
+        comps += [LoraComponent(f"te{i}", te, text_encoder_targets(te), lambda p, i=i: f"te{i}.{p}")
+                  for i, te in enumerate(encoders)]
     with torch.device("meta"):
         net = LoraNetwork.inject(comps, config.lora_rank, config.effective_alpha)
     try:
-        if config.gradient_checkpointing:
+        if checkpointing:
+            from .models.diffusers_bundle import flag_checkpointed_blocks
+
             unet.enable_gradient_checkpointing()
-        unet.to(dtype)
-        te.to(dtype)
+            flag_checkpointed_blocks(unet)
+        for module in (unet, *encoders):
+            module.to(dtype)
         for p in net.parameters():
             p.data = p.data.float()
         lora_params = sum(p.numel() for p in net.parameters())
         latent = config.resolution // 8
 
         def forward():
-            ctx = torch.empty(batch, 77, te.config.hidden_size, device="meta", dtype=dtype)
+            ctx = torch.empty(batch, 77, unet.config.cross_attention_dim, device="meta", dtype=dtype)
             if config.train_text_encoder:
-                ctx = te(torch.zeros(batch, 77, dtype=torch.long, device="meta"))[0]
+                ids = torch.zeros(batch, 77, dtype=torch.long, device="meta")
+                outs = [te(ids, output_hidden_states=True).hidden_states[-2] for te in encoders]
+                ctx = torch.cat(outs, dim=-1) if len(outs) > 1 else encoders[0](ids)[0]
             x = torch.empty(batch, unet.config.in_channels, latent, latent, device="meta", dtype=dtype)
-            unet(x, torch.zeros(batch, dtype=torch.long, device="meta"), encoder_hidden_states=ctx)
+            unet(x, torch.zeros(batch, dtype=torch.long, device="meta"), encoder_hidden_states=ctx,
+                 added_cond_kwargs=_added_cond(unet, batch, dtype))
 
-        saved = saved_activation_bytes(forward, (unet, te))
+        saved = saved_activation_bytes(forward, (unet, *encoders))
     finally:
         net.remove()
-    weights = _param_bytes(unet, precision.base_dtype) + _param_bytes(te, precision.base_dtype)
+    weights = _param_bytes(unet, precision.base_dtype) + sum(_param_bytes(te, precision.base_dtype) for te in encoders)
     if device.type == "cpu" or config.cache_latents is False:
         weights += _param_bytes(vae, torch.float32)  # on the GPU the VAE leaves once latents are cached
     plan = MemoryPlan(device=str(device), batch_size=batch, resolution=config.resolution,
-                      gradient_checkpointing=config.gradient_checkpointing, weights=weights,
+                      gradient_checkpointing=checkpointing, weights=weights,
                       lora_state=lora_params * LORA_STATE_BYTES_PER_PARAM, activations=saved["total"],
                       transient=2 * saved["largest"])
     return plan

@@ -35,7 +35,8 @@ def test_cli_exits_2_on_misspelt_key(tmp_path, capsys):
     ("mixed_precision", "fp8", "one of"),
     ("lr_scheduler", "cosine_annealing", "one of"),
     ("learning_rate", "fast", "number"),
-    ("gradient_checkpointing", "yes please", "true or false"),
+    ("flip_aug", "yes please", "true or false"),
+    ("gradient_checkpointing", "yes please", "one of"),
     ("resolution", 500, "multiple of 8"),
 ])
 def test_bad_values_are_rejected_with_the_key(key, value, needle):

@@ -80,6 +80,7 @@ class Trainer:
         self.micro_batch_size = config.batch_size
         self.prefetcher: Optional[PixelPrefetcher] = None
         self.forced_checkpointing = False
+        self.gradient_checkpointing = False  # resolved in setup()
         self.faults = FaultInjector()
         self.max_nonfinite_steps = config.max_nonfinite_steps
 
@@ -90,7 +91,8 @@ class Trainer:
         if self.device.type == "cuda":  # TF32 for the fp32 parts (LoRA grads, norms) on Ampere and newer
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.bundle.prepare(self.device, self.precision.base_dtype, cfg.gradient_checkpointing,
+        self.gradient_checkpointing = cfg.gradient_checkpointing_for(self.bundle.family)
+        self.bundle.prepare(self.device, self.precision.base_dtype, self.gradient_checkpointing,
                             cfg.train_text_encoder)
         torch.manual_seed(cfg.seed)  # LoRA down-weights are initialised from the global RNG
         rank = network_rank or cfg.lora_rank
@@ -104,10 +106,9 @@ class Trainer:
             self.bundle.compile()
         if self.latent_cache is None and cfg.num_workers > 0:
             self.prefetcher = PixelPrefetcher(self.dataset, cfg.num_workers, pin=self.device.type == "cuda")
-        groups = [{"params": self.network.parameters("unet"), "lr": cfg.effective_unet_lr}]
-        if cfg.train_text_encoder:
-            te_params = [p for role in self.network.roles() if role != "unet" for p in self.network.parameters(role)]
-            groups.append({"params": te_params, "lr": cfg.effective_text_encoder_lr})
+        # one parameter group per component role (unet first), each with its own learning rate
+        roles = ["unet"] + [r for r in self.network.roles() if r != "unet"]
+        groups = [{"params": self.network.parameters(role), "lr": cfg.learning_rate_for(role)} for role in roles]
         self.optimizer = build_optimizer(cfg.optimizer, groups, cfg.weight_decay, self.device)
         self.lr_scheduler = build_scheduler(cfg.lr_scheduler, self.optimizer, cfg.lr_warmup_steps,
                                             self.schedule["total_steps"], cfg.lr_num_cycles)
@@ -211,7 +212,7 @@ class Trainer:
             self.events.say(f"out of memory at step {step + 1} with micro-batch {old}: retrying with micro-batch "
                             f"{self.micro_batch_size} and gradient accumulation {accumulation} (same effective batch)",
                             logging.WARNING)
-        elif not (self.config.gradient_checkpointing or self.forced_checkpointing):
+        elif not (self.gradient_checkpointing or self.forced_checkpointing):
             self.force_gradient_checkpointing()
             self.events.say(f"out of memory at step {step + 1} with micro-batch 1: retrying with gradient "
                             f"checkpointing on", logging.WARNING)

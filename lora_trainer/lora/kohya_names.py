@@ -15,6 +15,7 @@ _LDM_OUT = re.compile(r"^output_blocks\.(\d+)\.1\.(.*)$")
 _DIF_DOWN = re.compile(r"^down_blocks\.(\d+)\.attentions\.(\d+)\.(.*)$")
 _DIF_MID = re.compile(r"^mid_block\.attentions\.0\.(.*)$")
 _DIF_UP = re.compile(r"^up_blocks\.(\d+)\.attentions\.(\d+)\.(.*)$")
+_OPEN_CLIP = re.compile(r"^transformer\.resblocks\.(\d+)\.(attn|mlp)\.(q_proj|k_proj|v_proj|out_proj|c_fc|c_proj)$")
 
 
 def kohya_name(prefix: str, module_path: str) -> str:
@@ -25,6 +26,17 @@ def kohya_name(prefix: str, module_path: str) -> str:
 def text_encoder_path(module_path: str) -> str:
     """CLIP module path in the `text_model.`-prefixed layout that kohya names use."""
     return module_path if module_path.startswith("text_model.") else f"text_model.{module_path}"
+
+
+def open_clip_text_encoder_path(module_path: str) -> str:
+    """open_clip text-tower path -> the converted transformers CLIP path that kohya names use:
+    `transformer.resblocks.3.attn.q_proj` -> `text_model.encoder.layers.3.self_attn.q_proj`, `mlp.c_fc` -> `mlp.fc1`."""
+    m = _OPEN_CLIP.match(module_path)
+    if not m:
+        raise ValueError(f"not an attention or MLP path of an open_clip text tower: {module_path!r}")
+    leaf = {"c_fc": "fc1", "c_proj": "fc2"}.get(m.group(3), m.group(3))
+    kind = "self_attn" if m.group(2) == "attn" else "mlp"
+    return f"text_model.encoder.layers.{m.group(1)}.{kind}.{leaf}"
 
 
 def ldm_to_diffusers_unet_path(path: str, layers_per_block: int) -> str:

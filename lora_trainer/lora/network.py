@@ -3,6 +3,8 @@
 `LoraNetwork.inject` wraps the target modules with peft LoRA layers (down = lora_A, kaiming-uniform;
 up = lora_B, zero; scale = alpha / rank). The wrapped base layers keep their parameter objects, so no
 base weight is copied; `remove` puts the original modules back and leaves the model as it was.
+A target that is an `nn.MultiheadAttention` (OpenCLIP in the WebUI) gets four LoRA modules named
+`<path>.q_proj`, `.k_proj`, `.v_proj`, `.out_proj` (see packed_attention.py).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import LoraFormatError
+from .packed_attention import PARTS, PackedAttentionLora, SliceLora
 
 
 @dataclass
@@ -66,19 +69,28 @@ class LoraNetwork:
         for comp in components:
             if not comp.targets:
                 continue
-            for path in comp.targets:
+            packed = [p for p in comp.targets if isinstance(comp.module.get_submodule(p), nn.MultiheadAttention)]
+            plain = [p for p in comp.targets if p not in packed]
+            for path in plain + [f"{p}.{part}" for p in packed for part in PARTS]:
                 name = comp.kohya_name(path)
                 if name in names:
                     raise LoraFormatError(f"two modules map to the same kohya name {name}: {names[name]} and {path}")
                 names[name] = path
+            roots[comp.role] = comp.module
+            for path in packed:
+                mha = comp.module.get_submodule(path)
+                for part, layer in PackedAttentionLora(mha, rank, alpha).slices.items():
+                    modules.append(LoraModule(comp.role, f"{path}.{part}", comp.kohya_name(f"{path}.{part}"), layer,
+                                              mha, ""))
+            if not plain:
+                continue
             had_config = hasattr(comp.module, "peft_config")
-            config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(comp.targets),
+            config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=plain,
                                 init_lora_weights=True)
             inject_adapter_in_model(config, comp.module, adapter_name=cls.ADAPTER)
             if not had_config and hasattr(comp.module, "peft_config"):
                 delattr(comp.module, "peft_config")
-            roots[comp.role] = comp.module
-            for path in comp.targets:
+            for path in plain:
                 parent_path, _, attr = path.rpartition(".")
                 parent = comp.module.get_submodule(parent_path) if parent_path else comp.module
                 layer = getattr(parent, attr)
@@ -95,7 +107,9 @@ class LoraNetwork:
     def remove(self) -> None:
         """Put every original module back (no LoRA layer, hook or attribute is left behind)."""
         for m in self.modules:
-            if getattr(m.parent, m.attr) is m.layer:
+            if isinstance(m.layer, SliceLora):
+                m.layer.detach_lora()
+            elif getattr(m.parent, m.attr) is m.layer:
                 setattr(m.parent, m.attr, m.layer.get_base_layer())
         self.modules = []
         self._by_name = {}

@@ -2,7 +2,8 @@
 
 UNet: every nn.Linear and 1x1 nn.Conv2d inside a transformer block container (diffusers
 `Transformer2DModel`, ldm/sgm `SpatialTransformer`): attention q/k/v/out, proj_in/out, feed-forward.
-Text encoder: every nn.Linear inside CLIP attention and MLP blocks (q/k/v/out_proj, fc1, fc2).
+Text encoder: every nn.Linear inside CLIP attention and MLP blocks (q/k/v/out_proj, fc1, fc2); in an
+open_clip tower, each block's attention (packed q/k/v) and MLP (c_fc, c_proj).
 """
 from __future__ import annotations
 
@@ -43,3 +44,9 @@ def unet_targets(unet: nn.Module) -> List[str]:
 
 def text_encoder_targets(text_encoder: nn.Module) -> List[str]:
     return find_targets(text_encoder, TEXT_CONTAINERS)
+
+
+def open_clip_targets(tower: nn.Module, layers: int) -> List[str]:
+    """An open_clip text tower's first `layers` blocks: each attention (a MultiheadAttention, which gets q/k/v/out
+    LoRA pairs) and MLP Linear (c_fc, c_proj)."""
+    return [f"transformer.resblocks.{i}.{leaf}" for i in range(layers) for leaf in ("attn", "mlp.c_fc", "mlp.c_proj")]

@@ -19,6 +19,14 @@ def clip_final_layer_norm(text_encoder: nn.Module) -> nn.Module:
     return inner.final_layer_norm
 
 
+def flag_checkpointed_blocks(module: nn.Module) -> None:
+    """diffusers < 0.32 and transformers 4.x checkpoint a block only in training mode; our frozen models are in
+    eval mode, so mark just the blocks that checkpoint as training (their children, dropout included, stay in eval)."""
+    for m in module.modules():
+        if getattr(m, "gradient_checkpointing", False) is True:
+            m.training = True
+
+
 def encode_clip(text_encoder: nn.Module, input_ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
     """Last hidden state, or with clip_skip = N the N-th last layer's output through the final LayerNorm."""
     if clip_skip <= 1:
@@ -88,9 +96,11 @@ class DiffusersBundle(ModelBundle):
 
     def enable_gradient_checkpointing(self, text_encoder: bool) -> None:
         self.unet.enable_gradient_checkpointing()
+        flag_checkpointed_blocks(self.unet)
         if text_encoder:
             self.text_encoder.gradient_checkpointing_enable()
             self.text_encoder.enable_input_require_grads()
+            flag_checkpointed_blocks(self.text_encoder)
 
     @staticmethod
     def _cast_base(module: nn.Module, device: torch.device, dtype: torch.dtype) -> None:

@@ -21,10 +21,16 @@ class ModelFamily:
     text_encoder_prefixes: Sequence[str] = ("lora_te",)
     unet_prefix: str = "lora_unet"
     is_v2: bool = False
+    # gradient_checkpointing: auto turns it on for families too big to train without it on a 12 GB GPU
+    gradient_checkpointing_by_default: bool = False
 
     def base_model_version(self, prediction_type: str) -> str:
         """kohya's `ss_base_model_version`."""
         raise NotImplementedError
+
+    def modelspec_architecture_for(self, prediction_type: str) -> str:
+        """`modelspec.architecture` of a LoRA for this family."""
+        return self.modelspec_architecture
 
     def detect_single_file(self, keys: Iterable[str], shapes: Dict[str, Sequence[int]]) -> bool:
         """True when a single-file checkpoint with these keys/shapes belongs to this family."""
@@ -41,6 +47,38 @@ class ModelFamily:
     def original_config(self, shapes: Dict[str, Sequence[int]]) -> Dict[str, Any]:
         """Default ldm-style config for a single-file checkpoint of this family."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ loading (see models/loading.py)
+    def unet_config(self, original: Dict[str, Any], sd: Dict[str, Any]) -> Dict[str, Any]:
+        """diffusers UNet2DConditionModel config of a single-file checkpoint with this original config."""
+        from diffusers.loaders import single_file_utils as sfu
+
+        return sfu.create_unet_diffusers_config_from_ldm(original, sd, image_size=512)
+
+    def load_text_encoders(self, sd: Dict[str, Any], original: Dict[str, Any], tokenizer, source: str) -> Dict[str, Any]:
+        """Bundle parts (text_encoder, tokenizer, ...) converted from a single-file checkpoint's weights."""
+        raise NotImplementedError
+
+    def load_diffusers_text_encoders(self, path: Any) -> Dict[str, Any]:
+        """Bundle parts (text_encoder, tokenizer, ...) of a diffusers folder (local files only)."""
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        return {"text_encoder": CLIPTextModel.from_pretrained(path, subfolder="text_encoder", local_files_only=True),
+                "tokenizer": CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)}
+
+    def meta_text_encoders(self, original: Dict[str, Any]) -> Dict[str, Any]:
+        """Randomly initialised text encoder(s) of this family (built under the caller's device context)."""
+        raise NotImplementedError
+
+    def single_file_prediction_type(self, params: Dict[str, Any], config_from_file: bool, unet: Any) -> str:
+        """epsilon or v_prediction of a converted single file: the original config's `parameterization`."""
+        return "v_prediction" if params.get("parameterization", "eps") == "v" else "epsilon"
+
+    def make_bundle(self, parts: Dict[str, Any], name: str, clip_skip: int):
+        """The training bundle for loaded parts."""
+        from .diffusers_bundle import DiffusersBundle
+
+        return DiffusersBundle(self, name=name, clip_skip=clip_skip, **parts)
 
     def unet_kohya_path(self, diffusers_path: str, layers_per_block: int) -> str:
         """Module path used in kohya names for a diffusers UNet module (SD1/SD2: unchanged)."""

@@ -5,7 +5,7 @@ import copy
 from typing import Any, Dict, Iterable, Sequence
 
 from ..lora.checkpoint_keys import ldm_checkpoint_lora_keys
-from .family import ModelFamily
+from .family import ModelFamily, nested_get
 
 # The public v1-inference settings, as the diffusers converters read them.
 SD1_ORIGINAL_CONFIG: Dict[str, Any] = {
@@ -89,6 +89,21 @@ class SD1Family(ModelFamily):
 
     def original_config(self, shapes: Dict[str, Sequence[int]]) -> Dict[str, Any]:
         return copy.deepcopy(SD1_ORIGINAL_CONFIG)
+
+    def load_text_encoders(self, sd: Dict[str, Any], original: Dict[str, Any], tokenizer, source: str) -> Dict[str, Any]:
+        from .text_encoders import load_clip_text_encoder
+
+        overrides = nested_get(original, "model", "params", "cond_stage_config", "params", "text_config", default={})
+        return {"text_encoder": load_clip_text_encoder(sd, TEXT_ENCODER_PREFIX, tokenizer, f"{source} (text encoder)",
+                                                       overrides),
+                "tokenizer": tokenizer}
+
+    def meta_text_encoders(self, original: Dict[str, Any]) -> Dict[str, Any]:
+        from transformers import CLIPTextModel
+
+        from .architecture import clip_text_config
+
+        return {"text_encoder": CLIPTextModel(clip_text_config(original))}
 
     def checkpoint_lora_keys(self, shapes: Dict[str, Sequence[int]]) -> Dict[str, str]:
         return ldm_checkpoint_lora_keys(shapes, UNET_PREFIX, self.unet_prefix, self.unet_kohya_path,

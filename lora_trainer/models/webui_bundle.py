@@ -1,4 +1,5 @@
-"""WebUIBundle: train the model the WebUI already holds in memory (ldm `LatentDiffusion`, SD1.x).
+"""WebUIBundle: train the model the WebUI already holds in memory (ldm `LatentDiffusion`: SD1.x, SD2.x;
+SDXL's sgm model is `WebUISDXLBundle`, a subclass).
 
 Why LoRA layers go on the ldm modules themselves (and not on diffusers modules sharing storage): the
 WebUI's model is used as it is, so no second set of modules, no key conversion at load and no risk of
@@ -9,7 +10,12 @@ when the WebUI runs half). `restore()` takes every wrapper and every flag this b
 Conditioning comes from the WebUI's own text-encoder path (`sd_model.cond_stage_model(texts)`), so
 its tokenisation, emphasis syntax and clip-skip setting are exactly what txt2img uses; noise
 predictions come from `sd_model.apply_model`. kohya names are made from the ldm module paths mapped to
-the diffusers paths that SD1 kohya files use.
+the diffusers paths that SD1/SD2 kohya files use (SDXL's family maps them on to sgm paths).
+
+Text encoders: transformers' CLIP (SD1, SDXL's first) gets peft layers like a diffusers model; OpenCLIP
+(SD2, SDXL's bigG) packs q/k/v into one `nn.MultiheadAttention.in_proj_weight`, so its attention gets
+q/k/v/out LoRA pairs on the packed weight (lora/packed_attention.py) and its MLP plain LoRA layers,
+named as kohya names the converted transformers encoder (`..._self_attn_q_proj`, `..._mlp_fc1`).
 
 This module never imports the WebUI (`modules.*`): it only uses the model object it is given.
 """
@@ -21,13 +27,37 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError
-from ..lora.kohya_names import kohya_name, ldm_to_diffusers_unet_path, text_encoder_path
+from ..lora.kohya_names import kohya_name, ldm_to_diffusers_unet_path, open_clip_text_encoder_path, text_encoder_path
 from ..lora.network import LoraComponent
-from ..lora.targets import text_encoder_targets, unet_targets
+from ..lora.targets import open_clip_targets, text_encoder_targets, unet_targets
 from .bundle import Conditioning, ModelBundle
 from .family import ModelFamily
 
 CHECKPOINTED_BLOCKS = ("BasicTransformerBlock", "ResBlock")
+TEXT_BLOCKS = ("CLIPEncoderLayer", "ResidualAttentionBlock")  # transformers CLIP, open_clip
+
+
+def find_open_clip_model(cond_stage_model: nn.Module) -> Optional[nn.Module]:
+    """The open_clip text tower inside a WebUI text-encoder wrapper (SD2), or None."""
+    for path in ("wrapped.model", "model"):
+        try:
+            model = cond_stage_model.get_submodule(path)
+        except AttributeError:
+            continue
+        if hasattr(model, "token_embedding") and hasattr(getattr(model, "transformer", None), "resblocks"):
+            return model
+    return None
+
+
+def clip_component(role: str, model: nn.Module, prefix: str) -> LoraComponent:
+    """LoRA targets and kohya names of a transformers CLIP text model."""
+    return LoraComponent(role, model, text_encoder_targets(model), lambda p: kohya_name(prefix, text_encoder_path(p)))
+
+
+def open_clip_component(role: str, tower: nn.Module, prefix: str, layers: int) -> LoraComponent:
+    """LoRA targets (attention and MLP of the first `layers` blocks) and kohya names of an open_clip text tower."""
+    return LoraComponent(role, tower, open_clip_targets(tower, layers),
+                         lambda p: kohya_name(prefix, open_clip_text_encoder_path(p)))
 
 
 def find_clip_text_model(cond_stage_model: nn.Module) -> nn.Module:
@@ -49,7 +79,8 @@ class WebUIBundle(ModelBundle):
         self.family = family
         self.name = name
         self.unet = sd_model.model.diffusion_model
-        self.text_encoder = find_clip_text_model(sd_model.cond_stage_model)
+        self.text_module = self._text_module()  # what holds every text-encoder weight
+        self.text_encoder = self._find_text_encoder()
         self.vae = sd_model.first_stage_model
         self.prediction_type = "v_prediction" if getattr(sd_model, "parameterization", "eps") == "v" else "epsilon"
         self.alphas_cumprod = sd_model.alphas_cumprod.detach().float().cpu().clone()
@@ -64,6 +95,12 @@ class WebUIBundle(ModelBundle):
         self._checkpointed: List[nn.Module] = []
         self.sampler = None  # set by the WebUI glue: renders SamplePrompts through the WebUI's txt2img
 
+    def _text_module(self) -> nn.Module:
+        return self.sd_model.cond_stage_model
+
+    def _find_text_encoder(self) -> Optional[nn.Module]:
+        return find_open_clip_model(self.text_module) or find_clip_text_model(self.text_module)
+
     @property
     def fixed_placement(self) -> Tuple[torch.device, torch.dtype]:
         """The WebUI decides device and weight dtype; the trainer follows."""
@@ -76,11 +113,17 @@ class WebUIBundle(ModelBundle):
         comps = [LoraComponent(
             "unet", self.unet, unet_targets(self.unet),
             lambda p: kohya_name(fam.unet_prefix, fam.unet_kohya_path(ldm_to_diffusers_unet_path(p, layers), layers)))]
-        if train_text_encoder:
-            prefix = fam.text_encoder_prefixes[0]
-            comps.append(LoraComponent("text_encoder", self.text_encoder, text_encoder_targets(self.text_encoder),
-                                       lambda p: kohya_name(prefix, text_encoder_path(p))))
-        return comps
+        return comps + (self.text_encoder_components() if train_text_encoder else [])
+
+    def text_encoder_components(self) -> List[LoraComponent]:
+        """SD1: the CLIP text model. SD2: the open_clip tower's blocks that the conditioning uses (all but the
+        last `layer_idx`: the penultimate layer for SD2, so 23 of 24 as in diffusers' SD2 encoder)."""
+        prefix = self.family.text_encoder_prefixes[0]
+        tower = find_open_clip_model(self.text_module)
+        if tower is None:
+            return [clip_component("text_encoder", self.text_encoder, prefix)]
+        skipped = int(getattr(getattr(self.text_module, "wrapped", None), "layer_idx", 0) or 0)
+        return [open_clip_component("text_encoder", tower, prefix, len(tower.transformer.resblocks) - skipped)]
 
     def _layers_per_block(self) -> int:
         nrb = getattr(self.unet, "num_res_blocks", 2)
@@ -97,7 +140,7 @@ class WebUIBundle(ModelBundle):
             "training": {id(m): m.training for m in model.modules()},
             "modules": list(model.modules()),
             "devices": {"vae": next(self.vae.parameters()).device,
-                        "text": next(self.sd_model.cond_stage_model.parameters()).device},
+                        "text": next(self.text_module.parameters()).device},
         }
         model.requires_grad_(False)
         model.eval()
@@ -107,7 +150,8 @@ class WebUIBundle(ModelBundle):
     def enable_gradient_checkpointing(self, text_encoder: bool) -> None:
         self._enable_checkpointing(self.unet)
         if text_encoder:
-            self._enable_checkpointing(self.text_encoder, ("CLIPEncoderLayer",))
+            for comp in self.text_encoder_components():
+                self._enable_checkpointing(comp.module, TEXT_BLOCKS)
 
     def _enable_checkpointing(self, root: nn.Module, names: Sequence[str] = CHECKPOINTED_BLOCKS) -> None:
         """Non-reentrant activation checkpointing on each block, as an instance attribute (undone by restore)."""
@@ -137,7 +181,7 @@ class WebUIBundle(ModelBundle):
             p.requires_grad_(saved["requires_grad"][id(p)])
         for m in saved["modules"]:
             m.training = saved["training"][id(m)]
-        for module, key in ((self.vae, "vae"), (self.sd_model.cond_stage_model, "text")):
+        for module, key in ((self.vae, "vae"), (self.text_module, "text")):
             if next(module.parameters()).device != saved["devices"][key]:
                 module.to(saved["devices"][key])
 
@@ -147,7 +191,7 @@ class WebUIBundle(ModelBundle):
 
     def offload_text_encoder(self) -> None:
         if self._offload:
-            self.sd_model.cond_stage_model.to("cpu")
+            self.text_module.to("cpu")
 
 
     # ------------------------------------------------------------------ compute

@@ -32,8 +32,12 @@ def verify_lora(name: str) -> Dict[str, Any]:
     finally:
         networks.load_networks([])
     in_file = file_module_names(on_disk.filename)
+    model = getattr(getattr(networks, "shared", None), "sd_model", None)
+    loaded = "SDXL" if getattr(model, "is_sdxl", False) else "SD2" if getattr(model, "is_sd2", False) else "SD1"
+    # the Lora page lists a file only for models of its version (metadata-detected, or the sidecar's "sd version")
     return {"name": name, "file": on_disk.filename, "modules_in_file": len(in_file), "modules_matched": len(matched),
-            "unmatched": sorted(in_file - matched)}
+            "unmatched": sorted(in_file - matched), "sd_version": getattr(getattr(on_disk, "sd_version", None), "name", "?"),
+            "loaded_model_version": loaded}
 
 
 def register_routes(app, backend) -> None:
