@@ -11,6 +11,18 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 from ..errors import LoraTrainerError, ModelLoadError
 
 
+# The KL-f8 VAE that SD1, SD2 and SDXL share, as the original configs describe it (the converters read it).
+KL_F8_VAE_CONFIG: Dict[str, Any] = {
+    "params": {
+        "embed_dim": 4,
+        "ddconfig": {
+            "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
+            "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0,
+        },
+    }
+}
+
+
 class ModelFamily:
     """Base class; subclasses set the class attributes and override what differs."""
 

@@ -5,7 +5,7 @@ import copy
 from typing import Any, Dict, Iterable, Sequence
 
 from ..lora.checkpoint_keys import ldm_checkpoint_lora_keys
-from .family import ModelFamily, nested_get
+from .family import KL_F8_VAE_CONFIG, ModelFamily, nested_get
 
 # The public v1-inference settings, as the diffusers converters read them.
 SD1_ORIGINAL_CONFIG: Dict[str, Any] = {
@@ -33,16 +33,7 @@ SD1_ORIGINAL_CONFIG: Dict[str, Any] = {
                     "legacy": False,
                 }
             },
-            "first_stage_config": {
-                "params": {
-                    "embed_dim": 4,
-                    "ddconfig": {
-                        "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
-                        "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [],
-                        "dropout": 0.0,
-                    },
-                }
-            },
+            "first_stage_config": KL_F8_VAE_CONFIG,
             "cond_stage_config": {"target": "ldm.modules.encoders.modules.FrozenCLIPEmbedder"},
         }
     }

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, Optional, Sequence
 
 import torch
 
-from .family import ModelFamily, nested_get
+from .family import KL_F8_VAE_CONFIG, ModelFamily, nested_get
 
 # v2-inference.yaml, as the diffusers converters read it. No `parameterization` on purpose: without an
 # original config beside the file, the WebUI's test decides (see the module docstring).
@@ -46,16 +46,7 @@ SD2_ORIGINAL_CONFIG: Dict[str, Any] = {
                     "legacy": False,
                 }
             },
-            "first_stage_config": {
-                "params": {
-                    "embed_dim": 4,
-                    "ddconfig": {
-                        "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
-                        "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [],
-                        "dropout": 0.0,
-                    },
-                }
-            },
+            "first_stage_config": KL_F8_VAE_CONFIG,
             "cond_stage_config": {"target": "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder",
                                   "params": {"freeze": True, "layer": "penultimate"}},
         }

@@ -10,7 +10,7 @@ import copy
 from typing import Any, Dict, Iterable, List, Sequence
 
 from ..lora.kohya_names import diffusers_to_ldm_unet_path
-from .family import ModelFamily, nested_get
+from .family import KL_F8_VAE_CONFIG, ModelFamily, nested_get
 
 # sd_xl_base.yaml, the parts the diffusers converters and this package read.
 SDXL_ORIGINAL_CONFIG: Dict[str, Any] = {
@@ -51,16 +51,7 @@ SDXL_ORIGINAL_CONFIG: Dict[str, Any] = {
                     ]
                 }
             },
-            "first_stage_config": {
-                "params": {
-                    "embed_dim": 4,
-                    "ddconfig": {
-                        "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
-                        "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [],
-                        "dropout": 0.0,
-                    },
-                }
-            },
+            "first_stage_config": KL_F8_VAE_CONFIG,
         }
     }
 }
