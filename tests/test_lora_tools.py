@@ -28,6 +28,7 @@ from lora_trainer.tools import LoraSource, combine_loras, merge_loras, parse_lor
 from lora_trainer.tools.deltas import lora_factors
 
 from ldm_tiny import build_tiny_ldm, import_ldm, save_single_file
+from diffusers_check import diffusers_has_peft_backend
 
 UNET_PREFIX = "model.diffusion_model."
 # Kohya names of the tiny model (3 levels, 1 ResNet per level, attention on the first two).
@@ -217,13 +218,7 @@ def test_merge_equals_runtime_application(tmp_path, tiny_ckpt, base_bundle, lora
         assert diff < 1e-4 and effect > 1e-2
 
 
-def _diffusers_has_peft_backend() -> bool:
-    from diffusers.utils import USE_PEFT_BACKEND
-
-    return bool(USE_PEFT_BACKEND)
-
-
-@pytest.mark.skipif(not _diffusers_has_peft_backend(),
+@pytest.mark.skipif(not diffusers_has_peft_backend(),
                     reason="diffusers' load_lora_weights needs its peft backend (transformers > 4.33); "
                            "the forward-hook comparison above still runs")
 def test_merge_equals_diffusers_load_lora_weights(tmp_path, tiny_ckpt, loras):

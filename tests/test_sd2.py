@@ -13,7 +13,8 @@ from lora_trainer.models.loading import alphas_cumprod_from
 from lora_trainer.models.sd2 import SD2_ORIGINAL_CONFIG, looks_like_v_prediction
 
 from conftest import make_config
-from test_training import EVAL_TIMESTEPS, _diffusers_has_peft_backend, _pipeline, _render
+from diffusers_check import assert_diffusers_reproduces, needs_diffusers_peft, train_and_render
+from test_training import EVAL_TIMESTEPS, sd_pipeline
 from tiny_families import build_tiny_sd2
 
 LEAVES = ["proj_in", "proj_out"] + [f"transformer_blocks_0_{a}_{p}" for a in ("attn1", "attn2")
@@ -148,8 +149,7 @@ def test_prediction_type_in_the_config_overrides_the_model(tmp_path, tiny_sd2_v_
     assert load_model(cfg).prediction_type == "epsilon"
 
 
-@pytest.mark.skipif(not _diffusers_has_peft_backend(),
-                    reason="diffusers' load_lora_weights needs its peft backend (transformers > 4.33)")
+@needs_diffusers_peft
 @pytest.mark.parametrize("train_text_encoder", [False, True])
 def test_saved_sd2_lora_loads_in_diffusers_and_reproduces_the_trained_model(tmp_path, tiny_sd2_dir, color_data,
                                                                            train_text_encoder):
@@ -157,26 +157,14 @@ def test_saved_sd2_lora_loads_in_diffusers_and_reproduces_the_trained_model(tmp_
 
     cfg = make_config(tiny_sd2_dir, color_data, tmp_path / "out", max_steps=20, lora_rank=4, lora_alpha=2,
                       train_text_encoder=train_text_encoder, learning_rate=5e-3)
-    run = LoraRun(cfg, tensorboard=False)
-    run.setup()
-    run.train()
-    path = run.save_final()
-    b = run.bundle
-    b.vae.to("cpu")
-    trained = _render(_pipeline(b.unet, b.vae, b.text_encoder, b.tokenizer))
-    run.close()
+    path, trained = train_and_render(cfg, lambda b: sd_pipeline(b.unet, b.vae, b.text_encoder, b.tokenizer))
     with safe_open(str(path), "pt") as f:
         meta, keys = f.metadata(), list(f.keys())
     assert meta["ss_base_model_version"] == "sd_v2" and meta["ss_v2"] == "True"
     assert any(k.startswith("lora_te_text_model_encoder_layers_") for k in keys) == train_text_encoder
 
     pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd2_dir), safety_checker=None)
-    pipe = _pipeline(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer)
-    base = _render(pipe)
-    pipe.load_lora_weights(str(path))
-    with_lora = _render(pipe)
-    assert (with_lora - base).abs().max() > 1e-2, "the LoRA does not change the image"
-    assert (with_lora - trained).abs().max() < 1e-4, "diffusers' reading of the file differs from the trained model"
+    assert_diffusers_reproduces(sd_pipeline(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer), path, trained)
 
 
 @pytest.mark.parametrize("open_clip,kohya", [

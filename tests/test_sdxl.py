@@ -14,6 +14,7 @@ from lora_trainer.models.sdxl import SDXL_ORIGINAL_CONFIG
 from lora_trainer.models.sdxl_bundle import time_ids
 
 from conftest import make_config
+from diffusers_check import assert_diffusers_reproduces, ddim, needs_diffusers_peft, train_and_render
 from tiny_families import build_tiny_sdxl
 
 BLOCK_LEAVES = [f"{a}_{p}" for a in ("attn1", "attn2") for p in ("to_q", "to_k", "to_v", "to_out_0")] + \
@@ -101,25 +102,11 @@ def tiny_sdxl_dir(tmp_path_factory):
     return build_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl", seed=0)
 
 
-def _render(pipe, prompt="a red image"):
-    out = pipe(prompt, num_inference_steps=3, guidance_scale=3.0, height=64, width=64, output_type="np",
-               generator=torch.Generator().manual_seed(7))
-    return torch.from_numpy(out.images[0])
-
-
 def _sdxl_pipeline(unet, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2):
-    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+    from diffusers import StableDiffusionXLPipeline
 
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
     return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                                     tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler)
-
-
-def _diffusers_has_peft_backend() -> bool:
-    from diffusers.utils import USE_PEFT_BACKEND
-
-    return bool(USE_PEFT_BACKEND)
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=ddim())
 
 
 def test_tiny_sdxl_folder_is_detected_and_writes_sdxl_metadata(tmp_path, tiny_sdxl_dir, color_data):
@@ -143,8 +130,7 @@ def test_tiny_sdxl_folder_is_detected_and_writes_sdxl_metadata(tmp_path, tiny_sd
     assert meta["ss_gradient_checkpointing"] == "True"
 
 
-@pytest.mark.skipif(not _diffusers_has_peft_backend(),
-                    reason="diffusers' load_lora_weights needs its peft backend (transformers > 4.33)")
+@needs_diffusers_peft
 @pytest.mark.parametrize("train_text_encoder", [False, True])
 def test_saved_sdxl_lora_loads_in_diffusers_and_reproduces_the_trained_model(tmp_path, tiny_sdxl_dir, color_data,
                                                                              train_text_encoder):
@@ -152,23 +138,11 @@ def test_saved_sdxl_lora_loads_in_diffusers_and_reproduces_the_trained_model(tmp
 
     cfg = make_config(tiny_sdxl_dir, color_data, tmp_path / "out", max_steps=20, lora_rank=4, lora_alpha=2,
                       train_text_encoder=train_text_encoder, learning_rate=5e-3)
-    run = LoraRun(cfg, tensorboard=False)
-    run.setup()
-    run.train()
-    path = run.save_final()
-    b = run.bundle
-    b.vae.to("cpu")
-    trained = _render(_sdxl_pipeline(b.unet, b.vae, b.text_encoder, b.text_encoder_2, b.tokenizer, b.tokenizer_2))
-    run.close()
-
+    path, trained = train_and_render(cfg, lambda b: _sdxl_pipeline(b.unet, b.vae, b.text_encoder, b.text_encoder_2,
+                                                                   b.tokenizer, b.tokenizer_2))
     pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_sdxl_dir))
-    pipe = _sdxl_pipeline(pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.tokenizer,
-                          pipe.tokenizer_2)
-    base = _render(pipe)
-    pipe.load_lora_weights(str(path))
-    with_lora = _render(pipe)
-    assert (with_lora - base).abs().max() > 1e-2, "the LoRA does not change the image"
-    assert (with_lora - trained).abs().max() < 1e-4, "diffusers' reading of the file differs from the trained model"
+    base = _sdxl_pipeline(pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.tokenizer, pipe.tokenizer_2)
+    assert_diffusers_reproduces(base, path, trained)
 
 
 def test_loss_uses_per_image_time_ids(tmp_path, tiny_sdxl_dir, color_data):

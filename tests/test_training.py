@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from lora_trainer.engine.run import LoraRun, train
 
 from conftest import make_config
+from diffusers_check import assert_diffusers_reproduces, ddim, needs_diffusers_peft, train_and_render
 
 EVAL_TIMESTEPS = [50, 200, 400, 600, 800, 950]
 
@@ -29,30 +30,15 @@ def test_loss_drops_on_learnable_data(tmp_path, tiny_model_dir, color_data):
     assert drop >= 0.30
 
 
-def _pipeline(unet, vae, text_encoder, tokenizer):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+def sd_pipeline(unet, vae, text_encoder, tokenizer):
+    """An SD1/SD2 pipeline on given modules with a deterministic DDIM scheduler."""
+    from diffusers import StableDiffusionPipeline
 
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=ddim(),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
-def _render(pipe, prompt="a red image"):
-    out = pipe(prompt, num_inference_steps=3, guidance_scale=3.0, height=64, width=64, output_type="np",
-               generator=torch.Generator().manual_seed(7))
-    return torch.from_numpy(out.images[0])
-
-
-def _diffusers_has_peft_backend() -> bool:
-    from diffusers.utils import USE_PEFT_BACKEND
-
-    return bool(USE_PEFT_BACKEND)
-
-
-@pytest.mark.skipif(not _diffusers_has_peft_backend(),
-                    reason="diffusers' load_lora_weights needs its peft backend (transformers > 4.33)")
+@needs_diffusers_peft
 @pytest.mark.parametrize("train_text_encoder", [False, True])
 def test_saved_lora_loads_in_diffusers_and_reproduces_the_trained_model(tmp_path, tiny_model_dir, color_data,
                                                                         train_text_encoder):
@@ -60,23 +46,9 @@ def test_saved_lora_loads_in_diffusers_and_reproduces_the_trained_model(tmp_path
 
     cfg = make_config(tiny_model_dir, color_data, tmp_path / "out", max_steps=30, lora_rank=4, lora_alpha=2,
                       train_text_encoder=train_text_encoder, learning_rate=5e-3)
-    run = LoraRun(cfg, tensorboard=False)
-    run.setup()
-    run.train()
-    path = run.save_final()
-    b = run.bundle
-    b.vae.to("cpu")
-    trained = _render(_pipeline(b.unet, b.vae, b.text_encoder, b.tokenizer))
-    run.close()
-
+    path, trained = train_and_render(cfg, lambda b: sd_pipeline(b.unet, b.vae, b.text_encoder, b.tokenizer))
     pipe = StableDiffusionPipeline.from_pretrained(str(tiny_model_dir), safety_checker=None)
-    pipe = _pipeline(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer)
-    base = _render(pipe)
-    pipe.load_lora_weights(str(path))
-    with_lora = _render(pipe)
-
-    assert (with_lora - base).abs().max() > 1e-2, "the LoRA does not change the image"
-    assert (with_lora - trained).abs().max() < 1e-4, "diffusers' reading of the file differs from the trained model"
+    assert_diffusers_reproduces(sd_pipeline(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer), path, trained)
 
 
 def test_files_written_with_kohya_keys_and_metadata(tmp_path, tiny_model_dir, color_data):
