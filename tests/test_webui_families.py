@@ -8,7 +8,7 @@ import torch
 
 from safetensors import safe_open
 
-from lora_trainer.engine.run import LoraRun, load_model, train
+from lora_trainer.engine.run import load_model, train
 from lora_trainer.events import Callback, StepEnded
 from lora_trainer.models import default_families
 from lora_trainer.models.webui_sdxl_bundle import WebUISDXLBundle
@@ -16,7 +16,7 @@ from lora_trainer.tiny import make_color_dataset
 
 from conftest import make_config
 from ldm_families import build_tiny_sd2_ldm, build_tiny_sdxl_sgm, save_sd2_single_file, save_sdxl_single_file
-from test_webui_bundle import _assert_restored, _snapshot
+from webui_checks import assert_restored, same_lora_same_loss, snapshot
 
 
 @pytest.fixture
@@ -35,31 +35,6 @@ def wide_data(tmp_path):
     return make_color_dataset(tmp_path / "wide", n=4, size=(96, 64))
 
 
-def _same_lora_same_loss(tmp_path, cfg, bundles, prefixes):
-    """Set up both bundles with the same LoRA weights; return their names and the loss / step of each."""
-    trainers = []
-    for i, bundle in enumerate(bundles):
-        run = LoraRun(cfg.__class__(**{**cfg.to_dict(), "output_dir": str(tmp_path / f"out{i}")}), bundle=bundle,
-                      tensorboard=False)
-        trainers.append(run.setup())
-    names = [sorted(m.name for m in t.network.modules) for t in trainers]
-    state = trainers[1].network.kohya_state_dict(torch.float32)
-    g = torch.Generator().manual_seed(3)
-    for key in state:
-        if key.endswith("lora_up.weight"):
-            state[key] = torch.randn(state[key].shape, generator=g) * 0.2
-    for t in trainers:
-        t.network.load_kohya_state_dict(state)
-    batches = trainers[0].dataset.epoch_batches(0, cfg.seed, cfg.batch_size)
-    noise, timesteps = trainers[0].step_noise(0, 0, batches[0])
-    with torch.no_grad():
-        losses = [float(t.batch_loss(batches[0], noise, timesteps).mean()) for t in trainers]
-    steps = [float(t.optimizer_step(0, batches[:1])) for t in trainers]
-    assert names[0] == names[1] and len(names[0]) > 20
-    assert {n.split("_")[1] for n in names[0]} == set(prefixes)
-    return names[0], losses, steps
-
-
 # ---------------------------------------------------------------------------- SD2
 def test_sd2_webui_model_is_recognised_and_matches_the_converted_file(tmp_path, sd2_ldm, color_data):
     bundle = default_families().webui_bundle(sd2_ldm, name="tiny-sd2")
@@ -69,7 +44,7 @@ def test_sd2_webui_model_is_recognised_and_matches_the_converted_file(tmp_path, 
                       train_text_encoder=True)
     converted = load_model(cfg)
     assert converted.family.name == "sd2" and converted.text_encoder.config.num_hidden_layers == 2  # 3 - penultimate
-    names, losses, steps = _same_lora_same_loss(tmp_path, cfg, [bundle, converted], ["unet", "te"])
+    names, losses, steps = same_lora_same_loss(tmp_path, cfg, [bundle, converted], ["unet", "te"])
     assert "lora_unet_down_blocks_0_attentions_0_proj_in" in names
     te = [n for n in names if n.startswith("lora_te_")]
     assert len(te) == 12 and "lora_te_text_model_encoder_layers_1_self_attn_q_proj" in te  # the 3rd layer is unused
@@ -88,7 +63,7 @@ def test_sd2_v_model_from_its_yaml(tmp_path, color_data):
 @pytest.mark.parametrize("family", ["sd2", "sdxl"])
 def test_training_in_place_keeps_every_weight_and_restores_the_model(tmp_path, color_data, family):
     model = build_tiny_sd2_ldm(tmp_path) if family == "sd2" else build_tiny_sdxl_sgm(tmp_path)
-    snapshot = _snapshot(model)
+    saved = snapshot(model)
     cfg = make_config(tmp_path / "unused", color_data, tmp_path / "out", max_steps=3, train_text_encoder=True,
                       gradient_checkpointing=True)
     seen = {}
@@ -104,9 +79,9 @@ def test_training_in_place_keeps_every_weight_and_restores_the_model(tmp_path, c
         assert {k.split("_")[1] for k in f.keys()} == ({"unet", "te"} if family == "sd2" else {"unet", "te1", "te2"})
         assert f.metadata()["ss_base_model_version"] == ("sd_v2" if family == "sd2" else "sdxl_base_v1-0")
     base_ptrs = {n.replace(".base_layer", ""): ptr for n, ptr in seen["ptrs"].items()}
-    assert base_ptrs == {n: v[0] for n, v in snapshot[1].items()}  # no base weight was copied or moved
+    assert base_ptrs == {n: v[0] for n, v in saved[1].items()}  # no base weight was copied or moved
     assert any(n.endswith(".attn") for n in seen["forwards"])  # OpenCLIP attention ran with its LoRA
-    _assert_restored(model, snapshot)
+    assert_restored(model, saved)
 
 
 # ---------------------------------------------------------------------------- SDXL
@@ -119,7 +94,7 @@ def test_sdxl_webui_model_is_recognised_and_matches_the_converted_file(tmp_path,
                       train_text_encoder=True)
     converted = load_model(cfg)
     assert converted.family.name == "sdxl"
-    names, losses, steps = _same_lora_same_loss(tmp_path, cfg, [bundle, converted], ["unet", "te1", "te2"])
+    names, losses, steps = same_lora_same_loss(tmp_path, cfg, [bundle, converted], ["unet", "te1", "te2"])
     assert "lora_te2_text_model_encoder_layers_1_self_attn_out_proj" in names
     assert "lora_te2_text_model_encoder_layers_0_mlp_fc2" in names
     assert "lora_unet_input_blocks_4_1_transformer_blocks_1_attn1_to_q" in names
