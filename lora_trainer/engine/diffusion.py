@@ -50,6 +50,13 @@ def make_noise(shape, generator: torch.Generator, noise_offset: float = 0.0) -> 
     return noise
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU tensor to `device`; to CUDA through pinned memory, so the host does not wait for the GPU."""
+    if torch.device(device).type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error per sample, computed in fp32."""
     return ((pred.float() - target.float()) ** 2).mean(dim=tuple(range(1, pred.dim())))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -25,7 +26,8 @@ from ..models.bundle import Conditioning, ModelBundle
 from ..utils.device import Precision
 from ..utils.seeding import generator
 from .faults import FaultInjector
-from .diffusion import add_noise, make_noise, min_snr_weights, per_sample_mse, training_target
+from .diffusion import add_noise, make_noise, min_snr_weights, per_sample_mse, to_device, training_target
+from .graphs import GraphedLoss
 from .optim import build_optimizer, build_scheduler
 
 
@@ -83,6 +85,8 @@ class Trainer:
         self.gradient_checkpointing = False  # resolved in setup()
         self.faults = FaultInjector()
         self.max_nonfinite_steps = config.max_nonfinite_steps
+        self.graphs: Optional[GraphedLoss] = None
+        self.alphas_cumprod = bundle.alphas_cumprod  # moved to the device in setup(): no copy per step
 
     # ------------------------------------------------------------------ setup
     def setup(self, network_rank: Optional[int] = None, network_alpha: Optional[float] = None) -> None:
@@ -100,7 +104,10 @@ class Trainer:
         self.network = LoraNetwork.inject(self.bundle.lora_components(cfg.train_text_encoder), rank, alpha,
                                           cfg.lora_dropout)
         self._build_caches()
-        if cfg.channels_last:
+        self.alphas_cumprod = self.bundle.alphas_cumprod.to(self.device)
+        self.graphs = self._build_graphs()
+        # channels-last convolutions win once kernels are not launch-bound (measured: benchmarks/README.md)
+        if cfg.channels_last is True or (cfg.channels_last == "auto" and self.graphs is not None):
             self.bundle.use_channels_last()
         if cfg.torch_compile:
             self.bundle.compile()
@@ -117,6 +124,24 @@ class Trainer:
                                                                       False) and self.scaler is None
         self._consecutive_nonfinite = torch.zeros((), dtype=torch.int32, device=self.device)
         self._nonfinite_total = torch.zeros((), dtype=torch.int32, device=self.device)
+
+    def _build_graphs(self) -> Optional[GraphedLoss]:
+        """CUDA graphs for the loss when the step's inputs are device tensors (see engine/graphs)."""
+        cfg = self.config
+        if cfg.cuda_graphs is False or self.device.type != "cuda":
+            return None
+        blockers = [reason for reason, present in [
+            ("latents are not cached", self.latent_cache is None),
+            ("captions are not cached (or the text encoder trains)", self.text_cache is None),
+            (f"the {self.bundle.family.name} model's forward reads host data", not self.bundle.graph_capturable),
+            ("gradient checkpointing is on", self.gradient_checkpointing and cfg.cuda_graphs == "auto")] if present]
+        if blockers:
+            if cfg.cuda_graphs is True:
+                self.events.say(f"cuda_graphs: off because {', '.join(blockers)}", logging.WARNING)
+            return None
+        loss_fn = lambda latents, noise, timesteps, cond: self.denoising_loss(  # noqa: E731
+            latents, noise, timesteps, cond, None, autocast_cache=False)
+        return GraphedLoss(loss_fn, self.network.parameters(), 8 if cfg.cuda_graphs is True else 1, self.events.say)
 
     def _build_caches(self) -> None:
         cfg = self.config
@@ -137,9 +162,9 @@ class Trainer:
                 self.text_cache.build(captions, self.bundle.encode_captions)
             self.bundle.offload_text_encoder()
 
-    def _autocast(self):
+    def _autocast(self, cache: bool = True):
         dtype = self.precision.autocast_dtype
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=cache)
 
     # ------------------------------------------------------------------ per batch
     def latents_for(self, samples: Sequence[Sample]) -> torch.Tensor:
@@ -154,16 +179,29 @@ class Trainer:
             return self.text_cache.get(captions)
         return self.bundle.encode_captions(captions)
 
-    def batch_loss(self, samples: Sequence[Sample], noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Per-sample training loss of one micro-batch (fp32, with gradients)."""
+    def batch_loss(self, samples: Sequence[Sample], noise: torch.Tensor, timesteps: torch.Tensor,
+                   graphed: bool = False) -> torch.Tensor:
+        """Per-sample training loss of one micro-batch (fp32, with gradients); `graphed`: may replay a CUDA
+        graph (only when this is the step's single forward/backward)."""
         latents = self.latents_for(samples)
-        noise = noise.to(latents.device, latents.dtype)
-        timesteps = timesteps.to(latents.device)
-        ac = self.bundle.alphas_cumprod
-        noisy = add_noise(latents, noise, timesteps, ac)
-        infos = [self.dataset.image_info(s.index) for s in samples]
+        noise = to_device(noise, latents.device).to(latents.dtype)
+        timesteps = to_device(timesteps, latents.device)
         with self._autocast():
             cond = self.conditioning_for(samples)
+        if graphed and self.graphs is not None:
+            loss = self.graphs(latents, noise, timesteps, cond)
+            if loss is not None:
+                return loss
+        infos = [self.dataset.image_info(s.index) for s in samples]
+        return self.denoising_loss(latents, noise, timesteps, cond, infos)
+
+    def denoising_loss(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,
+                       infos: Optional[Sequence] = None, autocast_cache: bool = True) -> torch.Tensor:
+        """Noise the latents, predict, and return the (min-SNR weighted) per-sample MSE to the target."""
+        ac = self.alphas_cumprod
+        noisy = add_noise(latents, noise, timesteps, ac)
+        upcast_free = self.network.without_input_upcast() if self.precision.autocast_dtype else nullcontext()
+        with self._autocast(autocast_cache), upcast_free:
             pred = self.bundle.predict(noisy, timesteps, cond, infos)
         target = training_target(latents, noise, timesteps, ac, self.bundle.prediction_type)
         loss = per_sample_mse(pred, target)
@@ -214,6 +252,9 @@ class Trainer:
                             logging.WARNING)
         elif not (self.gradient_checkpointing or self.forced_checkpointing):
             self.force_gradient_checkpointing()
+            if self.graphs is not None:  # graphs captured without checkpointing no longer match the model
+                self.graphs.release()
+                self.graphs = None
             self.events.say(f"out of memory at step {step + 1} with micro-batch 1: retrying with gradient "
                             f"checkpointing on", logging.WARNING)
         else:
@@ -227,13 +268,14 @@ class Trainer:
     def _optimizer_step(self, step: int, batches: Sequence[Sequence[Sample]]) -> torch.Tensor:
         """Forward/backward over the step's batches (split into micro-batches), clip, update."""
         total = sum(len(b) for b in batches)
+        single_pass = len(batches) == 1 and self.micro_batch_size >= total
         loss_sum = torch.zeros((), device=self.device)
         for bi, batch in enumerate(batches):
             noise, timesteps = self.step_noise(step, bi, batch)
             for k in range(0, len(batch), self.micro_batch_size):
                 part = slice(k, k + self.micro_batch_size)
                 self.faults.before_forward(step, self.micro_batch_size)
-                loss = self.batch_loss(batch[part], noise[part], timesteps[part]).sum() / total
+                loss = self.batch_loss(batch[part], noise[part], timesteps[part], single_pass).sum() / total
                 loss = self.faults.loss(step, loss)
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
                 loss_sum += loss.detach()
@@ -315,6 +357,9 @@ class Trainer:
                 break
         if pending:
             self._read_back(pending, p.step)
+        if self.graphs is not None:
+            self.events.say(f"{self.graphs.replays} of {p.step - first_step} steps ran as CUDA graph replays")
+            self.graphs.release()
         self.network.train(False)
         return p
 

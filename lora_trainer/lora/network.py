@@ -8,8 +8,9 @@ A target that is an `nn.MultiheadAttention` (OpenCLIP in the WebUI) gets four Lo
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -137,6 +138,21 @@ class LoraNetwork:
         """Switch LoRA dropout on (training) or off (evaluation, sampling)."""
         for m in self.modules:
             m.layer.lora_dropout[self.ADAPTER].train(mode)
+
+    @contextmanager
+    def without_input_upcast(self) -> Iterator[None]:
+        """Inside autocast, skip peft's cast of each LoRA layer's input to the fp32 LoRA weights: autocast
+        casts it straight back to half precision, so the result is identical and two activation copies per
+        layer (and their gradients) are saved. Older peft always casts; there this changes nothing."""
+        layers = [m.layer for m in self.modules if hasattr(m.layer, "cast_input_dtype_enabled")]
+        before = [layer.cast_input_dtype_enabled for layer in layers]
+        for layer in layers:
+            layer.cast_input_dtype_enabled = False
+        try:
+            yield
+        finally:
+            for layer, value in zip(layers, before):
+                layer.cast_input_dtype_enabled = value
 
     def set_multiplier(self, weight: float) -> None:
         """Scale the LoRA path (0 = off, 1 = as trained), like `<lora:name:weight>` in the WebUI."""

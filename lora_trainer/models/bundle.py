@@ -38,6 +38,9 @@ class ModelBundle(ABC):
     vae_factor: int = 8  # pixels per latent cell
     # Whether text-encoder outputs are deterministic (no dropout) so they may be cached.
     text_encoder_cacheable: bool = True
+    # Whether `predict` uses nothing but its tensor arguments (no host data, no hooks that move weights),
+    # so a training step may be captured as a CUDA graph (engine/graphs).
+    graph_capturable: bool = False
 
     @property
     def num_train_timesteps(self) -> int:

@@ -38,6 +38,8 @@ def encode_clip(text_encoder: nn.Module, input_ids: torch.Tensor, clip_skip: int
 class DiffusersBundle(ModelBundle):
     """UNet2DConditionModel + AutoencoderKL + CLIPTextModel + CLIPTokenizer."""
 
+    graph_capturable = True
+
     def __init__(self, family: ModelFamily, unet: nn.Module, vae: nn.Module, text_encoder: nn.Module,
                  tokenizer, alphas_cumprod: torch.Tensor, prediction_type: str, name: str = "",
                  clip_skip: int = 1):

@@ -34,6 +34,8 @@ def time_ids(image_info: Optional[Sequence], batch: int, height: int, width: int
 class SDXLBundle(DiffusersBundle):
     """UNet2DConditionModel (text_time) + AutoencoderKL + two CLIP text encoders and their tokenizers."""
 
+    graph_capturable = False  # predict builds the size conditioning (time_ids) from host data
+
     def __init__(self, family: ModelFamily, unet: nn.Module, vae: nn.Module, text_encoder: nn.Module, tokenizer,
                  text_encoder_2: nn.Module, tokenizer_2, alphas_cumprod: torch.Tensor, prediction_type: str,
                  name: str = "", clip_skip: int = 1):

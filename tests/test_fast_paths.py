@@ -1,0 +1,79 @@
+"""The fast paths of a training step change its speed, never its result: CUDA-graph steps (engine/graphs)
+train the same LoRA as eager steps, and LoRA layers without peft's input upcast compute the same values."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from lora_trainer.engine.run import LoraRun
+from lora_trainer.lora.network import LoraComponent, LoraNetwork
+
+from conftest import make_config
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _train(cfg):
+    run = LoraRun(cfg, tensorboard=False)
+    trainer = run.setup()
+    try:
+        run.train()
+        path = run.save_final()
+    finally:
+        run.close()
+    return trainer, load_file(str(path))
+
+
+def test_graphs_stay_off_on_cpu_and_the_run_trains(tmp_path, tiny_model_dir, color_data):
+    cfg = make_config(tiny_model_dir, color_data, tmp_path / "out", max_steps=3, cuda_graphs=True)
+    trainer, tensors = _train(cfg)
+    assert trainer.graphs is None
+    assert trainer.progress.step == 3 and tensors
+
+
+@needs_cuda
+@pytest.mark.parametrize("min_snr_gamma", [None, 5.0])
+def test_graphed_steps_train_the_same_lora_as_eager_steps(tmp_path, tiny_model_dir, color_data, min_snr_gamma):
+    results = {}
+    for graphs in (False, True):
+        cfg = make_config(tiny_model_dir, color_data, tmp_path / str(graphs), max_steps=8, device="cuda",
+                          mixed_precision="bf16", cuda_graphs=graphs, min_snr_gamma=min_snr_gamma, channels_last=False,
+                          log_every_n_steps=4, output_name="x")
+        results[graphs] = _train(cfg)
+    (eager_trainer, eager), (graph_trainer, graphed) = results[False], results[True]
+    assert eager_trainer.graphs is None
+    assert graph_trainer.graphs.replays == 8  # every step replayed (the first one right after its capture)
+    assert eager.keys() == graphed.keys()
+    for key in eager:
+        diff = (eager[key].float() - graphed[key].float()).abs().max().item()
+        scale = eager[key].float().abs().max().item()
+        assert diff <= 1e-3 * scale + 1e-7, (key, diff, scale)
+    # the losses the user sees are the same too
+    assert eager_trainer.progress.losses == pytest.approx(graph_trainer.progress.losses, rel=1e-3)
+
+
+def test_lora_layers_without_input_upcast_give_identical_outputs_and_gradients_under_autocast():
+    torch.manual_seed(0)
+    root = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 8)).to(torch.bfloat16).requires_grad_(False)
+    net = LoraNetwork.inject([LoraComponent("unet", root, ["0", "2"], lambda p: f"lora_unet_{p}")], rank=4, alpha=4)
+    for p in net.parameters():  # lora_B starts at zero: give both factors values so every path counts
+        nn.init.normal_(p, std=0.2)
+    x = torch.randn(4, 16, dtype=torch.bfloat16)
+
+    def forward_backward(skip_upcast: bool):
+        for p in net.parameters():
+            p.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16), (net.without_input_upcast() if skip_upcast else nullcontext()):
+            out = root(x)
+        out.float().square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in net.parameters()]
+
+    plain_out, plain_grads = forward_backward(False)
+    fast_out, fast_grads = forward_backward(True)
+    assert torch.equal(plain_out, fast_out)
+    assert all(torch.equal(a, b) for a, b in zip(plain_grads, fast_grads))
+    assert all(getattr(m.layer, "cast_input_dtype_enabled", True) for m in net.modules)  # restored afterwards
