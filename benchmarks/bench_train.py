@@ -1,15 +1,21 @@
 """Training speed and memory: this trainer vs. a reference loop like the diffusers LoRA example (not a test).
 
 For each workload it runs, on the same random-weight model and data:
-- `trainer`: the real trainer (LoraRun): cached latents and text embeddings, SDPA, fused/foreach AdamW,
-  fp32 LoRA on bf16/fp16 base weights (GPU), losses read back every 10 steps;
+- `trainer`: the real trainer (LoraRun) with its defaults: cached latents and text embeddings, SDPA,
+  fused/foreach AdamW, fp32 LoRA on bf16/fp16 base weights (GPU), losses read back every few steps, and
+  on CUDA the step's forward/backward replayed as CUDA graphs (`cuda_graphs: auto`);
+- `trainer-eager`: the same with `cuda_graphs: false` (every kernel launched from Python);
+- `trainer-channels-last`, `trainer-compile`: the trainer with `channels_last: true` / `torch_compile: true`
+  (`channels_last: auto`, the default, is on whenever CUDA graphs are);
 - `reference`: what examples/text_to_image/train_text_to_image_lora.py does per step: VAE encode and
   text-encoder forward every step, LoRA on the same modules, AdamW, loss.item() every step.
 It prints a table and writes JSON: steps/s, images/s, time to first step, peak memory (CUDA max
-allocated on GPU, peak resident growth on CPU).
+allocated on GPU, peak resident growth on CPU), and on a GPU the share of its dense bf16 peak
+(datasheet figure; 1.73 TFLOP per 512 px image-step).
 
     python benchmarks/bench_train.py --workloads tiny sd15-256-b1          # CPU-sized
     python benchmarks/bench_train.py --workloads sd15-512-b1 sd15-512-b8 --json out.json   # GPU
+    python benchmarks/bench_train.py --workloads sd15-512-b8 --loops trainer trainer-eager trainer-compile
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
@@ -37,6 +43,25 @@ WORKLOADS: Dict[str, Dict] = {
 }
 
 
+# Dense (no sparsity) bf16 tensor-core peak from the vendors' datasheets, TFLOP/s.
+DENSE_BF16_PEAK_TFLOPS = {"H200 NVL": 835.0, "H200": 989.4, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.4,
+                          "A100": 312.0, "L40S": 362.1, "L4": 121.0, "RTX 4090": 165.2, "RTX 3090": 71.0}
+
+
+def dense_bf16_peak(device_name: str) -> Optional[float]:
+    """The datasheet peak of the first GPU name in the table that the device's name contains."""
+    for name, peak in DENSE_BF16_PEAK_TFLOPS.items():
+        if name in device_name:
+            return peak
+    return None
+
+
+# The trainer's variants: config keys on top of the workload's.
+TRAINER_LOOPS: Dict[str, Dict] = {"trainer": {}, "trainer-eager": {"cuda_graphs": False},
+                                  "trainer-channels-last": {"channels_last": True},
+                                  "trainer-compile": {"torch_compile": True}}
+
+
 @dataclass
 class Row:
     workload: str
@@ -46,6 +71,7 @@ class Row:
     first_step_s: float
     peak_gib: float
     tflops: Optional[float] = None
+    peak_share: Optional[float] = None  # tflops / the GPU's dense bf16 peak
 
 
 class PeakMemory:
@@ -112,6 +138,8 @@ def run_trainer(bundle, cfg, warmup: int, steps: int) -> Dict[str, float]:
         run.train()
     finally:
         run.close()
+        if hasattr(bundle, "unet"):  # the next loop on this bundle starts from the default layout again
+            bundle.unet.to(memory_format=torch.contiguous_format)
     # losses are read back (a device sync) every log_every_n_steps: time between two such steps
     return {"first_step_s": stamps[1] - t0, "steps_per_s": steps / (stamps[warmup + steps] - stamps[warmup])}
 
@@ -160,7 +188,7 @@ def run_reference(bundle, dataset, cfg, warmup: int, steps: int, device: torch.d
 
 
 def measure(name: str, spec: Dict, device: torch.device, root: Path, warmup: int, steps: int,
-            loops: List[str], compile_unet: bool, bundles: Dict, channels_last: bool = False) -> List[Row]:
+            loops: List[str], bundles: Dict, peak: Optional[float] = None) -> List[Row]:
     from lora_trainer.config import config_from_dict
     from lora_trainer.engine.run import build_training_set
     from lora_trainer.tiny import make_shapes_dataset
@@ -170,22 +198,22 @@ def measure(name: str, spec: Dict, device: torch.device, root: Path, warmup: int
     raw = dict(train_data_dir=str(data), base_model=str(data), output_dir=str(root / f"out_{name}"),
                resolution=res, min_bucket_reso=64, max_bucket_reso=res, batch_size=batch, lora_rank=8,
                max_steps=warmup + steps, learning_rate=1e-4, seed=0, device=device.type, log_every_n_steps=warmup,
-               gradient_checkpointing=spec.get("checkpointing", False), torch_compile=compile_unet,
-               channels_last=channels_last)
-    cfg = config_from_dict(raw)
+               gradient_checkpointing=spec.get("checkpointing", False))
     rows = []
     for loop in loops:
+        cfg = config_from_dict(dict(raw, **TRAINER_LOOPS.get(loop, {})))
         if spec["model"] not in bundles:  # built once, reused (runs restore it; weights stay on the device)
             bundles[spec["model"]] = make_bundle(spec["model"], device, root)
         bundle = bundles[spec["model"]]
         with PeakMemory(device) as mem:
-            if loop == "trainer":
+            if loop in TRAINER_LOOPS:
                 r = run_trainer(bundle, cfg, warmup, steps)
             else:
                 r = run_reference(bundle, build_training_set(cfg), cfg, warmup, steps, device)
         tflops = 1.73 * batch * (res / 512) ** 2 * r["steps_per_s"] if spec["model"] == "sd15" else None
+        share = round(tflops / peak, 3) if tflops and peak else None
         rows.append(Row(name, loop, round(r["steps_per_s"], 3), round(r["steps_per_s"] * batch, 3),
-                        round(r["first_step_s"], 1), round(mem.gib, 3), round(tflops, 1) if tflops else None))
+                        round(r["first_step_s"], 1), round(mem.gib, 3), round(tflops, 1) if tflops else None, share))
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
@@ -194,35 +222,38 @@ def measure(name: str, spec: Dict, device: torch.device, root: Path, warmup: int
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workloads", nargs="+", default=["tiny", "sd15-256-b1"], choices=sorted(WORKLOADS))
-    ap.add_argument("--loops", nargs="+", default=["trainer", "reference"])
+    ap.add_argument("--loops", nargs="+", default=["trainer", "reference"],
+                    choices=[*TRAINER_LOOPS, "reference"])
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--compile", action="store_true", help="torch_compile: true for the trainer")
-    ap.add_argument("--channels-last", action="store_true", help="channels_last: true for the trainer")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    gpu_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    peak = dense_bf16_peak(gpu_name) if device.type == "cuda" else None
     rows: List[Row] = []
     bundles: Dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.workloads:
-            rows += measure(name, WORKLOADS[name], device, Path(tmp), a.warmup, a.steps, a.loops, a.compile, bundles,
-                            a.channels_last)
+            rows += measure(name, WORKLOADS[name], device, Path(tmp), a.warmup, a.steps, a.loops, bundles, peak)
             print(json.dumps([asdict(r) for r in rows[-len(a.loops):]]), flush=True)
-    header = f"{'workload':18} {'loop':10} {'steps/s':>8} {'img/s':>8} {'1st step s':>10} {'peak GiB':>9} {'TFLOP/s':>8}"
-    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")
+    header = (f"{'workload':18} {'loop':21} {'steps/s':>8} {'img/s':>8} {'1st step s':>10} {'peak GiB':>9} "
+              f"{'TFLOP/s':>8} {'of peak':>8}")
+    print(f"device: {gpu_name}" + (f" (dense bf16 peak {peak} TFLOP/s)" if peak else ""))
     print(header)
     for r in rows:
-        print(f"{r.workload:18} {r.loop:10} {r.steps_per_s:8.3f} {r.images_per_s:8.3f} {r.first_step_s:10.1f} "
-              f"{r.peak_gib:9.3f} {r.tflops if r.tflops is not None else '-':>8}")
+        share = f"{r.peak_share:.1%}" if r.peak_share is not None else "-"
+        print(f"{r.workload:18} {r.loop:21} {r.steps_per_s:8.3f} {r.images_per_s:8.3f} {r.first_step_s:10.1f} "
+              f"{r.peak_gib:9.3f} {r.tflops if r.tflops is not None else '-':>8} {share:>8}")
     by = {(r.workload, r.loop): r for r in rows}
-    for name in a.workloads:
-        if (name, "trainer") in by and (name, "reference") in by:
-            print(f"{name}: trainer / reference steps/s = "
-                  f"{by[(name, 'trainer')].steps_per_s / by[(name, 'reference')].steps_per_s:.2f}x")
+    for workload in a.workloads:
+        for loop in TRAINER_LOOPS:
+            if (workload, loop) in by and (workload, "reference") in by:
+                print(f"{workload}: {loop} / reference steps/s = "
+                      f"{by[(workload, loop)].steps_per_s / by[(workload, 'reference')].steps_per_s:.2f}x")
     if a.json:
         Path(a.json).write_text(json.dumps([asdict(r) for r in rows], indent=2))
 
