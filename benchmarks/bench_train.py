@@ -59,7 +59,8 @@ def dense_bf16_peak(device_name: str) -> Optional[float]:
 # The trainer's variants: config keys on top of the workload's.
 TRAINER_LOOPS: Dict[str, Dict] = {"trainer": {}, "trainer-eager": {"cuda_graphs": False},
                                   "trainer-channels-last": {"channels_last": True},
-                                  "trainer-compile": {"torch_compile": True}}
+                                  "trainer-compile": {"torch_compile": True},
+                                  "trainer-bf16": {"mixed_precision": "bf16"}}
 
 
 @dataclass

@@ -77,3 +77,25 @@ def test_lora_layers_without_input_upcast_give_identical_outputs_and_gradients_u
     assert torch.equal(plain_out, fast_out)
     assert all(torch.equal(a, b) for a, b in zip(plain_grads, fast_grads))
     assert all(getattr(m.layer, "cast_input_dtype_enabled", True) for m in net.modules)  # restored afterwards
+
+
+def test_bf16_on_cpu_keeps_base_weights_in_bf16_and_lora_in_fp32(tmp_path, tiny_model_dir, color_data):
+    """mixed_precision: bf16 on a CPU (fast with AMX): half-size base weights, fp32 LoRA, finite losses,
+    sample images render, and the saved LoRA has every kohya tensor."""
+    cfg = make_config(tiny_model_dir, color_data, tmp_path / "out", max_steps=4, mixed_precision="bf16",
+                      sample_prompts=["a red image --s 2"], sample_every_n_steps=4, log_every_n_steps=2)
+    run = LoraRun(cfg, tensorboard=False)
+    trainer = run.setup()
+    try:
+        base = [p for n, p in trainer.bundle.unet.named_parameters() if "lora_" not in n]
+        lora = trainer.network.parameters()
+        assert base and all(p.dtype == torch.bfloat16 for p in base)
+        assert lora and all(p.dtype == torch.float32 for p in lora)
+        modules = trainer.network.count()
+        run.train()
+        tensors = load_file(str(run.save_final()))
+    finally:
+        run.close()
+    assert len(trainer.progress.losses) == 4 and all(abs(v) < 1e3 for v in trainer.progress.losses)  # NaN fails too
+    assert list((tmp_path / "out" / "samples").glob("*.png"))
+    assert len(tensors) == 3 * modules

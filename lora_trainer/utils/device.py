@@ -35,14 +35,15 @@ class Precision:
 
 
 def pick_precision(requested: str, device: torch.device) -> Precision:
-    """auto: bf16 on GPUs that support it, else fp16 + grad scaler on CUDA, fp32 on CPU/MPS."""
+    """auto: bf16 on GPUs that support it, else fp16 + grad scaler on CUDA, fp32 on CPU/MPS. Asked-for bf16
+    keeps the frozen base weights in bf16 on a CPU too (LoRA weights stay fp32 everywhere)."""
     from ..errors import ConfigError
 
     if device.type != "cuda":
         if requested in ("fp16", "bf16") and device.type == "cpu":
             if requested == "fp16":
                 raise ConfigError("config error: mixed_precision: fp16 is not supported on CPU (use auto or bf16)")
-            return Precision("bf16", torch.bfloat16, torch.float32, False)
+            return Precision("bf16", torch.bfloat16, torch.bfloat16, False)
         return Precision("no", None, torch.float32, False)
     if requested == "auto":
         requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
