@@ -94,7 +94,7 @@ class TrainConfig:
     max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 = off).", minimum=0.0)
     noise_offset: float = _opt(0.0, "Noise offset (~0.05-0.1) helps very dark/bright images.", minimum=0.0)
     min_snr_gamma: Optional[float] = _opt(None, "Min-SNR loss weighting gamma (5 is the paper's value).", minimum=0.0)
-    mixed_precision: str = _opt("auto", "auto: bf16 where the GPU supports it, else fp16 on CUDA, fp32 on CPU. bf16 on a CPU with AMX (Xeon Sapphire Rapids and newer) trains about 1.3x faster than fp32 (base weights bf16, LoRA fp32).", choices=PRECISIONS)
+    mixed_precision: str = _opt("auto", "auto: bf16 where the GPU supports it, else fp16 on CUDA, fp32 on CPU. bf16 on a CPU with AMX (Xeon Sapphire Rapids and newer) trains about 1.4x faster than fp32 (base weights bf16, LoRA fp32).", choices=PRECISIONS)
     gradient_checkpointing: Union[str, bool] = _opt("auto", "Trade ~20% speed for much less memory. auto: on for SDXL, off otherwise.", choices=CACHE_MODES)
     seed: int = _opt(42, "Random seed: the same seed and config give the same LoRA.")
     max_nonfinite_steps: int = _opt(5, "Stop after this many steps in a row with a NaN/inf loss (each one is skipped).", minimum=1)
