@@ -30,7 +30,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from common import full_size_sd15_bundle, rss_bytes
+from common import full_size_sd15_bundle, rss_bytes, sdxl_bundle
 
 WORKLOADS: Dict[str, Dict] = {
     "tiny": dict(model="tiny", resolution=64, batch=2),
@@ -40,6 +40,9 @@ WORKLOADS: Dict[str, Dict] = {
     "sd15-512-b1-ckpt": dict(model="sd15", resolution=512, batch=1, checkpointing=True),
     "sd15-512-b4": dict(model="sd15", resolution=512, batch=4),
     "sd15-512-b8": dict(model="sd15", resolution=512, batch=8),
+    # SDXL with its defaults (gradient checkpointing on); sdxl-tiny-128-b1 checks the path on a CPU
+    "sdxl-1024-b1": dict(model="sdxl", resolution=1024, batch=1, checkpointing=True),
+    "sdxl-tiny-128-b1": dict(model="sdxl-tiny", resolution=128, batch=1, checkpointing=True),
 }
 
 
@@ -118,6 +121,8 @@ def make_bundle(model: str, device: torch.device, root: Path):
 
         path = build_tiny_sd1(root / "tiny")
         return load_model(config_from_dict({"train_data_dir": ".", "base_model": str(path), "output_dir": "."}))
+    if model.startswith("sdxl"):
+        return sdxl_bundle(tiny=model == "sdxl-tiny")[0]
     return full_size_sd15_bundle(device)
 
 
@@ -146,7 +151,8 @@ def run_trainer(bundle, cfg, warmup: int, steps: int) -> Dict[str, float]:
 
 
 def run_reference(bundle, dataset, cfg, warmup: int, steps: int, device: torch.device) -> Dict[str, float]:
-    """The diffusers example's inner loop on the same modules (no caching; loss.item() every step)."""
+    """The diffusers example's inner loop on the same modules (no caching; loss.item() every step). The text
+    encoder(s) and the UNet are called through the bundle, which adds SDXL's pooled/size conditioning."""
     from lora_trainer.data.dataset import stack_pixels
     from lora_trainer.engine.diffusion import add_noise
     from lora_trainer.lora.network import LoraNetwork
@@ -154,7 +160,7 @@ def run_reference(bundle, dataset, cfg, warmup: int, steps: int, device: torch.d
 
     t0 = time.perf_counter()
     precision = pick_precision(cfg.mixed_precision, device)
-    bundle.prepare(device, precision.base_dtype, cfg.gradient_checkpointing, False)
+    bundle.prepare(device, precision.base_dtype, cfg.gradient_checkpointing_for(bundle.family), False)
     bundle.vae.to(device, precision.base_dtype if device.type == "cuda" else torch.float32)
     net = LoraNetwork.inject(bundle.lora_components(False), cfg.lora_rank, cfg.effective_alpha)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate)
@@ -168,13 +174,13 @@ def run_reference(bundle, dataset, cfg, warmup: int, steps: int, device: torch.d
             pixels = stack_pixels(dataset, samples).to(device)
             with torch.no_grad():
                 latents = bundle.vae.encode(pixels.to(bundle.vae.dtype)).latent_dist.sample() * bundle.vae_scale
-                ids = bundle.tokenize([s.caption for s in samples]).to(device)
-                cond = bundle.text_encoder(ids)[0]
+                with autocast:
+                    cond = bundle.encode_captions([s.caption for s in samples])
             noise = torch.randn_like(latents)
             t = torch.randint(0, len(ac), (latents.shape[0],), device=device)
             noisy = add_noise(latents.float(), noise.float(), t, ac).to(latents.dtype)
             with autocast:
-                pred = bundle.unet(noisy, t, encoder_hidden_states=cond).sample
+                pred = bundle.predict(noisy, t, cond, [dataset.image_info(s.index) for s in samples])
             loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

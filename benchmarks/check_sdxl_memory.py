@@ -10,7 +10,6 @@ cached latents and text-encoder outputs, bf16 base weights, fp32 VAE) should fit
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import tempfile
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from common import sdxl_bundle
 from lora_trainer.config import config_from_dict
 from lora_trainer.planner import GiB, estimate
 from lora_trainer.tiny import make_shapes_dataset
@@ -27,32 +27,6 @@ SETTINGS = [  # (label, config overrides)
     ("+ both text encoders", {"train_text_encoder": True}),
     ("no gradient checkpointing", {"gradient_checkpointing": False}),
 ]
-
-
-def sdxl_bundle(tiny: bool, seed: int = 0):
-    """(SDXLBundle, its original config) with the full (or, for a quick CPU check of this script, a tiny) SDXL architecture."""
-    from lora_trainer.models import default_families
-    from lora_trainer.models.architecture import build_sd_architecture
-    from lora_trainer.models.loading import alphas_cumprod_from
-    from lora_trainer.models.sdxl import SDXL_ORIGINAL_CONFIG
-    from lora_trainer.tiny import tiny_tokenizer
-
-    original = copy.deepcopy(SDXL_ORIGINAL_CONFIG)
-    if tiny:
-        p = original["model"]["params"]
-        p["network_config"]["params"].update(model_channels=32, num_head_channels=16, transformer_depth=[1, 1, 1],
-                                             context_dim=64, adm_in_channels=32 + 6 * 256)
-        p["first_stage_config"]["params"]["ddconfig"].update(ch=32)
-        text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, projection_dim=32)
-        for e in p["conditioner_config"]["params"]["emb_models"][:2]:
-            e["params"]["text_config"] = text
-    family = default_families().get("sdxl")
-    parts = build_sd_architecture(original, device=None, seed=seed, family=family)
-    tokenizer = tiny_tokenizer(Path(tempfile.mkdtemp(prefix="tok_")))
-    bundle = family.make_bundle({**parts, "tokenizer": tokenizer, "tokenizer_2": tokenizer,
-                                 "alphas_cumprod": alphas_cumprod_from(0.00085, 0.012, 1000),
-                                 "prediction_type": "epsilon"}, "random-sdxl", 1)
-    return bundle, original
 
 
 def main() -> None:

@@ -16,3 +16,6 @@ echo "== training benchmark"
 timeout 160 python3 bench_train.py --workloads sd15-512-b1 sd15-512-b8 \
   --loops reference trainer-eager trainer --warmup 5 --steps 20 --json "$out/bench.json" 2>&1 | grep -v Warning \
   | tee "$out/bench.txt" | tail -16
+echo "== SDXL 1024 px, batch 1 (defaults: gradient checkpointing, eager)"
+timeout 240 python3 bench_train.py --workloads sdxl-1024-b1 --loops reference trainer --warmup 2 --steps 6 \
+  --json "$out/bench_sdxl.json" 2>&1 | grep -v Warning | tee "$out/bench_sdxl.txt" | tail -5
