@@ -99,3 +99,18 @@ def test_bf16_on_cpu_keeps_base_weights_in_bf16_and_lora_in_fp32(tmp_path, tiny_
     assert len(trainer.progress.losses) == 4 and all(abs(v) < 1e3 for v in trainer.progress.losses)  # NaN fails too
     assert list((tmp_path / "out" / "samples").glob("*.png"))
     assert len(tensors) == 3 * modules
+
+
+def test_a_shape_that_cannot_be_captured_runs_eager_after_one_warning():
+    """GraphedLoss returns None (the caller runs the step eagerly) when capture fails, says why once, and
+    does not retry that shape; here capture fails because the tensors are not on a GPU."""
+    from lora_trainer.engine.graphs import GraphedLoss
+
+    weight = nn.Parameter(torch.ones(3))
+    messages = []
+    graphs = GraphedLoss(lambda lat, noise, t, cond: ((lat + noise) * weight).sum(dim=1), [weight], max_graphs=1,
+                         say=lambda text, level=None: messages.append(text))
+    args = (torch.zeros(2, 3), torch.ones(2, 3), torch.zeros(2, dtype=torch.long), {"crossattn": torch.zeros(2, 4, 5)})
+    assert graphs(*args) is None and graphs(*args) is None
+    assert len(messages) == 1 and "CUDA graph capture failed for latents 2x3" in messages[0]
+    assert graphs.replays == 0 and not graphs.graphed

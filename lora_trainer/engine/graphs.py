@@ -85,9 +85,10 @@ class GraphedLoss:
             return torch.cuda.make_graphed_callables(module, args, num_warmup_iters=2, allow_unused_input=True)
         except Exception as exc:  # noqa: BLE001 - any capture failure falls back to eager steps
             self.eager.add(key)
-            torch.cuda.synchronize()
-            if is_out_of_memory(exc):
-                torch.cuda.empty_cache()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+                if is_out_of_memory(exc):
+                    torch.cuda.empty_cache()
             shape = "x".join(str(d) for d in key[0][0])
             self.say(f"CUDA graph capture failed for latents {shape} ({type(exc).__name__}: "
                      f"{str(exc).splitlines()[0][:200]}); these steps run without graphs", logging.WARNING)
