@@ -101,7 +101,7 @@ class TrainConfig:
     device: str = _opt("auto", "cuda, mps or cpu; auto picks the best available.", choices=DEVICES)
     channels_last: Union[str, bool] = _opt("auto", "Keep the UNet's activations in channels-last layout (faster convolutions on NVIDIA GPUs once launch overhead is gone). auto: on when the step runs as CUDA graphs.", choices=CACHE_MODES)
     torch_compile: bool = _opt(False, "Compile the UNet with torch.compile (faster steps on a GPU after a minute of compiling).")
-    cuda_graphs: Union[str, bool] = _opt("auto", "Replay each step's forward/backward as a CUDA graph (no per-kernel launch cost; big speed-up at small batches). auto: on for CUDA when latents and captions are cached, for the first batch shape; true: every batch shape (more memory).", choices=CACHE_MODES)
+    cuda_graphs: Union[str, bool] = _opt("auto", "Replay each step's forward/backward as a CUDA graph (no per-kernel launch cost; big speed-up at small batches). auto: on for CUDA when latents and captions are cached, without gradient checkpointing or torch_compile, for the first batch shape; true: every batch shape (more memory), also with those two.", choices=CACHE_MODES)
 
     # --- samples and validation ---
     sample_prompts: Optional[Union[str, List[str]]] = _opt(None, "Prompts for sample images: a list, or a text file with one per line (flags --n negative --w --h --s steps --l cfg --d seed).")

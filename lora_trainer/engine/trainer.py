@@ -134,7 +134,9 @@ class Trainer:
             ("latents are not cached", self.latent_cache is None),
             ("captions are not cached (or the text encoder trains)", self.text_cache is None),
             (f"the {self.bundle.family.name} model's forward reads host data", not self.bundle.graph_capturable),
-            ("gradient checkpointing is on", self.gradient_checkpointing and cfg.cuda_graphs == "auto")] if present]
+            ("gradient checkpointing is on", self.gradient_checkpointing and cfg.cuda_graphs == "auto"),
+            # capturing compiled code has not been measured yet: only when asked for explicitly
+            ("torch_compile is on", cfg.torch_compile and cfg.cuda_graphs == "auto")] if present]
         if blockers:
             if cfg.cuda_graphs is True:
                 self.events.say(f"cuda_graphs: off because {', '.join(blockers)}", logging.WARNING)
