@@ -242,6 +242,9 @@ class Trainer:
         import gc
 
         self.optimizer.zero_grad(set_to_none=True)
+        if self.graphs is not None:  # their memory pools go; smaller micro-batches or checkpointing run eager
+            self.graphs.release()
+            self.graphs = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -254,9 +257,6 @@ class Trainer:
                             logging.WARNING)
         elif not (self.gradient_checkpointing or self.forced_checkpointing):
             self.force_gradient_checkpointing()
-            if self.graphs is not None:  # graphs captured without checkpointing no longer match the model
-                self.graphs.release()
-                self.graphs = None
             self.events.say(f"out of memory at step {step + 1} with micro-batch 1: retrying with gradient "
                             f"checkpointing on", logging.WARNING)
         else:
