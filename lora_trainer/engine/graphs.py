@@ -91,7 +91,7 @@ class GraphedLoss:
                     torch.cuda.empty_cache()
             shape = "x".join(str(d) for d in key[0][0])
             self.say(f"CUDA graph capture failed for latents {shape} ({type(exc).__name__}: "
-                     f"{str(exc).splitlines()[0][:200]}); these steps run without graphs", logging.WARNING)
+                     f"{(str(exc).splitlines() or [''])[0][:200]}); these steps run without graphs", logging.WARNING)
             return None
 
     def release(self) -> None:
