@@ -49,7 +49,8 @@ def main() -> None:
     events = prof.key_averages()
     gpu_total = sum(e.self_device_time_total for e in events) / a.steps / 1e3
     print(f"GPU kernel time per step: {gpu_total:.1f} ms (batch {a.batch}, {a.resolution} px)")
-    print(events.table(sort_by="self_cuda_time_total", row_limit=a.rows, max_name_column_width=60))
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(events.table(sort_by=key, row_limit=a.rows, max_name_column_width=60))
 
 
 if __name__ == "__main__":
