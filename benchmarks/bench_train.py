@@ -144,8 +144,6 @@ def run_trainer(bundle, cfg, warmup: int, steps: int) -> Dict[str, float]:
         run.train()
     finally:
         run.close()
-        if hasattr(bundle, "unet"):  # the next loop on this bundle starts from the default layout again
-            bundle.unet.to(memory_format=torch.contiguous_format)
     # losses are read back (a device sync) every log_every_n_steps: time between two such steps
     return {"first_step_s": stamps[1] - t0, "steps_per_s": steps / (stamps[warmup + steps] - stamps[warmup])}
 

@@ -114,3 +114,15 @@ def test_a_shape_that_cannot_be_captured_runs_eager_after_one_warning():
     assert graphs(*args) is None and graphs(*args) is None
     assert len(messages) == 1 and "CUDA graph capture failed for latents 2x3" in messages[0]
     assert graphs.replays == 0 and not graphs.graphed
+
+
+def test_a_bundle_reused_after_a_channels_last_run_starts_from_the_default_layout(tmp_path, tiny_model_dir):
+    from lora_trainer.config import config_from_dict
+    from lora_trainer.engine.run import load_model
+
+    bundle = load_model(config_from_dict({"train_data_dir": ".", "base_model": str(tiny_model_dir), "output_dir": "."}))
+    bundle.prepare(torch.device("cpu"), torch.float32, False, False)
+    bundle.use_channels_last()
+    assert bundle.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    bundle.prepare(torch.device("cpu"), torch.float32, False, False)  # the next run
+    assert bundle.unet.conv_in.weight.is_contiguous()

@@ -86,6 +86,7 @@ class DiffusersBundle(ModelBundle):
             self.enable_gradient_checkpointing(train_text_encoder)
         elif getattr(self.unet, "gradient_checkpointing", False):
             self.unet.disable_gradient_checkpointing()  # a bundle may be reused by a run without it
+        self.unet.to(memory_format=torch.contiguous_format)  # ... or without channels_last (a no-op if so already)
         from diffusers.models.attention_processor import AttnProcessor2_0
 
         self.unet.set_attn_processor(AttnProcessor2_0())  # PyTorch SDPA attention
