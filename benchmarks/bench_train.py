@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from common import full_size_sd15_bundle, rss_bytes, sdxl_bundle
+from common import PeakMemory, full_size_sd15_bundle, sdxl_bundle, shapes_config
 
 WORKLOADS: Dict[str, Dict] = {
     "tiny": dict(model="tiny", resolution=64, batch=2),
@@ -76,41 +75,6 @@ class Row:
     peak_gib: float
     tflops: Optional[float] = None
     peak_share: Optional[float] = None  # tflops / the GPU's dense bf16 peak
-
-
-class PeakMemory:
-    """CUDA max allocated, or peak resident memory sampled every 2 ms on CPU."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.peak = 0
-        self._stop = threading.Event()
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.start = torch.cuda.memory_allocated()
-        else:
-            self.start = self.peak = rss_bytes()
-            threading.Thread(target=self._sample, daemon=True).start()
-        return self
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_bytes())
-            time.sleep(0.002)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated()
-            self.start = 0  # report absolute peak on the GPU (weights included)
-
-    @property
-    def gib(self) -> float:
-        return (self.peak - self.start) / 2**30
 
 
 def make_bundle(model: str, device: torch.device, root: Path):
@@ -194,19 +158,16 @@ def run_reference(bundle, dataset, cfg, warmup: int, steps: int, device: torch.d
 
 def measure(name: str, spec: Dict, device: torch.device, root: Path, warmup: int, steps: int,
             loops: List[str], bundles: Dict, peak: Optional[float] = None) -> List[Row]:
-    from lora_trainer.config import config_from_dict
     from lora_trainer.engine.run import build_training_set
     from lora_trainer.tiny import make_shapes_dataset
 
     res, batch = spec["resolution"], spec["batch"]
     data = make_shapes_dataset(root / f"data_{res}", n=max(8, 2 * batch), size=res)
-    raw = dict(train_data_dir=str(data), base_model=str(data), output_dir=str(root / f"out_{name}"),
-               resolution=res, min_bucket_reso=64, max_bucket_reso=res, batch_size=batch, lora_rank=8,
-               max_steps=warmup + steps, learning_rate=1e-4, seed=0, device=device.type, log_every_n_steps=warmup,
-               gradient_checkpointing=spec.get("checkpointing", False))
+    common = dict(max_steps=warmup + steps, learning_rate=1e-4, seed=0, device=device.type,
+                  log_every_n_steps=warmup, gradient_checkpointing=spec.get("checkpointing", False))
     rows = []
     for loop in loops:
-        cfg = config_from_dict(dict(raw, **TRAINER_LOOPS.get(loop, {})))
+        cfg = shapes_config(data, root / f"out_{name}", res, batch, **common, **TRAINER_LOOPS.get(loop, {}))
         if spec["model"] not in bundles:  # built once, reused (runs restore it; weights stay on the device)
             bundles[spec["model"]] = make_bundle(spec["model"], device, root)
         bundle = bundles[spec["model"]]
@@ -218,7 +179,7 @@ def measure(name: str, spec: Dict, device: torch.device, root: Path, warmup: int
         tflops = 1.73 * batch * (res / 512) ** 2 * r["steps_per_s"] if spec["model"] == "sd15" else None
         share = round(tflops / peak, 3) if tflops and peak else None
         rows.append(Row(name, loop, round(r["steps_per_s"], 3), round(r["steps_per_s"] * batch, 3),
-                        round(r["first_step_s"], 1), round(mem.gib, 3), round(tflops, 1) if tflops else None, share))
+                        round(r["first_step_s"], 1), round(mem.peak_gib if device.type == "cuda" else mem.growth_gib, 3), round(tflops, 1) if tflops else None, share))
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows

@@ -10,17 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import torch
 
-from lora_trainer.config import config_from_dict
 from lora_trainer.planner import GiB, estimate
 from lora_trainer.tiny import make_shapes_dataset
 
-from common import full_size_sd15_bundle, rss_bytes
+from common import PeakMemory, full_size_sd15_bundle, shapes_config
 
 
 def main() -> None:
@@ -38,29 +36,14 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         data = make_shapes_dataset(Path(tmp) / "data", n=max(4, a.batch), size=a.resolution)
-        cfg = config_from_dict(dict(train_data_dir=str(data), base_model=str(data), output_dir=str(Path(tmp) / "out"),
-                                    resolution=a.resolution, min_bucket_reso=64, max_bucket_reso=a.resolution,
-                                    batch_size=a.batch, max_steps=a.steps, lora_rank=8,
-                                    gradient_checkpointing=a.checkpointing, device=device.type))
+        cfg = shapes_config(data, Path(tmp) / "out", a.resolution, a.batch, max_steps=a.steps,
+                            gradient_checkpointing=a.checkpointing, device=device.type)
         predicted = estimate(cfg, parts=build_sd_architecture(SD1_ORIGINAL_CONFIG, "meta"), device=device)
-        peak, stop = [0], threading.Event()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            start = torch.cuda.memory_allocated()
-        else:
-            start = rss_bytes()
-
-            def sample():
-                while not stop.is_set():
-                    peak[0] = max(peak[0], rss_bytes())
-                    time.sleep(0.002)
-
-            threading.Thread(target=sample, daemon=True).start()
         t0 = time.time()
-        bundle = full_size_sd15_bundle(device)
-        train(cfg, bundle=bundle)
-        stop.set()
-        measured = (torch.cuda.max_memory_allocated() if device.type == "cuda" else peak[0]) - start
+        with PeakMemory(device) as mem:
+            bundle = full_size_sd15_bundle(device)
+            train(cfg, bundle=bundle)
+        measured = mem.growth
     row = {"device": device.type, "resolution": a.resolution, "batch": a.batch, "checkpointing": a.checkpointing,
            "predicted_gib": round(predicted.peak / GiB, 3), "measured_gib": round(measured / GiB, 3),
            "error_pct": round(100 * (predicted.peak - measured) / measured, 1), "seconds": round(time.time() - t0, 1)}

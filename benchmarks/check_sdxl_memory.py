@@ -17,8 +17,7 @@ from pathlib import Path
 
 import torch
 
-from common import sdxl_bundle
-from lora_trainer.config import config_from_dict
+from common import sdxl_bundle, shapes_config
 from lora_trainer.planner import GiB, estimate
 from lora_trainer.tiny import make_shapes_dataset
 
@@ -48,11 +47,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = make_shapes_dataset(Path(tmp) / "data", n=4, size=a.resolution)
         for label, overrides in SETTINGS:
-            raw = dict(train_data_dir=str(data), base_model=str(data), output_dir=str(Path(tmp) / "out"),
-                       resolution=a.resolution, min_bucket_reso=64, max_bucket_reso=a.resolution, batch_size=1,
-                       max_steps=a.steps, lora_rank=a.rank, learning_rate=1e-4, log_every_n_steps=a.steps,
-                       device="cuda" if cuda else "cpu", mixed_precision="auto" if cuda else "no")
-            cfg = config_from_dict({**raw, **overrides})
+            cfg = shapes_config(data, Path(tmp) / "out", a.resolution, 1, **{
+                "max_steps": a.steps, "lora_rank": a.rank, "learning_rate": 1e-4, "log_every_n_steps": a.steps,
+                "device": "cuda" if cuda else "cpu", "mixed_precision": "auto" if cuda else "no", **overrides})
             parts = {**build_sd_architecture(original, "meta", family=bundle.family),
                      "family": bundle.family}
             predicted = estimate(cfg, parts=parts, device=torch.device("cuda" if cuda else "cpu"))

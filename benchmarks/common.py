@@ -4,6 +4,8 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -12,6 +14,58 @@ import torch
 def rss_bytes() -> int:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def shapes_config(data: Path, out: Path, resolution: int, batch: int, **overrides):
+    """The benchmarks' TrainConfig: generated shapes in `data` at one square bucket, rank 8; `overrides` on top."""
+    from lora_trainer.config import config_from_dict
+
+    return config_from_dict({"train_data_dir": str(data), "base_model": str(data), "output_dir": str(out),
+                             "resolution": resolution, "min_bucket_reso": 64, "max_bucket_reso": resolution,
+                             "batch_size": batch, "lora_rank": 8, **overrides})
+
+
+class PeakMemory:
+    """Peak memory while the block runs: CUDA max allocated, or resident memory sampled every 2 ms on CPU.
+    `peak` is absolute (weights included), `growth` what the block added to what was in use at its start."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            self.start = self.peak = rss_bytes()
+            threading.Thread(target=self._sample, daemon=True).start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.start
+
+    @property
+    def peak_gib(self) -> float:
+        return self.peak / 2**30
+
+    @property
+    def growth_gib(self) -> float:
+        return self.growth / 2**30
 
 
 def full_size_sd15_bundle(device: torch.device, seed: int = 0):

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from common import full_size_sd15_bundle
+from common import full_size_sd15_bundle, shapes_config
 
 
 def main() -> None:
@@ -22,17 +22,14 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=25)
     ap.add_argument("--device", default="cuda")
     a = ap.parse_args()
-    from lora_trainer.config import config_from_dict
     from lora_trainer.engine.run import LoraRun
     from lora_trainer.tiny import make_shapes_dataset
 
     device = torch.device(a.device)
     with tempfile.TemporaryDirectory() as tmp:
         data = make_shapes_dataset(Path(tmp) / "data", n=2 * a.batch, size=a.resolution)
-        cfg = config_from_dict(dict(train_data_dir=str(data), base_model=str(data), output_dir=str(Path(tmp) / "out"),
-                                    resolution=a.resolution, min_bucket_reso=64, max_bucket_reso=a.resolution,
-                                    batch_size=a.batch, lora_rank=8, max_steps=100, seed=0, device=a.device,
-                                    cuda_graphs=False))
+        cfg = shapes_config(data, Path(tmp) / "out", a.resolution, a.batch, max_steps=100, seed=0, device=a.device,
+                            cuda_graphs=False)
         run = LoraRun(cfg, bundle=full_size_sd15_bundle(device), tensorboard=False)
         trainer = run.setup()
         batch = trainer.dataset.epoch_batches(0, 0, a.batch)[:1]
