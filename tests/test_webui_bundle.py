@@ -17,7 +17,7 @@ from lora_trainer.tiny import tiny_original_config
 
 from conftest import make_config
 from ldm_tiny import build_tiny_ldm, save_single_file
-from webui_checks import assert_restored, peft_layers, same_lora_same_loss, snapshot
+from webui_checks import MidRunPeek, assert_restored, same_lora_same_loss, snapshot
 
 
 @pytest.fixture
@@ -40,19 +40,11 @@ def test_training_keeps_every_base_weight_in_place_and_restores_the_model(tmp_pa
     saved = snapshot(ldm)
     cfg = make_config(tmp_path / "unused", color_data, tmp_path / "out", max_steps=3, train_text_encoder=True,
                       gradient_checkpointing=True)
-    seen = {}
-
-    class Peek(Callback):
-        def on_event(self, event):
-            if isinstance(event, StepEnded) and event.step == 2:
-                seen["ptrs"] = {n: p.data_ptr() for n, p in ldm.named_parameters() if "lora_" not in n}
-                seen["lora"] = peft_layers(ldm)
-
-    result = train(cfg, [Peek()], bundle=WebUIBundle(ldm, SD1Family(), "tiny"))
+    peek = MidRunPeek(ldm)
+    result = train(cfg, [peek], bundle=WebUIBundle(ldm, SD1Family(), "tiny"))
     assert result.lora_path.is_file()
-    base_ptrs = {n.replace(".base_layer", ""): ptr for n, ptr in seen["ptrs"].items()}
-    assert base_ptrs == {n: v[0] for n, v in saved[1].items()}  # no base weight was copied or moved
-    assert seen["lora"]  # LoRA layers were there during training
+    peek.assert_no_base_weight_moved(saved)
+    assert peek.lora_layers  # LoRA layers were there during training
     assert_restored(ldm, saved)
 
 

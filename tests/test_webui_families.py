@@ -9,14 +9,13 @@ import torch
 from safetensors import safe_open
 
 from lora_trainer.engine.run import load_model, train
-from lora_trainer.events import Callback, StepEnded
 from lora_trainer.models import default_families
 from lora_trainer.models.webui_sdxl_bundle import WebUISDXLBundle
 from lora_trainer.tiny import make_color_dataset
 
 from conftest import make_config
 from ldm_families import build_tiny_sd2_ldm, build_tiny_sdxl_sgm, save_sd2_single_file, save_sdxl_single_file
-from webui_checks import assert_restored, same_lora_same_loss, snapshot
+from webui_checks import MidRunPeek, assert_restored, same_lora_same_loss, snapshot
 
 
 @pytest.fixture
@@ -66,21 +65,13 @@ def test_training_in_place_keeps_every_weight_and_restores_the_model(tmp_path, c
     saved = snapshot(model)
     cfg = make_config(tmp_path / "unused", color_data, tmp_path / "out", max_steps=3, train_text_encoder=True,
                       gradient_checkpointing=True)
-    seen = {}
-
-    class Peek(Callback):
-        def on_event(self, event):
-            if isinstance(event, StepEnded) and event.step == 2:
-                seen["ptrs"] = {n: p.data_ptr() for n, p in model.named_parameters() if "lora_" not in n}
-                seen["forwards"] = [n for n, m in model.named_modules() if "forward" in m.__dict__]
-
-    result = train(cfg, [Peek()], bundle=default_families().webui_bundle(model, name="tiny"))
+    peek = MidRunPeek(model)
+    result = train(cfg, [peek], bundle=default_families().webui_bundle(model, name="tiny"))
     with safe_open(str(result.lora_path), "pt") as f:
         assert {k.split("_")[1] for k in f.keys()} == ({"unet", "te"} if family == "sd2" else {"unet", "te1", "te2"})
         assert f.metadata()["ss_base_model_version"] == ("sd_v2" if family == "sd2" else "sdxl_base_v1-0")
-    base_ptrs = {n.replace(".base_layer", ""): ptr for n, ptr in seen["ptrs"].items()}
-    assert base_ptrs == {n: v[0] for n, v in saved[1].items()}  # no base weight was copied or moved
-    assert any(n.endswith(".attn") for n in seen["forwards"])  # OpenCLIP attention ran with its LoRA
+    peek.assert_no_base_weight_moved(saved)
+    assert any(n.endswith(".attn") for n in peek.forwards)  # OpenCLIP attention ran with its LoRA
     assert_restored(model, saved)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from lora_trainer.engine.run import LoraRun
+from lora_trainer.events import Callback, StepEnded
 
 
 def peft_layers(model):
@@ -31,6 +32,27 @@ def assert_restored(model, saved):
     assert peft_layers(model) == []
     assert not [n for n, m in model.named_modules() if "forward" in m.__dict__]
     assert not hasattr(model.model.diffusion_model, "peft_config")
+
+
+class MidRunPeek(Callback):
+    """Looks at the model during training (after step 2): where each base weight's storage is, which peft
+    layers and which instance-level forwards (the WebUI-side LoRA patches) are in it."""
+
+    def __init__(self, model):
+        self.model = model
+        self.base_ptrs = {}
+        self.lora_layers = []
+        self.forwards = []
+
+    def on_event(self, event):
+        if isinstance(event, StepEnded) and event.step == 2:
+            self.base_ptrs = {n.replace(".base_layer", ""): p.data_ptr()
+                              for n, p in self.model.named_parameters() if "lora_" not in n}
+            self.lora_layers = peft_layers(self.model)
+            self.forwards = [n for n, m in self.model.named_modules() if "forward" in m.__dict__]
+
+    def assert_no_base_weight_moved(self, saved):
+        assert self.base_ptrs == {n: v[0] for n, v in saved[1].items()}  # no base weight was copied or moved
 
 
 def same_lora_same_loss(tmp_path, cfg, bundles, prefixes):
