@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lora_trainer.caption import (BackendRegistry, BackendSpec, CaptionOptions, Captioner, apply_prefix,
+from lora_trainer.caption import (BackendRegistry, BackendSpec, Captioner, apply_prefix,
                                   caption_folder, default_backends)
 from lora_trainer.caption.blip_clip import build_blip_clip
 from lora_trainer.caption.clip_tags import Category, ClipTagger, all_phrases, load_vocabulary, rank_tags

@@ -134,7 +134,6 @@ def test_out_of_memory_at_batch_4_finishes_at_micro_batch_2(tmp_path, tiny_model
     assert faults.ooms == 1 and run.trainer.micro_batch_size == 2
     assert run.trainer.progress.step == 3
     assert run.trainer.progress.samples_seen == reference.trainer.progress.samples_seen == 12
-    messages = [m for m in run.trainer.events.callbacks]  # noqa: F841 - events go to logging as well
 
 
 def test_a_failing_write_leaves_the_previous_checkpoint_identical(tmp_path, tiny_model_dir, color_data, monkeypatch):

@@ -3,7 +3,6 @@ warning, the checkpoint x weight grid, and sampling that leaves training untouch
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
