@@ -27,11 +27,12 @@ def color_data(tmp_path) -> Path:
 
 
 def make_config(model: Path, data: Path, out: Path, **overrides):
-    """A small CPU training config for the tiny model."""
+    """A small CPU training config for the tiny model. fp32, so outputs can be compared with fp32 references
+    exactly (`auto` would pick bf16 on a CPU with AMX; the bf16 paths have tests of their own)."""
     from lora_trainer.config import config_from_dict
 
     raw = dict(train_data_dir=str(data), base_model=str(model), output_dir=str(out), resolution=64,
                min_bucket_reso=64, max_bucket_reso=128, lora_rank=4, batch_size=2, max_steps=10,
-               learning_rate=1e-3, seed=0, device="cpu", save_precision="fp32")
+               learning_rate=1e-3, seed=0, device="cpu", mixed_precision="no", save_precision="fp32")
     raw.update(overrides)
     return config_from_dict(raw)

@@ -11,6 +11,7 @@ from torch import nn
 
 from lora_trainer.engine.run import LoraRun
 from lora_trainer.lora.network import LoraComponent, LoraNetwork
+from lora_trainer.utils import device as device_module
 
 from conftest import make_config
 
@@ -79,18 +80,24 @@ def test_lora_layers_without_input_upcast_give_identical_outputs_and_gradients_u
     assert all(getattr(m.layer, "cast_input_dtype_enabled", True) for m in net.modules)  # restored afterwards
 
 
-def test_bf16_on_cpu_keeps_base_weights_in_bf16_and_lora_in_fp32(tmp_path, tiny_model_dir, color_data):
-    """mixed_precision: bf16 on a CPU (fast with AMX): half-size base weights, fp32 LoRA, finite losses,
-    sample images render, and the saved LoRA has every kohya tensor."""
-    cfg = make_config(tiny_model_dir, color_data, tmp_path / "out", max_steps=4, mixed_precision="bf16",
+@pytest.mark.parametrize("requested", ["bf16", "auto"])
+def test_bf16_on_cpu_keeps_base_weights_in_bf16_and_lora_in_fp32(tmp_path, tiny_model_dir, color_data, monkeypatch,
+                                                                 requested):
+    """mixed_precision: bf16 on a CPU (what auto picks where the CPU has AMX): half-size base weights in
+    channels-last layout, fp32 LoRA, finite losses, sample images render, and the saved LoRA has every
+    kohya tensor."""
+    monkeypatch.setattr(device_module, "cpu_computes_bf16", lambda: True)
+    cfg = make_config(tiny_model_dir, color_data, tmp_path / "out", max_steps=4, mixed_precision=requested,
                       sample_prompts=["a red image --s 2"], sample_every_n_steps=4, log_every_n_steps=2)
     run = LoraRun(cfg, tensorboard=False)
     trainer = run.setup()
     try:
         base = [p for n, p in trainer.bundle.unet.named_parameters() if "lora_" not in n]
         lora = trainer.network.parameters()
+        assert trainer.precision.name == "bf16"
         assert base and all(p.dtype == torch.bfloat16 for p in base)
         assert lora and all(p.dtype == torch.float32 for p in lora)
+        assert trainer.bundle.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
         modules = trainer.network.count()
         run.train()
         tensors = load_file(str(run.save_final()))
@@ -126,3 +133,17 @@ def test_a_bundle_reused_after_a_channels_last_run_starts_from_the_default_layou
     assert bundle.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     bundle.prepare(torch.device("cpu"), torch.float32, False, False)  # the next run
     assert bundle.unet.conv_in.weight.is_contiguous()
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_precision_on_a_cpu_follows_its_bf16_units(monkeypatch, amx):
+    """auto on a CPU: bf16 base weights (fp32 LoRA, no grad scaler) where it has AMX, fp32 elsewhere. A model
+    whose fp32 weights belong to the WebUI stays fp32: autocast would re-cast its weights on every call."""
+    monkeypatch.setattr(device_module, "cpu_computes_bf16", lambda: amx)
+    cpu = torch.device("cpu")
+    chosen = device_module.pick_precision("auto", cpu)
+    assert (chosen.name, chosen.base_dtype, chosen.autocast_dtype, chosen.use_grad_scaler) == (
+        ("bf16", torch.bfloat16, torch.bfloat16, False) if amx else ("no", torch.float32, None, False))
+    assert device_module.pick_precision("no", cpu).base_dtype == torch.float32
+    webui = device_module.precision_for_weights(torch.float32, cpu, "auto")
+    assert (webui.name, webui.base_dtype, webui.autocast_dtype) == ("no", torch.float32, None)

@@ -106,8 +106,7 @@ class Trainer:
         self._build_caches()
         self.alphas_cumprod = self.bundle.alphas_cumprod.to(self.device)
         self.graphs = self._build_graphs()
-        # channels-last convolutions win once kernels are not launch-bound (measured: benchmarks/README.md)
-        if cfg.channels_last is True or (cfg.channels_last == "auto" and self.graphs is not None):
+        if cfg.channels_last is True or (cfg.channels_last == "auto" and self._channels_last_helps()):
             self.bundle.use_channels_last()
         if cfg.torch_compile:
             self.bundle.compile()
@@ -144,6 +143,12 @@ class Trainer:
         loss_fn = lambda latents, noise, timesteps, cond: self.denoising_loss(  # noqa: E731
             latents, noise, timesteps, cond, None, autocast_cache=False)
         return GraphedLoss(loss_fn, self.network.parameters(), 8 if cfg.cuda_graphs is True else 1, self.events.say)
+
+    def _channels_last_helps(self) -> bool:
+        """Measured (benchmarks/README.md): channels-last convolutions win on a GPU once kernels are not
+        launch-bound (CUDA graphs), and with bf16 oneDNN kernels on a CPU; eager on a GPU they lose."""
+        cpu_bf16 = self.device.type == "cpu" and self.precision.base_dtype == torch.bfloat16
+        return self.graphs is not None or cpu_bf16
 
     def _build_caches(self) -> None:
         cfg = self.config
