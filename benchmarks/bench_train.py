@@ -8,7 +8,12 @@ For each workload it runs, on the same random-weight model and data:
 - `trainer-channels-last`, `trainer-compile`: the trainer with `channels_last: true` / `torch_compile: true`
   (`channels_last: auto`, the default, is on whenever CUDA graphs are);
 - `reference`: what examples/text_to_image/train_text_to_image_lora.py does per step: VAE encode and
-  text-encoder forward every step, LoRA on the same modules, AdamW, loss.item() every step.
+  text-encoder forward every step, LoRA on the same modules, AdamW, loss.item() every step; its precision
+  is the trainer's (`mixed_precision: auto`: bf16 on a GPU or an AMX CPU; VAE, text encoder and UNet cast
+  to it, as the example does with `--mixed_precision`);
+- `reference-fp32`: the same loop at the example's default, `--mixed_precision no` (fp32 throughout);
+- `kohya` (only with `--kohya PATH`, SD1.5 workloads): kohya sd-scripts' train_network.py from that
+  checkout on the same model and images (see kohya_loop.py); its peak memory is not measured.
 It prints a table and writes JSON: steps/s, images/s, time to first step, peak memory (CUDA max
 allocated on GPU, peak resident growth on CPU), and on a GPU the share of its dense bf16 peak
 (datasheet figure; 1.73 TFLOP per 512 px image-step).
@@ -16,20 +21,25 @@ allocated on GPU, peak resident growth on CPU), and on a GPU the share of its de
     python benchmarks/bench_train.py --workloads tiny sd15-256-b1          # CPU-sized
     python benchmarks/bench_train.py --workloads sd15-512-b1 sd15-512-b8 --json out.json   # GPU
     python benchmarks/bench_train.py --workloads sd15-512-b8 --loops trainer trainer-eager trainer-compile
+    python benchmarks/bench_train.py --workloads sd15-256-b1 --loops reference trainer reference trainer  # medians
+    python benchmarks/bench_train.py --workloads sd15-256-b1 --kohya ~/sd-scripts --kohya-python ~/sd-scripts/venv/bin/python
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from statistics import median
 from typing import Dict, List, Optional
 
 import torch
 
 from common import PeakMemory, full_size_sd15_bundle, sdxl_bundle, shapes_config
+from kohya_loop import run_kohya
 
 WORKLOADS: Dict[str, Dict] = {
     "tiny": dict(model="tiny", resolution=64, batch=2),
@@ -62,7 +72,10 @@ def dense_bf16_peak(device_name: str) -> Optional[float]:
 TRAINER_LOOPS: Dict[str, Dict] = {"trainer": {}, "trainer-eager": {"cuda_graphs": False},
                                   "trainer-channels-last": {"channels_last": True},
                                   "trainer-compile": {"torch_compile": True},
-                                  "trainer-bf16": {"mixed_precision": "bf16"}}
+                                  "trainer-bf16": {"mixed_precision": "bf16"},
+                                  "trainer-fp32": {"mixed_precision": "no"}}
+# The reference loop's variants.
+REFERENCE_LOOPS: Dict[str, Dict] = {"reference": {}, "reference-fp32": {"mixed_precision": "no"}}
 
 
 @dataclass
@@ -72,7 +85,7 @@ class Row:
     steps_per_s: float
     images_per_s: float
     first_step_s: float
-    peak_gib: float
+    peak_gib: Optional[float]
     tflops: Optional[float] = None
     peak_share: Optional[float] = None  # tflops / the GPU's dense bf16 peak
 
@@ -123,7 +136,7 @@ def run_reference(bundle, dataset, cfg, warmup: int, steps: int, device: torch.d
     t0 = time.perf_counter()
     precision = pick_precision(cfg.mixed_precision, device)
     bundle.prepare(device, precision.base_dtype, cfg.gradient_checkpointing_for(bundle.family), False)
-    bundle.vae.to(device, precision.base_dtype if device.type == "cuda" else torch.float32)
+    bundle.vae.to(device, precision.base_dtype)
     net = LoraNetwork.inject(bundle.lora_components(False), cfg.lora_rank, cfg.effective_alpha)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate)
     ac = bundle.alphas_cumprod
@@ -157,9 +170,10 @@ def run_reference(bundle, dataset, cfg, warmup: int, steps: int, device: torch.d
 
 
 def measure(name: str, spec: Dict, device: torch.device, root: Path, warmup: int, steps: int,
-            loops: List[str], bundles: Dict, peak: Optional[float] = None) -> List[Row]:
+            loops: List[str], bundles: Dict, peak: Optional[float] = None, kohya: Optional[Dict] = None) -> List[Row]:
     from lora_trainer.engine.run import build_training_set
     from lora_trainer.tiny import make_shapes_dataset
+    from lora_trainer.utils.device import pick_precision
 
     res, batch = spec["resolution"], spec["batch"]
     data = make_shapes_dataset(root / f"data_{res}", n=max(8, 2 * batch), size=res)
@@ -167,19 +181,26 @@ def measure(name: str, spec: Dict, device: torch.device, root: Path, warmup: int
                   log_every_n_steps=warmup, gradient_checkpointing=spec.get("checkpointing", False))
     rows = []
     for loop in loops:
-        cfg = shapes_config(data, root / f"out_{name}", res, batch, **common, **TRAINER_LOOPS.get(loop, {}))
+        if loop == "kohya" and (kohya is None or spec["model"] != "sd15"):
+            print(f"{name}: kohya skipped ({'SD1.5 workloads only' if kohya else 'no --kohya checkout given'})")
+            continue
+        overrides = TRAINER_LOOPS.get(loop, REFERENCE_LOOPS.get(loop, {}))
+        cfg = shapes_config(data, root / f"out_{name}", res, batch, **common, **overrides)
         if spec["model"] not in bundles:  # built once, reused (runs restore it; weights stay on the device)
             bundles[spec["model"]] = make_bundle(spec["model"], device, root)
         bundle = bundles[spec["model"]]
         with PeakMemory(device) as mem:
             if loop in TRAINER_LOOPS:
                 r = run_trainer(bundle, cfg, warmup, steps)
+            elif loop == "kohya":
+                precision = pick_precision(cfg.mixed_precision, device).name
+                r = run_kohya(kohya["checkout"], kohya["python"], bundle, data, cfg, warmup, steps, precision)
             else:
                 r = run_reference(bundle, build_training_set(cfg), cfg, warmup, steps, device)
         tflops = 1.73 * batch * (res / 512) ** 2 * r["steps_per_s"] if spec["model"] == "sd15" else None
         share = round(tflops / peak, 3) if tflops and peak else None
         rows.append(Row(name, loop, round(r["steps_per_s"], 3), round(r["steps_per_s"] * batch, 3),
-                        round(r["first_step_s"], 1), round(mem.peak_gib if device.type == "cuda" else mem.growth_gib, 3), round(tflops, 1) if tflops else None, share))
+                        round(r["first_step_s"], 1), None if loop == "kohya" else round(mem.peak_gib if device.type == "cuda" else mem.growth_gib, 3), round(tflops, 1) if tflops else None, share))
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
@@ -189,10 +210,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workloads", nargs="+", default=["tiny", "sd15-256-b1"], choices=sorted(WORKLOADS))
     ap.add_argument("--loops", nargs="+", default=["trainer", "reference"],
-                    choices=[*TRAINER_LOOPS, "reference"])
+                    choices=[*TRAINER_LOOPS, *REFERENCE_LOOPS, "kohya"])
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--kohya", type=Path, default=None, help="a kohya sd-scripts checkout: adds the `kohya` loop")
+    ap.add_argument("--kohya-python", default=sys.executable, help="Python of an environment with its requirements")
     a = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
@@ -202,24 +225,33 @@ def main() -> None:
     peak = dense_bf16_peak(gpu_name) if device.type == "cuda" else None
     rows: List[Row] = []
     bundles: Dict = {}
+    loops = a.loops + (["kohya"] if a.kohya and "kohya" not in a.loops else [])
+    kohya = {"checkout": a.kohya.resolve(), "python": a.kohya_python} if a.kohya else None
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.workloads:
-            rows += measure(name, WORKLOADS[name], device, Path(tmp), a.warmup, a.steps, a.loops, bundles, peak)
-            print(json.dumps([asdict(r) for r in rows[-len(a.loops):]]), flush=True)
+            new = measure(name, WORKLOADS[name], device, Path(tmp), a.warmup, a.steps, loops, bundles, peak, kohya)
+            print(json.dumps([asdict(r) for r in new]), flush=True)
+            rows += new
     header = (f"{'workload':18} {'loop':21} {'steps/s':>8} {'img/s':>8} {'1st step s':>10} {'peak GiB':>9} "
               f"{'TFLOP/s':>8} {'of peak':>8}")
     print(f"device: {gpu_name}" + (f" (dense bf16 peak {peak} TFLOP/s)" if peak else ""))
     print(header)
     for r in rows:
         share = f"{r.peak_share:.1%}" if r.peak_share is not None else "-"
+        peak_gib = f"{r.peak_gib:9.3f}" if r.peak_gib is not None else f"{'-':>9}"
         print(f"{r.workload:18} {r.loop:21} {r.steps_per_s:8.3f} {r.images_per_s:8.3f} {r.first_step_s:10.1f} "
-              f"{r.peak_gib:9.3f} {r.tflops if r.tflops is not None else '-':>8} {share:>8}")
-    by = {(r.workload, r.loop): r for r in rows}
+              f"{peak_gib} {r.tflops if r.tflops is not None else '-':>8} {share:>8}")
+    # a loop named more than once (`--loops reference trainer reference trainer`) counts with its median
+    runs: Dict[tuple, List[float]] = {}
+    for r in rows:
+        runs.setdefault((r.workload, r.loop), []).append(r.steps_per_s)
     for workload in a.workloads:
         for loop in TRAINER_LOOPS:
-            if (workload, loop) in by and (workload, "reference") in by:
-                print(f"{workload}: {loop} / reference steps/s = "
-                      f"{by[(workload, loop)].steps_per_s / by[(workload, 'reference')].steps_per_s:.2f}x")
+            for ref in [*REFERENCE_LOOPS, "kohya"]:
+                if (workload, loop) in runs and (workload, ref) in runs:
+                    mine, theirs = runs[(workload, loop)], runs[(workload, ref)]
+                    of = f" (medians of {len(mine)} / {len(theirs)} runs)" if len(mine) + len(theirs) > 2 else ""
+                    print(f"{workload}: {loop} / {ref} steps/s = {median(mine) / median(theirs):.2f}x{of}")
     if a.json:
         Path(a.json).write_text(json.dumps([asdict(r) for r in rows], indent=2))
 
