@@ -33,13 +33,14 @@ class MemoryPlan:
     lora_state: int
     activations: int
     transient: int
+    loading: int = 0  # a CPU's peak while the model loads in fp32, before its frozen weights are cast
     capacity: Optional[int] = None
     max_batch: Optional[int] = None
     advice: List[str] = field(default_factory=list)
 
     @property
     def peak(self) -> int:
-        return self.weights + self.lora_state + self.activations + self.transient
+        return max(self.weights + self.lora_state + self.activations + self.transient, self.loading)
 
     @property
     def fits(self) -> Optional[bool]:
@@ -51,8 +52,10 @@ class MemoryPlan:
                f"  base weights      {self.weights / GiB:7.2f} GiB",
                f"  LoRA train state  {self.lora_state / GiB:7.2f} GiB",
                f"  activations       {self.activations / GiB:7.2f} GiB",
-               f"  backward transient{self.transient / GiB:7.2f} GiB",
-               f"  estimated peak    {self.peak / GiB:7.2f} GiB"]
+               f"  backward transient{self.transient / GiB:7.2f} GiB"]
+        if self.loading > self.weights:
+            out.append(f"  loading (fp32)    {self.loading / GiB:7.2f} GiB  (before the weights are cast)")
+        out.append(f"  estimated peak    {self.peak / GiB:7.2f} GiB")
         if self.capacity is not None:
             out.append(f"  available         {self.capacity / GiB:7.2f} GiB -> {'fits' if self.fits else 'does NOT fit'}")
         if self.max_batch is not None:
@@ -214,10 +217,12 @@ def estimate(config: TrainConfig, batch_size: Optional[int] = None, parts=None,
     weights = _param_bytes(unet, precision.base_dtype) + sum(_param_bytes(te, precision.base_dtype) for te in encoders)
     if device.type == "cpu" or config.cache_latents is False:
         weights += _param_bytes(vae, torch.float32)  # on the GPU the VAE leaves once latents are cached
+    # a CPU holds the whole model in fp32 while it loads (diffusers' default), before bf16 halves the weights
+    loading = sum(_param_bytes(m, torch.float32) for m in (unet, vae, *encoders)) if device.type == "cpu" else 0
     plan = MemoryPlan(device=str(device), batch_size=batch, resolution=config.resolution,
                       gradient_checkpointing=checkpointing, weights=weights,
                       lora_state=lora_params * LORA_STATE_BYTES_PER_PARAM, activations=saved["total"],
-                      transient=2 * saved["largest"])
+                      transient=2 * saved["largest"], loading=loading)
     return plan
 
 

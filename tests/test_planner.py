@@ -27,3 +27,15 @@ def test_plan_command_prints_the_estimate_and_a_batch_size(tmp_path, capsys, tin
     assert main(["plan", "--config", str(tmp_path / "c.yaml")]) == 0
     out = capsys.readouterr().out
     assert "estimated peak" in out and "largest batch_size that fits" in out
+
+
+def test_a_bf16_run_on_a_cpu_peaks_while_the_fp32_model_loads(tmp_path, tiny_model_dir, color_data):
+    """On a CPU the model loads in fp32 before bf16 halves its frozen weights: that load is the floor of the
+    estimate (measured on full-size SD1.5 at 256 px: 3.98 GiB resident, the fp32 model's size)."""
+    fp32 = estimate(make_config(tiny_model_dir, color_data, tmp_path / "o"))
+    bf16 = estimate(make_config(tiny_model_dir, color_data, tmp_path / "o", mixed_precision="bf16"))
+    assert bf16.weights < fp32.weights
+    assert bf16.loading == fp32.loading and bf16.loading >= fp32.weights
+    assert bf16.peak >= bf16.loading and fp32.peak == fp32.weights + fp32.lora_state + fp32.activations + fp32.transient
+    assert any("loading (fp32)" in line for line in bf16.lines())
+    assert not any("loading" in line for line in fp32.lines())
