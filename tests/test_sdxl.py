@@ -130,6 +130,22 @@ def test_tiny_sdxl_folder_is_detected_and_writes_sdxl_metadata(tmp_path, tiny_sd
     assert meta["ss_gradient_checkpointing"] == "True"
 
 
+def test_an_sdxl_run_renders_its_sample_images(tmp_path, tiny_sdxl_dir, color_data):
+    """Samples go through StableDiffusionXLPipeline (pooled and size conditioning); the SD pipeline crashed."""
+    from PIL import Image
+
+    cfg = make_config(tiny_sdxl_dir, color_data, tmp_path / "out", max_steps=2,
+                      sample_prompts=["a red image --s 2 --w 64 --h 96"], sample_every_n_steps=2)
+    run = LoraRun(cfg, tensorboard=False)
+    run.setup()
+    try:
+        run.train()
+    finally:
+        run.close()
+    samples = sorted((tmp_path / "out" / "samples").glob("*.png"))
+    assert len(samples) == 1 and Image.open(samples[0]).size == (64, 96)
+
+
 @needs_diffusers_peft
 @pytest.mark.parametrize("train_text_encoder", [False, True])
 def test_saved_sdxl_lora_loads_in_diffusers_and_reproduces_the_trained_model(tmp_path, tiny_sdxl_dir, color_data,

@@ -143,17 +143,23 @@ class DiffusersBundle(ModelBundle):
         ac = self.alphas_cumprod.double()
         return (1 - ac / torch.cat([torch.ones(1, dtype=ac.dtype), ac[:-1]])).float()
 
+    def pipeline(self, scheduler):
+        """A diffusers pipeline over this bundle's own modules (no copies) with `scheduler`."""
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                                       unet=self.unet, scheduler=scheduler, safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+
     @torch.no_grad()
     def sample(self, prompts: Sequence) -> List:
         """Render with a diffusers pipeline built on the modules being trained (deterministic DDIM)."""
-        from diffusers import DDIMScheduler, StableDiffusionPipeline
+        from diffusers import DDIMScheduler
 
         scheduler = DDIMScheduler(num_train_timesteps=self.num_train_timesteps, trained_betas=self.betas().numpy(),
                                   prediction_type=self.prediction_type, clip_sample=False, set_alpha_to_one=False,
                                   steps_offset=1)
-        pipe = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-                                       unet=self.unet, scheduler=scheduler, safety_checker=None,
-                                       feature_extractor=None, requires_safety_checker=False)
+        pipe = self.pipeline(scheduler)
         pipe.set_progress_bar_config(disable=True)
         images = []
         for p in prompts:

@@ -43,6 +43,14 @@ class SDXLBundle(DiffusersBundle):
         self.text_encoder_2 = text_encoder_2
         self.tokenizer_2 = tokenizer_2
 
+    def pipeline(self, scheduler):
+        """StableDiffusionXLPipeline over this bundle's own modules (it adds the pooled and size conditioning)."""
+        from diffusers import StableDiffusionXLPipeline
+
+        return StableDiffusionXLPipeline(vae=self.vae, text_encoder=self.text_encoder, text_encoder_2=self.text_encoder_2,
+                                         tokenizer=self.tokenizer, tokenizer_2=self.tokenizer_2, unet=self.unet,
+                                         scheduler=scheduler)
+
     def lora_components(self, train_text_encoder: bool) -> List[LoraComponent]:
         comps = super().lora_components(False)
         if train_text_encoder:
