@@ -23,16 +23,13 @@ KOHYA_SD1_TOKENIZER = "openai_clip-vit-large-patch14"
 
 
 def write_diffusers_folder(bundle, folder: Path) -> Path:
-    """The bundle's UNet, VAE, text encoder and tokenizer as a diffusers StableDiffusionPipeline folder."""
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
+    """The bundle's UNet, VAE, text encoder and tokenizer as a diffusers StableDiffusionPipeline folder, with a
+    scheduler on the bundle's own noise schedule."""
+    from diffusers import DDPMScheduler
 
-    scheduler = DDPMScheduler(num_train_timesteps=bundle.num_train_timesteps, beta_start=0.00085, beta_end=0.012,
-                              beta_schedule="scaled_linear", prediction_type=bundle.prediction_type,
-                              clip_sample=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=bundle.vae, text_encoder=bundle.text_encoder, tokenizer=bundle.tokenizer,
-                                   unet=bundle.unet, scheduler=scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(str(folder), safe_serialization=True)
+    scheduler = DDPMScheduler(num_train_timesteps=bundle.num_train_timesteps, trained_betas=bundle.betas().numpy(),
+                              prediction_type=bundle.prediction_type, clip_sample=False, steps_offset=1)
+    bundle.pipeline(scheduler).save_pretrained(str(folder), safe_serialization=True)
     return folder
 
 
