@@ -17,7 +17,8 @@ from typing import Dict, List, Optional
 import torch
 
 from .config import TrainConfig
-from .utils.device import pick_device, pick_precision
+from .models.packed_convs import packed_weight_bytes, packing_available, should_pack
+from .utils.device import available_ram, pick_device, pick_precision
 
 GiB = 2**30
 LORA_STATE_BYTES_PER_PARAM = 16  # fp32 weight + grad + AdamW exp_avg + exp_avg_sq
@@ -34,13 +35,14 @@ class MemoryPlan:
     activations: int
     transient: int
     loading: int = 0  # a CPU's peak while the model loads in fp32, before its frozen weights are cast
+    packed: int = 0  # frozen convolution weights packed for oneDNN (CPU, bf16: models/packed_convs)
     capacity: Optional[int] = None
     max_batch: Optional[int] = None
     advice: List[str] = field(default_factory=list)
 
     @property
     def peak(self) -> int:
-        return max(self.weights + self.lora_state + self.activations + self.transient, self.loading)
+        return max(self.weights + self.packed + self.lora_state + self.activations + self.transient, self.loading)
 
     @property
     def fits(self) -> Optional[bool]:
@@ -50,6 +52,7 @@ class MemoryPlan:
         out = [f"device {self.device}; batch {self.batch_size} at {self.resolution} px; gradient checkpointing "
                f"{'on' if self.gradient_checkpointing else 'off'}",
                f"  base weights      {self.weights / GiB:7.2f} GiB",
+               *([f"  packed conv copies{self.packed / GiB:7.2f} GiB"] if self.packed else []),
                f"  LoRA train state  {self.lora_state / GiB:7.2f} GiB",
                f"  activations       {self.activations / GiB:7.2f} GiB",
                f"  backward transient{self.transient / GiB:7.2f} GiB"]
@@ -219,10 +222,15 @@ def estimate(config: TrainConfig, batch_size: Optional[int] = None, parts=None,
         weights += _param_bytes(vae, torch.float32)  # on the GPU the VAE leaves once latents are cached
     # a CPU holds the whole model in fp32 while it loads (diffusers' default), before bf16 halves the weights
     loading = sum(_param_bytes(m, torch.float32) for m in (unet, vae, *encoders)) if device.type == "cpu" else 0
+    packed = packed_weight_bytes(unet, precision.base_dtype)
+    if config.torch_compile or not packing_available(device, precision.base_dtype) or \
+            not should_pack(config.pack_conv_weights, packed, available_ram()):
+        packed = 0
     plan = MemoryPlan(device=str(device), batch_size=batch, resolution=config.resolution,
                       gradient_checkpointing=checkpointing, weights=weights,
                       lora_state=lora_params * LORA_STATE_BYTES_PER_PARAM, activations=saved["total"],
-                      transient=2 * saved["largest"], loading=loading)
+                      transient=2 * saved["largest"], loading=loading,
+                      packed=packed)
     return plan
 
 
@@ -230,12 +238,8 @@ def device_capacity(device: torch.device) -> Optional[int]:
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         return total
-    try:
-        import os
+    return available_ram()
 
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def plan(config: TrainConfig, max_batch_search: int = 64) -> MemoryPlan:

@@ -36,6 +36,6 @@ def test_a_bf16_run_on_a_cpu_peaks_while_the_fp32_model_loads(tmp_path, tiny_mod
     bf16 = estimate(make_config(tiny_model_dir, color_data, tmp_path / "o", mixed_precision="bf16"))
     assert bf16.weights < fp32.weights
     assert bf16.loading == fp32.loading and bf16.loading >= fp32.weights
-    assert bf16.peak >= bf16.loading and fp32.peak == fp32.weights + fp32.lora_state + fp32.activations + fp32.transient
+    assert bf16.peak >= bf16.loading and fp32.peak == fp32.weights + fp32.packed + fp32.lora_state + fp32.activations + fp32.transient
     assert any("loading (fp32)" in line for line in bf16.lines())
     assert not any("loading" in line for line in fp32.lines())

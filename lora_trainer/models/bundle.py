@@ -77,6 +77,14 @@ class ModelBundle(ABC):
     def compile(self) -> None:
         """torch.compile the denoiser in place (after LoRA layers are in); default: not supported, no-op."""
 
+    def packed_convolution_bytes(self) -> int:
+        """Memory `pack_convolutions()` would add; 0 where this bundle does not pack (the default)."""
+        return 0
+
+    def pack_convolutions(self) -> None:
+        """Run the denoiser's frozen convolutions on weights pre-packed for oneDNN (CPU; see
+        models/packed_convs); `restore()` unpacks them. Default: not supported, no-op."""
+
     def enable_gradient_checkpointing(self, text_encoder: bool) -> None:
         """Turn activation checkpointing on mid-run (out-of-memory recovery)."""
 

@@ -11,6 +11,7 @@ from ..lora.network import LoraComponent
 from ..lora.targets import text_encoder_targets, unet_targets
 from .bundle import Conditioning, ModelBundle
 from .family import ModelFamily
+from .packed_convs import PackedConvs, packed_weight_bytes
 
 
 def clip_final_layer_norm(text_encoder: nn.Module) -> nn.Module:
@@ -57,6 +58,7 @@ class DiffusersBundle(ModelBundle):
         self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.dtype = torch.float32
         self._layers_per_block = int(getattr(unet.config, "layers_per_block", 2))
+        self._packed_convs: Optional[PackedConvs] = None
 
     # ------------------------------------------------------------------ LoRA
     def lora_components(self, train_text_encoder: bool) -> List[LoraComponent]:
@@ -73,6 +75,7 @@ class DiffusersBundle(ModelBundle):
     # ------------------------------------------------------------------ setup
     def prepare(self, device: torch.device, base_dtype: torch.dtype, gradient_checkpointing: bool,
                 train_text_encoder: bool) -> None:
+        self.restore()  # packed copies of the old weights, if this bundle trained before
         self.device = torch.device(device)
         self.dtype = base_dtype
         for module in (self.unet, self.text_encoder, self.vae):
@@ -96,6 +99,18 @@ class DiffusersBundle(ModelBundle):
 
     def compile(self) -> None:
         self.unet.compile()
+
+    def packed_convolution_bytes(self) -> int:
+        return packed_weight_bytes(self.unet, self.dtype)
+
+    def pack_convolutions(self) -> None:
+        self.restore()
+        self._packed_convs = PackedConvs(self.unet)
+
+    def restore(self) -> None:
+        if self._packed_convs is not None:
+            self._packed_convs.unpack()
+            self._packed_convs = None
 
     def enable_gradient_checkpointing(self, text_encoder: bool) -> None:
         self.unet.enable_gradient_checkpointing()

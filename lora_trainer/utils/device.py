@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import os
 from typing import Optional
 
 import torch
@@ -74,3 +75,19 @@ def precision_for_weights(weight_dtype: torch.dtype, device: torch.device, reque
         return Precision("no", None, torch.float32, False)
     chosen = pick_precision(requested, device)
     return Precision(chosen.name, chosen.autocast_dtype, torch.float32, chosen.use_grad_scaler)
+
+
+def available_ram() -> Optional[int]:
+    """Memory a new allocation can get without swapping: Linux's MemAvailable (free + reclaimable cache),
+    else the free pages; None where neither is known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None

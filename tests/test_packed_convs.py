@@ -1,0 +1,159 @@
+"""Frozen bf16 convolutions on pre-packed oneDNN weights (CPU): same outputs and input gradients as
+`F.conv2d`, the model is left as it was, and a training run with them learns the same LoRA."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from lora_trainer.engine import trainer as trainer_module
+from lora_trainer.engine.run import LoraRun, load_model
+from lora_trainer.events import EventRecorder, Message
+from lora_trainer.models.diffusers_bundle import DiffusersBundle
+from lora_trainer.models.packed_convs import PackedConvs, packing_available
+from lora_trainer.planner import estimate
+
+from conftest import make_config
+
+pytestmark = pytest.mark.skipif(not packing_available(torch.device("cpu"), torch.bfloat16),
+                                reason="this CPU's oneDNN has no bf16 convolutions")
+
+
+def _plain(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+@pytest.mark.parametrize("kernel,padding", [(3, 1), (1, 0), (3, 0), (5, 2), (3, 2)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_a_packed_convolution_gives_the_same_output_and_input_gradient(kernel, padding, channels_last):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 24, kernel, padding=padding).to(torch.bfloat16).requires_grad_(False)
+    packed = PackedConvs(conv)
+    assert len(packed.layers) == 1
+    for shape in [(2, 16, 12, 10), (1, 16, 7, 9)]:  # a second shape reuses the weights packed for the first
+        x = torch.randn(shape, dtype=torch.bfloat16)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x_packed, x_plain = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        out_packed, out_plain = conv(x_packed), _plain(conv, x_plain)
+        assert out_packed.dtype == torch.bfloat16 and out_packed.shape == out_plain.shape
+        grad = torch.randn_like(out_plain)
+        out_packed.backward(grad)
+        out_plain.backward(grad)
+        scale = out_plain.float().abs().max().item()
+        assert (out_packed.float() - out_plain.float()).abs().max().item() <= 1e-2 * scale
+        grad_scale = x_plain.grad.float().abs().max().item()
+        assert (x_packed.grad.float() - x_plain.grad.float()).abs().max().item() <= 1e-2 * grad_scale
+    packed.unpack()
+    assert "forward" not in conv.__dict__  # the class's forward again
+
+
+def test_only_frozen_stride_one_bf16_convolutions_are_packed_and_unpacking_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(4, 8, 3, padding=1),             # packed
+        nn.Conv2d(8, 8, 3, stride=2, padding=1),   # strided: plain
+        nn.Conv2d(8, 8, 3, padding=1, groups=2),   # grouped: plain
+        nn.Conv2d(8, 8, 1),                        # trainable (a LoRA factor): plain
+        nn.Conv2d(8, 4, 3, padding="same"),        # padding by name: plain
+    ).to(torch.bfloat16)
+    for layer in list(model)[:3] + [model[4]]:
+        layer.requires_grad_(False)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(1, 4, 16, 16, dtype=torch.bfloat16)
+    expected = model(x)
+
+    packed = PackedConvs(model)
+    assert [layer.conv for layer in packed.layers] == [model[0]]
+    x_grad = x.clone().requires_grad_(True)
+    out = model(x_grad)
+    out.float().sum().backward()
+    assert model[3].weight.grad is not None and x_grad.grad is not None  # the trainable layer still learns
+    assert (out.float() - expected.float()).abs().max().item() <= 1e-2 * expected.float().abs().max().item()
+    packed.unpack()
+    assert all("forward" not in m.__dict__ for m in model)
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def _train(cfg, pack: bool, monkeypatch):
+    monkeypatch.setattr(trainer_module, "packing_available", lambda device, dtype: pack)
+    run = LoraRun(cfg, tensorboard=False)
+    trainer = run.setup()
+    convs = [m for m in trainer.bundle.unet.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        assert any("forward" in m.__dict__ for m in convs) == pack
+        run.train()
+        tensors = load_file(str(run.save_final()))
+    finally:
+        run.close()
+    assert not any("forward" in m.__dict__ for m in convs)  # the bundle is handed back unpacked
+    return trainer, tensors
+
+
+def test_a_bf16_cpu_run_with_packed_convolutions_learns_the_same_lora(tmp_path, tiny_model_dir, color_data, monkeypatch):
+    results = {}
+    for pack in (False, True):
+        cfg = make_config(tiny_model_dir, color_data, tmp_path / str(pack), max_steps=4, mixed_precision="bf16",
+                          log_every_n_steps=1, output_name="x")
+        results[pack] = _train(cfg, pack, monkeypatch)
+    (plain_trainer, plain), (packed_trainer, packed) = results[False], results[True]
+    assert plain.keys() == packed.keys()
+    for key in plain:
+        diff = (plain[key].float() - packed[key].float()).abs().max().item()
+        scale = plain[key].float().abs().max().item()
+        assert diff <= 2e-2 * scale + 1e-6, (key, diff, scale)
+    assert packed_trainer.progress.losses == pytest.approx(plain_trainer.progress.losses, rel=2e-2)
+
+
+def _packed_layers(trainer) -> int:
+    return sum("forward" in m.__dict__ for m in trainer.bundle.unet.modules())
+
+
+@pytest.mark.parametrize("setting,free_gib,packs", [("auto", 64.0, True), ("auto", None, "short"),
+                                                     (True, None, "short"), (False, 64.0, False)])
+def test_pack_conv_weights_follows_the_setting_and_the_available_memory(tmp_path, tiny_model_dir, color_data,
+                                                                        monkeypatch, setting, free_gib, packs):
+    """auto packs when the copies take at most half the available memory and says why when it does not;
+    true packs regardless; false never packs."""
+    cfg = make_config(tiny_model_dir, color_data, tmp_path / "out", max_steps=1, mixed_precision="bf16",
+                      pack_conv_weights=setting)
+    recorder = EventRecorder()
+    run = LoraRun(cfg, [recorder], tensorboard=False)
+    need = []
+
+    def ram():  # "short": just under twice what the copies take
+        return int(free_gib * 2**30) if free_gib is not None else 2 * need[0] - 1
+
+    monkeypatch.setattr(trainer_module, "available_ram", ram)
+    original = DiffusersBundle.packed_convolution_bytes
+    monkeypatch.setattr(DiffusersBundle, "packed_convolution_bytes",
+                        lambda self: need.append(original(self)) or need[-1])
+    try:
+        trainer = run.setup()
+        packed = _packed_layers(trainer)
+    finally:
+        run.close()
+    assert need and need[0] > 0
+    said = [m.text for m in recorder.of_type(Message) if "pack_conv_weights" in m.text]
+    if packs == "short":
+        packs = setting is True
+    assert (packed > 0) == packs
+    assert bool(said) == (setting == "auto" and not packs)
+    if said:
+        assert "half the available memory" in said[0]
+
+
+def test_the_memory_plan_counts_the_packed_copies_only_where_the_trainer_makes_them(tmp_path, tiny_model_dir,
+                                                                                    color_data):
+    plans = {setting: estimate(make_config(tiny_model_dir, color_data, tmp_path / "o", mixed_precision="bf16",
+                                           pack_conv_weights=setting)) for setting in (True, False)}
+    convs = [m for m in load_model(make_config(tiny_model_dir, color_data, tmp_path / "o")).unet.modules()
+             if isinstance(m, nn.Conv2d) and m.stride == (1, 1)]
+    assert plans[False].packed == 0 and not any("packed" in line for line in plans[False].lines())
+    assert plans[True].packed == sum(2 * 2 * m.weight.numel() for m in convs)  # two bf16 copies each
+    assert plans[True].peak == max(plans[False].peak, plans[True].weights + plans[True].packed + plans[True].lora_state
+                                   + plans[True].activations + plans[True].transient)
+    assert any("packed conv copies" in line for line in plans[True].lines())
