@@ -3,7 +3,7 @@
 Full-size SD1.5 architecture with random weights. On CUDA the measure is torch.cuda.max_memory_allocated
 growth; on CPU the growth of resident memory (sampled every 2 ms) from before the model is built.
 
-    python benchmarks/check_plan.py --resolution 256 --batch 1 [--steps 2] [--checkpointing]
+    python benchmarks/check_plan.py --resolution 256 --batch 1 [--steps 2] [--checkpointing] [--set KEY=VALUE ...]
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from lora_trainer.planner import GiB, estimate
 from lora_trainer.tiny import make_shapes_dataset
@@ -28,6 +29,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--checkpointing", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config keys on top (YAML values)")
     a = ap.parse_args()
     from lora_trainer.engine.run import train
     from lora_trainer.models.architecture import build_sd_architecture
@@ -37,7 +39,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = make_shapes_dataset(Path(tmp) / "data", n=max(4, a.batch), size=a.resolution)
         cfg = shapes_config(data, Path(tmp) / "out", a.resolution, a.batch, max_steps=a.steps,
-                            gradient_checkpointing=a.checkpointing, device=device.type)
+                            gradient_checkpointing=a.checkpointing, device=device.type,
+                            **{k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in a.set)})
         predicted = estimate(cfg, parts=build_sd_architecture(SD1_ORIGINAL_CONFIG, "meta"), device=device)
         t0 = time.time()
         with PeakMemory(device) as mem:

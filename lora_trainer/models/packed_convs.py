@@ -5,13 +5,14 @@ its backward pass does so again for the transposed convolution. For the UNet's d
 (1280 channels on a 4x4 or 8x8 latent) that reorder costs more than the arithmetic. A LoRA run never
 changes these weights, so each is packed once, on its first call, with the shape it is called with:
 measured with bf16 on a 2-core Xeon (AMX), a 1280->1280 3x3 convolution on 4x4 takes 1.6 ms packed
-against 3.9 ms plain, and its input gradient 1.1 ms against 11.3 ms (`conv_transpose2d`); a whole SD1.5
+against 3.9 ms plain, and its input gradient 1.5 ms against 6.7 ms (`conv_transpose2d`); a whole SD1.5
 step at 256 px runs 1.5-2x faster (benchmarks/README.md).
 
-The backward pass needs only the input's gradient (the weights are frozen). For stride 1, dilation 1 and
-one group, that gradient is itself a convolution: of the output gradient with the weight transposed
-(in <-> out channels) and flipped, padded by `kernel - 1 - padding`; that weight is packed too. Strided
-and grouped convolutions stay as they are.
+The backward pass needs only the input's gradient (the weights are frozen): for stride 1, dilation 1 and
+one group, the transposed convolution of the output gradient with the same weight and padding, run on a
+second copy of the weight packed for it (oneDNN packs it straight from the weight, without a temporary
+copy: a flipped-kernel convolution instead was a little faster on the deepest layers but its temporary
+copies left 0.4 GiB more resident memory). Strided and grouped convolutions stay as they are.
 
 Each packed layer gets an instance `forward` attribute, which `unpack()` removes: the module, its
 parameters and its state dict stay as they were. The packed copies take twice the layers' weight memory
@@ -19,7 +20,7 @@ parameters and its state dict stay as they were. The packed copies take twice th
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -30,9 +31,10 @@ PACKABLE_DTYPES = (torch.bfloat16, torch.float32)
 
 def packing_available(device: torch.device, dtype: torch.dtype) -> bool:
     """True where packed convolutions run: a CPU with oneDNN, fp32 or bf16 weights (bf16 where oneDNN has it)."""
+    ops = ("_convolution_pointwise", "_reorder_convolution_weight", "_convolution_transpose_pointwise",
+           "_reorder_convolution_transpose_weight", "_is_mkldnn_bf16_supported")  # older torch lacks some
     return (torch.device(device).type == "cpu" and dtype in PACKABLE_DTYPES and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-            and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
+            and all(hasattr(torch.ops.mkldnn, op) for op in ops)
             and (dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()))
 
 
@@ -61,13 +63,9 @@ def packed_weight_bytes(model: nn.Module, dtype: torch.dtype) -> int:
     return sum(2 * size * m.weight.numel() for m in model.modules() if _packable_shape(m) and not m.weight.requires_grad)
 
 
-def _pack(weight: torch.Tensor, padding: Sequence[int], input_size: Sequence[int]) -> torch.Tensor:
-    return torch.ops.mkldnn._reorder_convolution_weight(
-        weight.contiguous(memory_format=torch.channels_last), list(padding), [1, 1], [1, 1], 1, list(input_size))
-
-
-def _run(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor], padding: Sequence[int]) -> torch.Tensor:
-    return torch.ops.mkldnn._convolution_pointwise(x, packed, bias, list(padding), [1, 1], [1, 1], 1, "none", [], "")
+def _channels_last(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    x = x.to(dtype)
+    return x if x.is_contiguous(memory_format=torch.channels_last) else x.contiguous(memory_format=torch.channels_last)
 
 
 class _FrozenConv(torch.autograd.Function):
@@ -89,31 +87,28 @@ class PackedConv:
     def __init__(self, conv: nn.Conv2d):
         self.conv = conv
         self.dtype = conv.weight.dtype
-        self.padding = tuple(conv.padding)
-        self.grad_padding = tuple(k - 1 - p for p, k in zip(conv.padding, conv.kernel_size))
-        self.weight: Optional[torch.Tensor] = None
-        self.weight_t: Optional[torch.Tensor] = None
+        self.padding = list(conv.padding)
+        self.weight: Optional[torch.Tensor] = None  # packed for the forward convolution
+        self.weight_t: Optional[torch.Tensor] = None  # packed for the transposed one (the input's gradient)
         conv.forward = self.forward  # instance attribute: the class's forward is untouched
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.dtype)
-        if not x.is_contiguous(memory_format=torch.channels_last):
-            x = x.contiguous(memory_format=torch.channels_last)
-        return _FrozenConv.apply(x, self)
+        return _FrozenConv.apply(_channels_last(x, self.dtype), self)
 
     def forward_packed(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight is None:
-            self.weight = _pack(self.conv.weight, self.padding, x.shape)
-        return _run(x, self.weight, self.conv.bias, self.padding)
+            self.weight = torch.ops.mkldnn._reorder_convolution_weight(
+                self.conv.weight, self.padding, [1, 1], [1, 1], 1, list(x.shape))
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, self.weight, self.conv.bias, self.padding, [1, 1], [1, 1], 1, "none", [], "")
 
     def input_grad(self, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.to(self.dtype)
-        if not grad.is_contiguous(memory_format=torch.channels_last):
-            grad = grad.contiguous(memory_format=torch.channels_last)
+        grad = _channels_last(grad, self.dtype)
         if self.weight_t is None:
-            flipped = self.conv.weight.transpose(0, 1).flip(2, 3)
-            self.weight_t = _pack(flipped, self.grad_padding, grad.shape)
-        return _run(grad, self.weight_t, None, self.grad_padding)
+            self.weight_t = torch.ops.mkldnn._reorder_convolution_transpose_weight(
+                self.conv.weight, self.padding, [0, 0], [1, 1], [1, 1], 1, list(grad.shape))
+        return torch.ops.mkldnn._convolution_transpose_pointwise(
+            grad, self.weight_t, None, self.padding, [0, 0], [1, 1], [1, 1], 1, "none", [], "")
 
     def unpack(self) -> None:
         self.conv.__dict__.pop("forward", None)
