@@ -79,7 +79,7 @@ def test_only_frozen_stride_one_bf16_convolutions_are_packed_and_unpacking_leave
 
 
 def _train(cfg, pack: bool, monkeypatch):
-    monkeypatch.setattr(trainer_module, "packing_available", lambda device, dtype: pack)
+    monkeypatch.setattr(trainer_module, "packing_available", lambda *args: pack)
     run = LoraRun(cfg, tensorboard=False)
     trainer = run.setup()
     convs = [m for m in trainer.bundle.unet.modules() if isinstance(m, nn.Conv2d)]
@@ -157,3 +157,11 @@ def test_the_memory_plan_counts_the_packed_copies_only_where_the_trainer_makes_t
     assert plans[True].peak == max(plans[False].peak, plans[True].weights + plans[True].packed + plans[True].lora_state
                                    + plans[True].activations + plans[True].transient)
     assert any("packed conv copies" in line for line in plans[True].lines())
+
+
+def test_packing_needs_a_cpu_and_the_weights_dtype_for_the_compute():
+    assert not packing_available(torch.device("cpu"), torch.float32, autocast_dtype=torch.bfloat16)
+    assert not packing_available(torch.device("meta"), torch.float32)
+    assert not packing_available(torch.device("cpu"), torch.float16)
+    assert packing_available(torch.device("cpu"), torch.float32)
+    assert packing_available(torch.device("cpu"), torch.bfloat16, autocast_dtype=torch.bfloat16)

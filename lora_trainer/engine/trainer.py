@@ -156,8 +156,9 @@ class Trainer:
     def _packing_helps(self) -> bool:
         """pack_conv_weights: on a CPU, for a model the trainer owns, when the packed copies fit (auto: in
         half the available memory; measured 1.5-2x faster steps, benchmarks/README.md)."""
-        if self.bundle.fixed_placement is not None or not packing_available(self.device, self.precision.base_dtype):
-            return False
+        if self.bundle.fixed_placement is not None or \
+                not packing_available(self.device, self.precision.base_dtype, self.precision.autocast_dtype):
+            return False  # the WebUI's weights are its own; or not a CPU, or autocast to another dtype
         need, free = self.bundle.packed_convolution_bytes(), available_ram()
         if should_pack(self.config.pack_conv_weights, need, free):
             return True

@@ -25,12 +25,14 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-
 PACKABLE_DTYPES = (torch.bfloat16, torch.float32)
 
 
-def packing_available(device: torch.device, dtype: torch.dtype) -> bool:
-    """True where packed convolutions run: a CPU with oneDNN, fp32 or bf16 weights (bf16 where oneDNN has it)."""
+def packing_available(device: torch.device, dtype: torch.dtype, autocast_dtype: Optional[torch.dtype] = None) -> bool:
+    """True where packed convolutions run: a CPU with oneDNN, fp32 or bf16 weights (bf16 where oneDNN has it),
+    computed in the weights' dtype (no autocast to another one)."""
+    if autocast_dtype not in (None, dtype):
+        return False
     ops = ("_convolution_pointwise", "_reorder_convolution_weight", "_convolution_transpose_pointwise",
            "_reorder_convolution_transpose_weight", "_is_mkldnn_bf16_supported")  # older torch lacks some
     return (torch.device(device).type == "cpu" and dtype in PACKABLE_DTYPES and torch.backends.mkldnn.is_available()
