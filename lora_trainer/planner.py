@@ -35,7 +35,7 @@ class MemoryPlan:
     activations: int
     transient: int
     loading: int = 0  # a CPU's peak while the model loads in fp32, before its frozen weights are cast
-    packed: int = 0  # frozen convolution weights packed for oneDNN (CPU, bf16: models/packed_convs)
+    packed: int = 0  # copies of the frozen convolution weights packed for oneDNN (CPU: models/packed_convs)
     capacity: Optional[int] = None
     max_batch: Optional[int] = None
     advice: List[str] = field(default_factory=list)
@@ -229,8 +229,7 @@ def estimate(config: TrainConfig, batch_size: Optional[int] = None, parts=None,
     plan = MemoryPlan(device=str(device), batch_size=batch, resolution=config.resolution,
                       gradient_checkpointing=checkpointing, weights=weights,
                       lora_state=lora_params * LORA_STATE_BYTES_PER_PARAM, activations=saved["total"],
-                      transient=2 * saved["largest"], loading=loading,
-                      packed=packed)
+                      transient=2 * saved["largest"], loading=loading, packed=packed)
     return plan
 
 
@@ -239,7 +238,6 @@ def device_capacity(device: torch.device) -> Optional[int]:
         free, total = torch.cuda.mem_get_info(device)
         return total
     return available_ram()
-
 
 
 def plan(config: TrainConfig, max_batch_search: int = 64) -> MemoryPlan:
