@@ -2,8 +2,9 @@
 
 For each workload it runs, on the same random-weight model and data:
 - `trainer`: the real trainer (LoraRun) with its defaults: cached latents and text embeddings, SDPA,
-  fused/foreach AdamW, fp32 LoRA on bf16/fp16 base weights (GPU), losses read back every few steps, and
-  on CUDA the step's forward/backward replayed as CUDA graphs (`cuda_graphs: auto`);
+  fused/foreach AdamW, fp32 LoRA on bf16/fp16 base weights (GPU, AMX CPU), losses read back every few
+  steps, on CUDA the step's forward/backward replayed as CUDA graphs (`cuda_graphs: auto`), on a CPU the
+  frozen convolutions on weights packed once for oneDNN (`pack_conv_weights: auto`);
 - `trainer-eager`: the same with `cuda_graphs: false` (every kernel launched from Python);
 - `trainer-channels-last`, `trainer-compile`: the trainer with `channels_last: true` / `torch_compile: true`
   (`channels_last: auto`, the default, is on whenever CUDA graphs are);
@@ -13,7 +14,8 @@ For each workload it runs, on the same random-weight model and data:
   to it, as the example does with `--mixed_precision`);
 - `reference-fp32`: the same loop at the example's default, `--mixed_precision no` (fp32 throughout);
 - `kohya` (only with `--kohya PATH`, SD1.5 workloads): kohya sd-scripts' train_network.py from that
-  checkout on the same model and images (see kohya_loop.py); its peak memory is not measured.
+  checkout on the same model and images (see kohya_loop.py); its memory is its process's peak resident
+  memory (model, torch and interpreter included: compare with check_plan.py's figure plus ~0.5 GiB).
 It prints a table and writes JSON: steps/s, images/s, time to first step, peak memory (CUDA max
 allocated on GPU, peak resident growth on CPU), and on a GPU the share of its dense bf16 peak
 (datasheet figure; 1.73 TFLOP per 512 px image-step).
@@ -88,6 +90,7 @@ class Row:
     peak_gib: Optional[float]
     tflops: Optional[float] = None
     peak_share: Optional[float] = None  # tflops / the GPU's dense bf16 peak
+    process_peak_gib: Optional[float] = None  # kohya: its whole process's peak resident memory
 
 
 def make_bundle(model: str, device: torch.device, root: Path):
@@ -200,7 +203,8 @@ def measure(name: str, spec: Dict, device: torch.device, root: Path, warmup: int
         tflops = 1.73 * batch * (res / 512) ** 2 * r["steps_per_s"] if spec["model"] == "sd15" else None
         share = round(tflops / peak, 3) if tflops and peak else None
         rows.append(Row(name, loop, round(r["steps_per_s"], 3), round(r["steps_per_s"] * batch, 3),
-                        round(r["first_step_s"], 1), None if loop == "kohya" else round(mem.peak_gib if device.type == "cuda" else mem.growth_gib, 3), round(tflops, 1) if tflops else None, share))
+                        round(r["first_step_s"], 1), None if loop == "kohya" else round(mem.peak_gib if device.type == "cuda" else mem.growth_gib, 3), round(tflops, 1) if tflops else None, share,
+                        r.get("process_peak_gib")))
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
@@ -241,6 +245,9 @@ def main() -> None:
         peak_gib = f"{r.peak_gib:9.3f}" if r.peak_gib is not None else f"{'-':>9}"
         print(f"{r.workload:18} {r.loop:21} {r.steps_per_s:8.3f} {r.images_per_s:8.3f} {r.first_step_s:10.1f} "
               f"{peak_gib} {r.tflops if r.tflops is not None else '-':>8} {share:>8}")
+    for r in rows:
+        if r.process_peak_gib is not None:
+            print(f"{r.workload}: {r.loop} process peak resident memory {r.process_peak_gib:.2f} GiB (whole process)")
     # a loop named more than once (`--loops reference trainer reference trainer`) counts with its median
     runs: Dict[tuple, List[float]] = {}
     for r in rows:

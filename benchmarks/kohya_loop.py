@@ -6,7 +6,8 @@ train is written as a diffusers folder, the same generated images as a DreamBoot
 (`1_shapes/` with .txt captions), and train_network.py runs with the options its docs recommend for speed
 (`--cache_latents --sdpa --network_train_unet_only`, AdamW, rank 8, the trainer's precision). Step times
 come from the wall-clock stamps of its TensorBoard loss scalars, so model loading and latent caching count
-only towards the time to the first step, as for the other loops.
+only towards the time to the first step, as for the other loops. Its memory is the peak resident memory
+of its whole process (Linux VmHWM, read every 0.2 s), so it includes the interpreter, torch and the model.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 # kohya loads the SD1 tokenizer by hub id unless it finds it under --tokenizer_cache_dir with this name
 KOHYA_SD1_TOKENIZER = "openai_clip-vit-large-patch14"
@@ -86,6 +87,23 @@ def kohya_command(checkout: Path, python: str, model: Path, data: Path, out: Pat
             "--cache_latents", "--sdpa", "--seed", str(cfg.seed), "--max_data_loader_n_workers", "0"]
 
 
+def run_with_peak_rss(command: List[str], cwd: Path, log: Path) -> "tuple[int, Optional[int]]":
+    """Run `command` (output to `log`); its exit code and its peak resident memory in bytes (None where
+    /proc does not tell)."""
+    peak = None
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, cwd=str(cwd), stdout=out, stderr=subprocess.STDOUT, text=True)
+        while proc.poll() is None:
+            try:
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak = int(line.split()[1]) * 1024
+            except (OSError, ValueError, IndexError):
+                pass
+            time.sleep(0.2)
+    return proc.returncode, peak
+
+
 def run_kohya(checkout: Path, python: str, bundle, data: Path, cfg, warmup: int, steps: int,
               precision_name: str) -> Dict[str, float]:
     """Run train_network.py for warmup + steps steps; steps/s over the last `steps`, and time to the first."""
@@ -97,12 +115,14 @@ def run_kohya(checkout: Path, python: str, bundle, data: Path, cfg, warmup: int,
         command = kohya_command(checkout, python, model, images, root, cfg, warmup + steps,
                                 {"bf16": "bf16", "fp16": "fp16"}.get(precision_name, "no"))
         t0 = time.time()
-        done = subprocess.run(command, cwd=str(checkout), capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"kohya train_network.py failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        code, peak = run_with_peak_rss(command, checkout, root / "kohya.log")
+        if code != 0:
+            raise RuntimeError(f"kohya train_network.py failed (exit {code}):\n"
+                               f"{(root / 'kohya.log').read_text()[-3000:]}")
         times = step_times(root / "logs")
     last, first = warmup + steps, warmup
     if last not in times or first not in times:
         raise RuntimeError(f"kohya logged steps {sorted(times)[:3]}...{sorted(times)[-3:]}, not {first} and {last}")
-    return {"first_step_s": times[min(times)] - t0, "steps_per_s": steps / (times[last] - times[first])}
+    return {"first_step_s": times[min(times)] - t0, "steps_per_s": steps / (times[last] - times[first]),
+            "process_peak_gib": None if peak is None else round(peak / 2**30, 3)}
 
