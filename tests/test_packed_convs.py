@@ -1,5 +1,6 @@
-"""Frozen bf16 convolutions on pre-packed oneDNN weights (CPU): same outputs and input gradients as
-`F.conv2d`, the model is left as it was, and a training run with them learns the same LoRA."""
+"""Frozen convolutions on pre-packed oneDNN weights (CPU, fp32 and bf16): same outputs and input gradients
+as `F.conv2d`, the model is left as it was, a training run with them learns the same LoRA, and `auto`
+packs only when the memory for the copies is known to be there."""
 from __future__ import annotations
 
 import pytest
@@ -14,11 +15,15 @@ from lora_trainer.events import EventRecorder, Message
 from lora_trainer.models.diffusers_bundle import DiffusersBundle
 from lora_trainer.models.packed_convs import PackedConvs, packing_available
 from lora_trainer.planner import estimate
+from lora_trainer.utils import device as device_module
 
 from conftest import make_config
 
-pytestmark = pytest.mark.skipif(not packing_available(torch.device("cpu"), torch.bfloat16),
+pytestmark = pytest.mark.skipif(not packing_available(torch.device("cpu"), torch.float32),
+                                reason="this torch has no oneDNN packed convolutions")
+needs_bf16 = pytest.mark.skipif(not packing_available(torch.device("cpu"), torch.bfloat16),
                                 reason="this CPU's oneDNN has no bf16 convolutions")
+DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=needs_bf16)]
 
 
 def _plain(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -27,18 +32,19 @@ def _plain(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("kernel,padding", [(3, 1), (1, 0), (3, 0), (5, 2), (3, 2)])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_a_packed_convolution_gives_the_same_output_and_input_gradient(kernel, padding, channels_last):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_packed_convolution_gives_the_same_output_and_input_gradient(kernel, padding, channels_last, dtype):
     torch.manual_seed(0)
-    conv = nn.Conv2d(16, 24, kernel, padding=padding).to(torch.bfloat16).requires_grad_(False)
+    conv = nn.Conv2d(16, 24, kernel, padding=padding).to(dtype).requires_grad_(False)
     packed = PackedConvs(conv)
     assert len(packed.layers) == 1
     for shape in [(2, 16, 12, 10), (1, 16, 7, 9)]:  # a second shape reuses the weights packed for the first
-        x = torch.randn(shape, dtype=torch.bfloat16)
+        x = torch.randn(shape, dtype=dtype)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x_packed, x_plain = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
         out_packed, out_plain = conv(x_packed), _plain(conv, x_plain)
-        assert out_packed.dtype == torch.bfloat16 and out_packed.shape == out_plain.shape
+        assert out_packed.dtype == dtype and out_packed.shape == out_plain.shape
         grad = torch.randn_like(out_plain)
         out_packed.backward(grad)
         out_plain.backward(grad)
@@ -46,10 +52,13 @@ def test_a_packed_convolution_gives_the_same_output_and_input_gradient(kernel, p
         assert (out_packed.float() - out_plain.float()).abs().max().item() <= 1e-2 * scale
         grad_scale = x_plain.grad.float().abs().max().item()
         assert (x_packed.grad.float() - x_plain.grad.float()).abs().max().item() <= 1e-2 * grad_scale
+    unbatched = torch.randn(16, 7, 9, dtype=dtype)  # nn.Conv2d takes one image without a batch too
+    assert torch.equal(conv(unbatched), _plain(conv, unbatched[None])[0])
     packed.unpack()
     assert "forward" not in conv.__dict__  # the class's forward again
 
 
+@needs_bf16
 def test_only_frozen_stride_one_bf16_convolutions_are_packed_and_unpacking_leaves_the_model_as_it_was():
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -93,7 +102,7 @@ def _train(cfg, pack: bool, monkeypatch):
     return trainer, tensors
 
 
-@pytest.mark.parametrize("precision", ["bf16", "no"])
+@pytest.mark.parametrize("precision", [pytest.param("bf16", marks=needs_bf16), "no"])
 def test_a_cpu_run_with_packed_convolutions_learns_the_same_lora(tmp_path, tiny_model_dir, color_data, monkeypatch,
                                                                  precision):
     results = {}
@@ -113,20 +122,20 @@ def _packed_layers(trainer) -> int:
     return sum("forward" in m.__dict__ for m in trainer.bundle.unet.modules())
 
 
-@pytest.mark.parametrize("setting,free_gib,packs", [("auto", 64.0, True), ("auto", None, "short"),
-                                                     (True, None, "short"), (False, 64.0, False)])
+@pytest.mark.parametrize("setting,free,packs", [("auto", "plenty", True), ("auto", "short", False),
+                                                ("auto", "unknown", False), (True, "short", True),
+                                                (False, "plenty", False)])
 def test_pack_conv_weights_follows_the_setting_and_the_available_memory(tmp_path, tiny_model_dir, color_data,
-                                                                        monkeypatch, setting, free_gib, packs):
-    """auto packs when the copies take at most half the available memory and says why when it does not;
-    true packs regardless; false never packs."""
-    cfg = make_config(tiny_model_dir, color_data, tmp_path / "out", max_steps=1, mixed_precision="bf16",
-                      pack_conv_weights=setting)
+                                                                        monkeypatch, setting, free, packs):
+    """auto packs when the copies take at most half the available memory and says why when it does not
+    (or cannot tell); true packs regardless; false never packs."""
+    cfg = make_config(tiny_model_dir, color_data, tmp_path / "out", max_steps=1, pack_conv_weights=setting)
     recorder = EventRecorder()
     run = LoraRun(cfg, [recorder], tensorboard=False)
     need = []
 
     def ram():  # "short": just under twice what the copies take
-        return int(free_gib * 2**30) if free_gib is not None else 2 * need[0] - 1
+        return {"plenty": 64 * 2**30, "short": 2 * need[0] - 1, "unknown": None}[free]
 
     monkeypatch.setattr(trainer_module, "available_ram", ram)
     original = DiffusersBundle.packed_convolution_bytes
@@ -139,8 +148,6 @@ def test_pack_conv_weights_follows_the_setting_and_the_available_memory(tmp_path
         run.close()
     assert need and need[0] > 0
     said = [m.text for m in recorder.of_type(Message) if "pack_conv_weights" in m.text]
-    if packs == "short":
-        packs = setting is True
     assert (packed > 0) == packs
     assert bool(said) == (setting == "auto" and not packs)
     if said:
@@ -149,12 +156,12 @@ def test_pack_conv_weights_follows_the_setting_and_the_available_memory(tmp_path
 
 def test_the_memory_plan_counts_the_packed_copies_only_where_the_trainer_makes_them(tmp_path, tiny_model_dir,
                                                                                     color_data):
-    plans = {setting: estimate(make_config(tiny_model_dir, color_data, tmp_path / "o", mixed_precision="bf16",
-                                           pack_conv_weights=setting)) for setting in (True, False)}
+    plans = {setting: estimate(make_config(tiny_model_dir, color_data, tmp_path / "o", pack_conv_weights=setting))
+             for setting in (True, False)}
     convs = [m for m in load_model(make_config(tiny_model_dir, color_data, tmp_path / "o")).unet.modules()
              if isinstance(m, nn.Conv2d) and m.stride == (1, 1)]
     assert plans[False].packed == 0 and not any("packed" in line for line in plans[False].lines())
-    assert plans[True].packed == sum(2 * 2 * m.weight.numel() for m in convs)  # two bf16 copies each
+    assert plans[True].packed == sum(2 * 4 * m.weight.numel() for m in convs)  # two fp32 copies each
     assert plans[True].peak == max(plans[False].peak, plans[True].weights + plans[True].packed + plans[True].lora_state
                                    + plans[True].activations + plans[True].transient)
     assert any("packed conv copies" in line for line in plans[True].lines())
@@ -165,4 +172,17 @@ def test_packing_needs_a_cpu_and_the_weights_dtype_for_the_compute():
     assert not packing_available(torch.device("meta"), torch.float32)
     assert not packing_available(torch.device("cpu"), torch.float16)
     assert packing_available(torch.device("cpu"), torch.float32)
+
+
+@needs_bf16
+def test_bf16_packing_runs_under_bf16_autocast():
     assert packing_available(torch.device("cpu"), torch.bfloat16, autocast_dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("system,container,expected", [(8, None, 8), (8, 3, 3), (None, 3, 3), (None, None, None)])
+def test_available_memory_is_the_smaller_of_the_system_and_the_container_limit(monkeypatch, system, container,
+                                                                               expected):
+    monkeypatch.setattr(device_module, "_meminfo_available", lambda: system)
+    monkeypatch.setattr(device_module, "_cgroup_headroom", lambda: container)
+    monkeypatch.setattr(device_module.os, "sysconf", lambda name: (_ for _ in ()).throw(ValueError(name)))
+    assert device_module.available_ram() == expected

@@ -6,7 +6,7 @@ its backward pass does so again for the transposed convolution. For the UNet's d
 changes these weights, so each is packed once, on its first call, with the shape it is called with:
 measured with bf16 on a 2-core Xeon (AMX), a 1280->1280 3x3 convolution on 4x4 takes 1.6 ms packed
 against 3.9 ms plain, and its input gradient 1.5 ms against 6.7 ms (`conv_transpose2d`); a whole SD1.5
-step at 256 px runs 1.5-2x faster (benchmarks/README.md).
+training step at 256 px ran 1.46x faster in bf16 and 1.25x in fp32 (benchmarks/README.md).
 
 The backward pass needs only the input's gradient (the weights are frozen): for stride 1, dilation 1 and
 one group, the transposed convolution of the output gradient with the same weight and padding, run on a
@@ -42,10 +42,10 @@ def packing_available(device: torch.device, dtype: torch.dtype, autocast_dtype: 
 
 def should_pack(setting: Union[str, bool], need: int, available: Optional[int]) -> bool:
     """`pack_conv_weights`: true packs; auto packs when the copies (`need` bytes) take at most half the
-    available memory (or it is unknown); false and nothing to pack do not."""
+    available memory (not when that is unknown); false and nothing to pack do not."""
     if setting is False or not need:
         return False
-    return setting is True or available is None or need <= available // 2
+    return setting is True or (available is not None and need <= available // 2)
 
 
 def _packable_shape(conv: nn.Module) -> bool:
@@ -95,6 +95,8 @@ class PackedConv:
         conv.forward = self.forward  # instance attribute: the class's forward is untouched
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:  # an unbatched input: nn.Conv2d's own path
+            return type(self.conv).forward(self.conv, x)
         return _FrozenConv.apply(_channels_last(x, self.dtype), self)
 
     def forward_packed(self, x: torch.Tensor) -> torch.Tensor:

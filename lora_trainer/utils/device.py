@@ -79,7 +79,19 @@ def precision_for_weights(weight_dtype: torch.dtype, device: torch.device, reque
 
 def available_ram() -> Optional[int]:
     """Memory a new allocation can get without swapping: Linux's MemAvailable (free + reclaimable cache),
-    else the free pages; None where neither is known."""
+    else the free pages, and no more than a container's memory limit leaves; None where nothing tells."""
+    system = _meminfo_available()
+    if system is None:
+        try:
+            system = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            system = None
+    container = _cgroup_headroom()
+    known = [v for v in (system, container) if v is not None]
+    return min(known) if known else None
+
+
+def _meminfo_available() -> Optional[int]:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -87,7 +99,22 @@ def available_ram() -> Optional[int]:
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
+    return None
+
+
+def _cgroup_headroom() -> Optional[int]:
+    """limit - usage of this process's memory cgroup (v2, else v1); None without a limit."""
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            with open(usage_file) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or int(limit) >= 2**60:  # no limit set
+            return None
+        return max(0, int(limit) - usage)
+    return None
