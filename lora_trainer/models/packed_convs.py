@@ -61,11 +61,12 @@ def _packable(conv: nn.Module) -> bool:
 
 def packed_weight_bytes(model: nn.Module, dtype: torch.dtype) -> int:
     """Memory the packed copies of `model`'s frozen convolutions take (two copies of each weight in `dtype`)."""
-    size = torch.empty((), dtype=dtype).element_size()
-    return sum(2 * size * m.weight.numel() for m in model.modules() if _packable_shape(m) and not m.weight.requires_grad)
+    return sum(2 * dtype.itemsize * m.weight.numel() for m in model.modules()
+               if _packable_shape(m) and not m.weight.requires_grad)
 
 
-def _channels_last(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _packed_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`x` in the weights' dtype and channels-last layout, as the packed kernels take it."""
     x = x.to(dtype)
     return x if x.is_contiguous(memory_format=torch.channels_last) else x.contiguous(memory_format=torch.channels_last)
 
@@ -97,7 +98,7 @@ class PackedConv:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:  # an unbatched input: nn.Conv2d's own path
             return type(self.conv).forward(self.conv, x)
-        return _FrozenConv.apply(_channels_last(x, self.dtype), self)
+        return _FrozenConv.apply(_packed_input(x, self.dtype), self)
 
     def forward_packed(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight is None:
@@ -107,7 +108,7 @@ class PackedConv:
             x, self.weight, self.conv.bias, self.padding, [1, 1], [1, 1], 1, "none", [], "")
 
     def input_grad(self, grad: torch.Tensor) -> torch.Tensor:
-        grad = _channels_last(grad, self.dtype)
+        grad = _packed_input(grad, self.dtype)
         if self.weight_t is None:
             self.weight_t = torch.ops.mkldnn._reorder_convolution_transpose_weight(
                 self.conv.weight, self.padding, [0, 0], [1, 1], [1, 1], 1, list(grad.shape))
@@ -129,4 +130,3 @@ class PackedConvs:
         for layer in self.layers:
             layer.unpack()
         self.layers = []
-
