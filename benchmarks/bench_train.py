@@ -4,8 +4,10 @@ For each workload it runs, on the same random-weight model and data:
 - `trainer`: the real trainer (LoraRun) with its defaults: cached latents and text embeddings, SDPA,
   fused/foreach AdamW, fp32 LoRA on bf16/fp16 base weights (GPU, AMX CPU), losses read back every few
   steps, on CUDA the step's forward/backward replayed as CUDA graphs (`cuda_graphs: auto`), on a CPU the
-  frozen convolutions on weights packed once for oneDNN (`pack_conv_weights: auto`);
+  frozen convolutions on weights packed once for oneDNN (`pack_conv_weights: auto`), on CUDA GroupNorm and
+  LayerNorm in bf16 instead of autocast's fp32 (`half_precision_norms: auto`);
 - `trainer-eager`: the same with `cuda_graphs: false` (every kernel launched from Python);
+- `trainer-fp32-norms`: the same with `half_precision_norms: false` (autocast's fp32 norms, as before);
 - `trainer-channels-last`, `trainer-compile`: the trainer with `channels_last: true` / `torch_compile: true`
   (`channels_last: auto`, the default, is on whenever CUDA graphs are);
 - `reference`: what examples/text_to_image/train_text_to_image_lora.py does per step: VAE encode and
@@ -73,6 +75,7 @@ def dense_bf16_peak(device_name: str) -> Optional[float]:
 # The trainer's variants: config keys on top of the workload's.
 TRAINER_LOOPS: Dict[str, Dict] = {"trainer": {}, "trainer-eager": {"cuda_graphs": False},
                                   "trainer-channels-last": {"channels_last": True},
+                                  "trainer-fp32-norms": {"half_precision_norms": False},
                                   "trainer-compile": {"torch_compile": True},
                                   "trainer-bf16": {"mixed_precision": "bf16"},
                                   "trainer-fp32": {"mixed_precision": "no"}}

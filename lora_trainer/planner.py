@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 import torch
 
 from .config import TrainConfig
-from .models.packed_convs import packed_weight_bytes, packing_available, should_pack
+from .models.packed_convs import decide_packing, packed_weight_bytes
 from .utils.device import available_ram, pick_device, pick_precision
 
 GiB = 2**30
@@ -223,8 +223,7 @@ def estimate(config: TrainConfig, batch_size: Optional[int] = None, parts=None,
     # a CPU holds the whole model in fp32 while it loads (diffusers' default), before bf16 halves the weights
     loading = sum(_param_bytes(m, torch.float32) for m in (unet, vae, *encoders)) if device.type == "cpu" else 0
     packed = packed_weight_bytes(unet, precision.base_dtype)
-    if config.torch_compile or not packing_available(device, precision.base_dtype, precision.autocast_dtype) or \
-            not should_pack(config.pack_conv_weights, packed, available_ram()):
+    if not decide_packing(config.pack_conv_weights, config.torch_compile, device, precision, packed, available_ram())[0]:
         packed = 0
     plan = MemoryPlan(device=str(device), batch_size=batch, resolution=config.resolution,
                       gradient_checkpointing=checkpointing, weights=weights,

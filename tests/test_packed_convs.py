@@ -13,6 +13,7 @@ from lora_trainer.engine import trainer as trainer_module
 from lora_trainer.engine.run import LoraRun, load_model
 from lora_trainer.events import EventRecorder, Message
 from lora_trainer.models.diffusers_bundle import DiffusersBundle
+from lora_trainer.models import packed_convs as packed_convs_module
 from lora_trainer.models.packed_convs import PackedConvs, packing_available
 from lora_trainer.planner import estimate
 from lora_trainer.utils import device as device_module
@@ -54,7 +55,7 @@ def test_a_packed_convolution_gives_the_same_output_and_input_gradient(kernel, p
         assert (x_packed.grad.float() - x_plain.grad.float()).abs().max().item() <= 1e-2 * grad_scale
     unbatched = torch.randn(16, 7, 9, dtype=dtype)  # nn.Conv2d takes one image without a batch too
     assert torch.equal(conv(unbatched), _plain(conv, unbatched[None])[0])
-    packed.unpack()
+    packed.remove()
     assert "forward" not in conv.__dict__  # the class's forward again
 
 
@@ -81,14 +82,14 @@ def test_only_frozen_stride_one_bf16_convolutions_are_packed_and_unpacking_leave
     out.float().sum().backward()
     assert model[3].weight.grad is not None and x_grad.grad is not None  # the trainable layer still learns
     assert (out.float() - expected.float()).abs().max().item() <= 1e-2 * expected.float().abs().max().item()
-    packed.unpack()
+    packed.remove()
     assert all("forward" not in m.__dict__ for m in model)
     assert model.state_dict().keys() == state.keys()
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
 
 
 def _train(cfg, pack: bool, monkeypatch):
-    monkeypatch.setattr(trainer_module, "packing_available", lambda *args: pack)
+    monkeypatch.setattr(packed_convs_module, "packing_available", lambda *args: pack)
     run = LoraRun(cfg, tensorboard=False)
     trainer = run.setup()
     convs = [m for m in trainer.bundle.unet.modules() if isinstance(m, nn.Conv2d)]
@@ -165,6 +166,9 @@ def test_the_memory_plan_counts_the_packed_copies_only_where_the_trainer_makes_t
     assert plans[True].peak == max(plans[False].peak, plans[True].weights + plans[True].packed + plans[True].lora_state
                                    + plans[True].activations + plans[True].transient)
     assert any("packed conv copies" in line for line in plans[True].lines())
+    compiled = estimate(make_config(tiny_model_dir, color_data, tmp_path / "o", pack_conv_weights=True,
+                                    torch_compile=True))
+    assert compiled.packed == 0  # the trainer never packs a compiled UNet: the plan agrees
 
 
 def test_packing_needs_a_cpu_and_the_weights_dtype_for_the_compute():

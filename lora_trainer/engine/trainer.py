@@ -23,7 +23,8 @@ from ..errors import TrainingStopped
 from ..events import Events, LossesRead, RunStarted, StepEnded
 from ..lora.network import LoraNetwork
 from ..models.bundle import Conditioning, ModelBundle
-from ..models.packed_convs import packing_available, should_pack
+from ..models.half_norms import half_norms_help
+from ..models.packed_convs import decide_packing
 from ..utils.device import Precision, available_ram
 from ..utils.seeding import generator
 from .faults import FaultInjector
@@ -109,9 +110,12 @@ class Trainer:
         self.graphs = self._build_graphs()
         if cfg.channels_last is True or (cfg.channels_last == "auto" and self._channels_last_helps()):
             self.bundle.use_channels_last()
+        if half_norms_help(cfg.half_precision_norms, self.device, self.precision.base_dtype,
+                           self.precision.autocast_dtype):
+            self.bundle.use_half_precision_norms()  # before compile: torch.compile traces these forwards
         if cfg.torch_compile:
             self.bundle.compile()
-        elif self._packing_helps():
+        if self._packing_helps():
             self.bundle.pack_convolutions()  # frozen weights in oneDNN's layout once, not on every call (CPU)
         if self.latent_cache is None and cfg.num_workers > 0:
             self.prefetcher = PixelPrefetcher(self.dataset, cfg.num_workers, pin=self.device.type == "cuda")
@@ -156,18 +160,13 @@ class Trainer:
     def _packing_helps(self) -> bool:
         """pack_conv_weights: on a CPU, for a model the trainer owns, when the packed copies fit (auto: in
         half the available memory; measured 1.46x faster steps in bf16, 1.25x in fp32: benchmarks/README.md)."""
-        if self.bundle.fixed_placement is not None or \
-                not packing_available(self.device, self.precision.base_dtype, self.precision.autocast_dtype):
-            return False  # the WebUI's weights are its own; or not a CPU, or autocast to another dtype
-        need, free = self.bundle.packed_convolution_bytes(), available_ram()
-        if should_pack(self.config.pack_conv_weights, need, free):
-            return True
-        if need and self.config.pack_conv_weights == "auto":
-            room = "an unknown amount of" if free is None else f"{free / 2**30:.1f} GiB of"
-            self.events.say(f"pack_conv_weights: off, its copies of the convolution weights ({need / 2**30:.1f} GiB) "
-                            f"need at most half the available memory and there is {room} it; steps are slower "
-                            f"(pack_conv_weights: true packs anyway)")
-        return False
+        if self.bundle.fixed_placement is not None:
+            return False  # the WebUI's weights are its own
+        pack, why_not = decide_packing(self.config.pack_conv_weights, self.config.torch_compile, self.device,
+                                       self.precision, self.bundle.packed_convolution_bytes(), available_ram())
+        if why_not:
+            self.events.say(why_not)
+        return pack
 
     def _build_caches(self) -> None:
         cfg = self.config

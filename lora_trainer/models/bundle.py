@@ -85,6 +85,10 @@ class ModelBundle(ABC):
         """Run the denoiser's frozen convolutions on weights pre-packed for oneDNN (CPU; see
         models/packed_convs); `restore()` unpacks them. Default: not supported, no-op."""
 
+    def use_half_precision_norms(self) -> None:
+        """Run the denoiser's frozen GroupNorm/LayerNorm layers in the base weights' half-precision dtype
+        instead of autocast's fp32 (GPU; see models/half_norms); `restore()` undoes it. Default: no-op."""
+
     def enable_gradient_checkpointing(self, text_encoder: bool) -> None:
         """Turn activation checkpointing on mid-run (out-of-memory recovery)."""
 

@@ -1,7 +1,7 @@
 """DiffusersBundle: a Stable Diffusion model as diffusers UNet/VAE + transformers CLIP (SD1.x, SD2.x)."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -11,6 +11,7 @@ from ..lora.network import LoraComponent
 from ..lora.targets import text_encoder_targets, unet_targets
 from .bundle import Conditioning, ModelBundle
 from .family import ModelFamily
+from .half_norms import HalfPrecisionNorms
 from .packed_convs import PackedConvs, packed_weight_bytes
 
 
@@ -58,7 +59,7 @@ class DiffusersBundle(ModelBundle):
         self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.dtype = torch.float32
         self._layers_per_block = int(getattr(unet.config, "layers_per_block", 2))
-        self._packed_convs: Optional[PackedConvs] = None
+        self._overrides: List[Union[PackedConvs, HalfPrecisionNorms]] = []  # per-layer forwards, see restore()
 
     # ------------------------------------------------------------------ LoRA
     def lora_components(self, train_text_encoder: bool) -> List[LoraComponent]:
@@ -104,13 +105,14 @@ class DiffusersBundle(ModelBundle):
         return packed_weight_bytes(self.unet, self.dtype)
 
     def pack_convolutions(self) -> None:
-        self.restore()
-        self._packed_convs = PackedConvs(self.unet)
+        self._overrides.append(PackedConvs(self.unet))
+
+    def use_half_precision_norms(self) -> None:
+        self._overrides.append(HalfPrecisionNorms(self.unet))
 
     def restore(self) -> None:
-        if self._packed_convs is not None:
-            self._packed_convs.unpack()
-            self._packed_convs = None
+        while self._overrides:
+            self._overrides.pop().remove()
 
     def enable_gradient_checkpointing(self, text_encoder: bool) -> None:
         self.unet.enable_gradient_checkpointing()

@@ -14,9 +14,9 @@ second copy of the weight packed for it (oneDNN packs it straight from the weigh
 copy: a flipped-kernel convolution instead was a little faster on the deepest layers but its temporary
 copies left 0.4 GiB more resident memory). Strided and grouped convolutions stay as they are.
 
-Each packed layer gets an instance `forward` attribute, which `unpack()` removes: the module, its
+Each packed layer gets an instance `forward` attribute, which `remove()` takes away: the module, its
 parameters and its state dict stay as they were. The packed copies take twice the layers' weight memory
-(`packed_weight_bytes`; SD1.5: 2.1 GiB in bf16), hence `should_pack`.
+(`packed_weight_bytes`; SD1.5: 2.1 GiB in bf16), hence `should_pack` and `decide_packing`.
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import nn
+
+from ..utils.device import Precision
 
 PACKABLE_DTYPES = (torch.bfloat16, torch.float32)
 
@@ -46,6 +48,22 @@ def should_pack(setting: Union[str, bool], need: int, available: Optional[int]) 
     if setting is False or not need:
         return False
     return setting is True or (available is not None and need <= available // 2)
+
+
+def decide_packing(setting: Union[str, bool], torch_compile: bool, device: torch.device, precision: Precision,
+                   need: int, available: Optional[int]) -> Tuple[bool, str]:
+    """Whether a run packs its frozen convolutions (`need` bytes of copies, `available` bytes free), and
+    when `auto` declines for want of memory, a message saying so; the trainer and the planner both ask here."""
+    if torch_compile or not need or not packing_available(device, precision.base_dtype, precision.autocast_dtype):
+        return False, ""
+    if should_pack(setting, need, available):
+        return True, ""
+    if setting != "auto":
+        return False, ""
+    room = "an unknown amount of" if available is None else f"{available / 2**30:.1f} GiB of"
+    return False, (f"pack_conv_weights: off, its copies of the convolution weights ({need / 2**30:.1f} GiB) need at "
+                   f"most half the available memory and there is {room} it; steps are slower "
+                   f"(pack_conv_weights: true packs anyway)")
 
 
 def _packable_shape(conv: nn.Module) -> bool:
@@ -121,12 +139,12 @@ class PackedConv:
 
 
 class PackedConvs:
-    """The packed layers of one model; `unpack()` puts every layer back."""
+    """The packed layers of one model; `remove()` puts every layer back."""
 
     def __init__(self, model: nn.Module):
         self.layers: List[PackedConv] = [PackedConv(m) for m in model.modules() if _packable(m)]
 
-    def unpack(self) -> None:
+    def remove(self) -> None:
         for layer in self.layers:
             layer.unpack()
         self.layers = []

@@ -1,0 +1,75 @@
+"""GroupNorm and LayerNorm computed in the half-precision dtype of the base weights (GPU mixed precision).
+
+CUDA autocast runs `group_norm` and `layer_norm` in fp32: each norm casts its bf16/fp16 input up to fp32,
+its output (and the SiLU after it) stays fp32, and the next convolution or linear layer casts it back
+down; the backward pass does the same again. In an eager SD1.5 step at batch 8 on an H200 those casts
+(`aten::copy_`) were 22% of the GPU time (benchmarks/results/2026-11-28-h200-profile-b8-eager.txt).
+
+With the frozen base weights already in bf16/fp16, the norm's input is half precision anyway (the output
+of a convolution or linear layer), and PyTorch's CUDA kernels accumulate mean and variance in fp32
+internally. Running the norm in the input's dtype therefore only rounds its output to half precision
+before the activation instead of after it, which is what a model kept wholly in bf16 does (kohya's
+`--full_bf16`, diffusers' half-precision pipelines). A CPU's autocast already runs these norms in bf16,
+so there the change is none.
+
+Each norm gets an instance `forward` attribute, which `remove()` takes away again: module, parameters and
+state dict stay as they were (like models/packed_convs).
+"""
+from __future__ import annotations
+
+from typing import List, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def half_norms_help(setting: Union[str, bool], device: torch.device, base_dtype: torch.dtype,
+                    autocast_dtype) -> bool:
+    """`half_precision_norms`: where the base weights are in the half-precision dtype autocast computes in;
+    auto only on CUDA (a CPU's autocast already keeps these norms in bf16)."""
+    if setting is False or base_dtype not in HALF_DTYPES or autocast_dtype != base_dtype:
+        return False
+    return setting is True or torch.device(device).type == "cuda"
+
+
+class HalfNorm:
+    """One GroupNorm or LayerNorm whose calls run in its weight's dtype with autocast off."""
+
+    def __init__(self, norm: nn.Module):
+        self.norm = norm
+        norm.forward = self.forward  # instance attribute: the class's forward is untouched
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.norm
+        dtype = n.weight.dtype if n.weight is not None else x.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.to(dtype)
+            if isinstance(n, nn.GroupNorm):
+                return F.group_norm(x, n.num_groups, n.weight, n.bias, n.eps)
+            return F.layer_norm(x, n.normalized_shape, n.weight, n.bias, n.eps)
+
+    def remove(self) -> None:
+        self.norm.__dict__.pop("forward", None)
+
+
+class HalfPrecisionNorms:
+    """The frozen GroupNorm/LayerNorm layers of one model in half precision; `remove()` puts them back."""
+
+    def __init__(self, model: nn.Module):
+        self.layers: List[HalfNorm] = [HalfNorm(m) for m in model.modules() if _convertible(m)]
+
+    def remove(self) -> None:
+        for layer in self.layers:
+            layer.remove()
+        self.layers = []
+
+
+def _convertible(m: nn.Module) -> bool:
+    """Exactly nn.GroupNorm / nn.LayerNorm (subclasses may compute otherwise), frozen, in half precision."""
+    if type(m) not in (nn.GroupNorm, nn.LayerNorm):
+        return False
+    params = [p for p in (m.weight, m.bias) if p is not None]
+    return all(not p.requires_grad and p.dtype in HALF_DTYPES for p in params)
