@@ -26,51 +26,83 @@ def _frozen(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     return module.to(dtype).requires_grad_(False)
 
 
-@pytest.mark.parametrize("make,shape", [(lambda: nn.GroupNorm(4, 16), (2, 16, 8, 8)),
-                                        (lambda: nn.LayerNorm(16), (2, 10, 16)),
-                                        (lambda: nn.LayerNorm(16, elementwise_affine=False), (2, 10, 16))])
-@pytest.mark.parametrize("input_dtype", [BF16, FP32])
-def test_a_half_norm_computes_in_the_weights_dtype_even_under_autocast(make, shape, input_dtype):
+NORMS = [(lambda: nn.GroupNorm(4, 16, eps=1e-6), (2, 16, 8, 8)),  # eps as in the UNet's GroupNorms
+         (lambda: nn.LayerNorm(16, eps=1e-6), (2, 10, 16)),
+         (lambda: nn.LayerNorm(16, elementwise_affine=False), (2, 10, 16))]
+
+
+def _reference(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(norm, nn.GroupNorm):
+        return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+@pytest.mark.parametrize("make,shape", NORMS)
+def test_a_half_norm_computes_in_bf16_with_autocast_off(make, shape, monkeypatch):
     norm = _frozen(make(), BF16)
-    x = (torch.randn(shape) * 3 + 1).to(input_dtype).requires_grad_(True)
+    x = (torch.randn(shape) * 3e-3 + 1e-2).to(BF16).requires_grad_(True)  # variance ~1e-5: eps shows
     wrapped = HalfPrecisionNorms(norm)
     assert len(wrapped.layers) == 1
+    autocast_inside = []
+    for name in ("group_norm", "layer_norm"):
+        original = getattr(F, name)
+        monkeypatch.setattr(F, name, lambda *a, _f=original, **k: autocast_inside.append(
+            torch.is_autocast_enabled("cpu")) or _f(*a, **k))
     with torch.autocast("cpu", dtype=BF16):
         out = norm(x)
+    monkeypatch.undo()
+    assert autocast_inside == [False]  # CUDA autocast would compute it in fp32
     out.float().square().sum().backward()
 
-    x_ref = x.detach().to(BF16 if norm.weight is not None else input_dtype).requires_grad_(True)
-    if isinstance(norm, nn.GroupNorm):
-        ref = F.group_norm(x_ref, norm.num_groups, norm.weight, norm.bias, norm.eps)
-    else:
-        ref = F.layer_norm(x_ref, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    x_ref = x.detach().clone().requires_grad_(True)
+    ref = _reference(norm, x_ref)  # plain bf16, no autocast, the module's own eps
     ref.float().square().sum().backward()
-    assert out.dtype == ref.dtype
-    assert torch.equal(out, ref)
-    assert torch.allclose(x.grad.float(), x_ref.grad.float(), rtol=1e-2, atol=1e-2)
+    assert out.dtype == BF16 and torch.equal(out, ref)
+    assert torch.equal(x.grad, x_ref.grad)
     # and it is a normalisation: close to the fp32 result (bf16 rounding only)
     fp32 = type(norm).forward(norm.float(), x.detach().float())
     assert (out.float() - fp32).abs().max().item() < 0.05 * fp32.abs().max().item()
+
+
+@pytest.mark.parametrize("make,shape", NORMS[:2])
+def test_an_input_in_another_dtype_takes_the_modules_own_path(make, shape):
+    norm = _frozen(make(), BF16)
+    x = torch.randn(shape)  # fp32: autocast decides, as without the wrapper (a CPU's refuses GroupNorm's mix)
+
+    def call():
+        try:
+            with torch.autocast("cpu", dtype=BF16):
+                return norm(x), None
+        except RuntimeError as error:
+            return None, str(error)
+
+    (expected, expected_error), _, (out, error) = call(), HalfPrecisionNorms(norm), call()
+    assert error == expected_error
+    assert (out is None and expected is None) or (out.dtype == expected.dtype and torch.equal(out, expected))
 
 
 def test_only_frozen_half_precision_norms_are_converted_and_removing_leaves_the_model_as_it_was():
     class OwnNorm(nn.GroupNorm):  # a subclass may compute otherwise (the WebUI's GroupNorm32 upcasts): left alone
         pass
 
-    model = nn.Sequential(nn.GroupNorm(2, 8), nn.LayerNorm(8), OwnNorm(2, 8), nn.GroupNorm(2, 8), nn.Linear(8, 8))
+    model = nn.Sequential(nn.GroupNorm(2, 8), nn.LayerNorm(8), OwnNorm(2, 8), nn.GroupNorm(2, 8), nn.GroupNorm(2, 8),
+                          nn.GroupNorm(2, 8), nn.Linear(8, 8))
     model.to(BF16).requires_grad_(False)
     model[3].float()  # fp32 weights: nothing to gain
-    model[4].requires_grad_(True)
+    model[4].requires_grad_(True)  # a trained norm: left alone
+    own_forward = model[5].forward
+    model[5].forward = own_forward  # someone else's instance forward: neither replaced nor removed
     state = {k: v.clone() for k, v in model.state_dict().items()}
     wrapped = HalfPrecisionNorms(model)
     assert [layer.norm for layer in wrapped.layers] == [model[0], model[1]]
     wrapped.remove()
-    assert all("forward" not in m.__dict__ for m in model)
+    assert all("forward" not in m.__dict__ for i, m in enumerate(model) if i != 5)
+    assert model[5].__dict__["forward"] is own_forward
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
 
 
 @pytest.mark.parametrize("setting,device,base,autocast,on", [
-    ("auto", CUDA, BF16, BF16, True), ("auto", CUDA, FP16, FP16, True),
+    ("auto", CUDA, BF16, BF16, True), ("auto", CUDA, FP16, FP16, False), (True, CUDA, FP16, FP16, True),
     ("auto", CPU, BF16, BF16, False),   # a CPU's autocast already computes these norms in bf16
     ("auto", CUDA, FP32, BF16, False),  # fp32 base weights (autocast casts them per call): nothing to gain
     ("auto", CUDA, FP32, None, False), (True, CPU, BF16, BF16, True), (False, CUDA, BF16, BF16, False)])
@@ -152,14 +184,19 @@ def test_a_bf16_run_with_half_precision_norms_strays_no_farther_from_fp32_than_w
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (autocast's fp32 norm policy)")
-def test_under_cuda_autocast_half_norms_keep_activations_in_bf16():
-    norm = _frozen(nn.GroupNorm(4, 16), BF16).cuda()
-    x = torch.randn(2, 16, 8, 8, device="cuda", dtype=BF16)
-    with torch.autocast("cuda", dtype=BF16):
+@pytest.mark.parametrize("make,shape", NORMS[:2])
+@pytest.mark.parametrize("dtype", [BF16, FP16])
+def test_under_cuda_autocast_half_norms_keep_activations_and_gradients_in_half_precision(make, shape, dtype):
+    norm = _frozen(make(), dtype).cuda()
+    x = torch.randn(shape, device="cuda", dtype=dtype)
+    with torch.autocast("cuda", dtype=dtype):
         assert norm(x).dtype == FP32  # autocast's own policy
         HalfPrecisionNorms(norm)
+        x.requires_grad_(True)
         out = norm(x)
-    assert out.dtype == BF16
-    ref = F.group_norm(x.float(), 4, norm.weight.float(), norm.bias.float(), norm.eps)
+    out.float().square().sum().backward()
+    assert out.dtype == dtype and x.grad.dtype == dtype
+    with torch.autocast("cuda", dtype=dtype):
+        assert norm(x.detach().float()).dtype == FP32  # an fp32 input: autocast's own policy still
+    ref = type(norm).forward(norm.float(), x.detach().float())
     assert (out.float() - ref).abs().max().item() < 0.05 * ref.abs().max().item()
-

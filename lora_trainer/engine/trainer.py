@@ -112,7 +112,7 @@ class Trainer:
             self.bundle.use_channels_last()
         if half_norms_help(cfg.half_precision_norms, self.device, self.precision.base_dtype,
                            self.precision.autocast_dtype):
-            self.bundle.use_half_precision_norms()  # before compile: torch.compile traces these forwards
+            self.bundle.use_half_precision_norms()  # GPU: no fp32 round trip per norm (models/half_norms)
         if cfg.torch_compile:
             self.bundle.compile()
         if self._packing_helps():

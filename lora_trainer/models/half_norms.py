@@ -29,14 +29,16 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 def half_norms_help(setting: Union[str, bool], device: torch.device, base_dtype: torch.dtype,
                     autocast_dtype) -> bool:
     """`half_precision_norms`: where the base weights are in the half-precision dtype autocast computes in;
-    auto only on CUDA (a CPU's autocast already keeps these norms in bf16)."""
+    auto only for bf16 on CUDA (a CPU's autocast already keeps these norms in bf16; fp16, with its narrow
+    range, keeps autocast's fp32 norms unless asked)."""
     if setting is False or base_dtype not in HALF_DTYPES or autocast_dtype != base_dtype:
         return False
-    return setting is True or torch.device(device).type == "cuda"
+    return setting is True or (torch.device(device).type == "cuda" and base_dtype == torch.bfloat16)
 
 
 class HalfNorm:
-    """One GroupNorm or LayerNorm whose calls run in its weight's dtype with autocast off."""
+    """One GroupNorm or LayerNorm whose calls run with autocast off, in the dtype of its weights and input
+    (an input in another dtype takes the module's own path)."""
 
     def __init__(self, norm: nn.Module):
         self.norm = norm
@@ -44,9 +46,9 @@ class HalfNorm:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.norm
-        dtype = n.weight.dtype if n.weight is not None else x.dtype
+        if n.weight is not None and x.dtype != n.weight.dtype:  # e.g. an fp32 input: as autocast would
+            return type(n).forward(n, x)
         with torch.autocast(x.device.type, enabled=False):
-            x = x.to(dtype)
             if isinstance(n, nn.GroupNorm):
                 return F.group_norm(x, n.num_groups, n.weight, n.bias, n.eps)
             return F.layer_norm(x, n.normalized_shape, n.weight, n.bias, n.eps)
@@ -68,8 +70,9 @@ class HalfPrecisionNorms:
 
 
 def _convertible(m: nn.Module) -> bool:
-    """Exactly nn.GroupNorm / nn.LayerNorm (subclasses may compute otherwise), frozen, in half precision."""
-    if type(m) not in (nn.GroupNorm, nn.LayerNorm):
+    """Exactly nn.GroupNorm / nn.LayerNorm (subclasses may compute otherwise) whose forward is its class's,
+    with frozen half-precision weights (one without weights computes in its input's dtype)."""
+    if type(m) not in (nn.GroupNorm, nn.LayerNorm) or "forward" in m.__dict__:
         return False
     params = [p for p in (m.weight, m.bias) if p is not None]
     return all(not p.requires_grad and p.dtype in HALF_DTYPES for p in params)

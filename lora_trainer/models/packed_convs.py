@@ -133,7 +133,7 @@ class PackedConv:
         return torch.ops.mkldnn._convolution_transpose_pointwise(
             grad, self.weight_t, None, self.padding, [0, 0], [1, 1], [1, 1], 1, "none", [], "")
 
-    def unpack(self) -> None:
+    def remove(self) -> None:
         self.conv.__dict__.pop("forward", None)
         self.weight = self.weight_t = None
 
@@ -146,5 +146,5 @@ class PackedConvs:
 
     def remove(self) -> None:
         for layer in self.layers:
-            layer.unpack()
+            layer.remove()
         self.layers = []
