@@ -9,7 +9,8 @@ For each workload it runs, on the same random-weight model and data:
 - `trainer-eager`: the same with `cuda_graphs: false` (every kernel launched from Python);
 - `trainer-fp32-norms`: the same with `half_precision_norms: false` (autocast's fp32 norms, as before);
 - `trainer-channels-last`, `trainer-compile`: the trainer with `channels_last: true` / `torch_compile: true`
-  (`channels_last: auto`, the default, is on whenever CUDA graphs are);
+  (`channels_last: auto`, the default, is on whenever CUDA graphs are); `trainer-compile-graphs`: compiled
+  and replayed as CUDA graphs (`cuda_graphs: true`; on a GPU, after minutes of compiling);
 - `reference`: what examples/text_to_image/train_text_to_image_lora.py does per step: VAE encode and
   text-encoder forward every step, LoRA on the same modules, AdamW, loss.item() every step; its precision
   is the trainer's (`mixed_precision: auto`: bf16 on a GPU or an AMX CPU; VAE, text encoder and UNet cast
@@ -77,6 +78,7 @@ TRAINER_LOOPS: Dict[str, Dict] = {"trainer": {}, "trainer-eager": {"cuda_graphs"
                                   "trainer-channels-last": {"channels_last": True},
                                   "trainer-fp32-norms": {"half_precision_norms": False},
                                   "trainer-compile": {"torch_compile": True},
+                                  "trainer-compile-graphs": {"torch_compile": True, "cuda_graphs": True},
                                   "trainer-bf16": {"mixed_precision": "bf16"},
                                   "trainer-fp32": {"mixed_precision": "no"}}
 # The reference loop's variants.
