@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
+from lora_trainer.config import parse_overrides
 from lora_trainer.planner import GiB, estimate
 from lora_trainer.tiny import make_shapes_dataset
 
@@ -40,7 +40,7 @@ def main() -> None:
         data = make_shapes_dataset(Path(tmp) / "data", n=max(4, a.batch), size=a.resolution)
         cfg = shapes_config(data, Path(tmp) / "out", a.resolution, a.batch, max_steps=a.steps,
                             gradient_checkpointing=a.checkpointing, device=device.type,
-                            **{k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in a.set)})
+                            **parse_overrides(a.set))
         predicted = estimate(cfg, parts=build_sd_architecture(SD1_ORIGINAL_CONFIG, "meta"), device=device)
         t0 = time.time()
         with PeakMemory(device) as mem:
