@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from lora_trainer.utils.device import proc_kb_field
+
 # kohya loads the SD1 tokenizer by hub id unless it finds it under --tokenizer_cache_dir with this name
 KOHYA_SD1_TOKENIZER = "openai_clip-vit-large-patch14"
 
@@ -94,12 +96,7 @@ def run_with_peak_rss(command: List[str], cwd: Path, log: Path) -> "tuple[int, O
     with open(log, "w") as out:
         proc = subprocess.Popen(command, cwd=str(cwd), stdout=out, stderr=subprocess.STDOUT, text=True)
         while proc.poll() is None:
-            try:
-                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak = int(line.split()[1]) * 1024
-            except (OSError, ValueError, IndexError):
-                pass
+            peak = proc_kb_field(f"/proc/{proc.pid}/status", "VmHWM") or peak
             time.sleep(0.2)
     return proc.returncode, peak
 

@@ -186,7 +186,7 @@ def test_bf16_packing_runs_under_bf16_autocast():
 @pytest.mark.parametrize("system,container,expected", [(8, None, 8), (8, 3, 3), (None, 3, 3), (None, None, None)])
 def test_available_memory_is_the_smaller_of_the_system_and_the_container_limit(monkeypatch, system, container,
                                                                                expected):
-    monkeypatch.setattr(device_module, "_meminfo_available", lambda: system)
+    monkeypatch.setattr(device_module, "proc_kb_field", lambda path, key: system)
     monkeypatch.setattr(device_module, "_cgroup_headroom", lambda: container)
     monkeypatch.setattr(device_module.os, "sysconf", lambda name: (_ for _ in ()).throw(ValueError(name)))
     assert device_module.available_ram() == expected

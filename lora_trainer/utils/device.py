@@ -80,7 +80,7 @@ def precision_for_weights(weight_dtype: torch.dtype, device: torch.device, reque
 def available_ram() -> Optional[int]:
     """Memory a new allocation can get without swapping: Linux's MemAvailable (free + reclaimable cache),
     else the free pages, and no more than a container's memory limit leaves; None where nothing tells."""
-    system = _meminfo_available()
+    system = proc_kb_field("/proc/meminfo", "MemAvailable")
     if system is None:
         try:
             system = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
@@ -91,11 +91,13 @@ def available_ram() -> Optional[int]:
     return min(known) if known else None
 
 
-def _meminfo_available() -> Optional[int]:
+def proc_kb_field(path: str, key: str) -> Optional[int]:
+    """A `key:  N kB` line of a Linux /proc file (/proc/meminfo, /proc/PID/status) in bytes; None where the
+    file or the line is missing."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
