@@ -12,6 +12,7 @@ from torch import nn
 from lora_trainer.engine.run import LoraRun
 from lora_trainer.models.diffusers_bundle import DiffusersBundle
 from lora_trainer.models.half_norms import HalfPrecisionNorms, half_norms_help
+from lora_trainer.models.layer_forwards import LayerForward, LayerForwards
 
 from conftest import make_config
 
@@ -94,7 +95,7 @@ def test_only_frozen_half_precision_norms_are_converted_and_removing_leaves_the_
     model[5].forward = own_forward  # someone else's instance forward: neither replaced nor removed
     state = {k: v.clone() for k, v in model.state_dict().items()}
     wrapped = HalfPrecisionNorms(model)
-    assert [layer.norm for layer in wrapped.layers] == [model[0], model[1]]
+    assert [layer.module for layer in wrapped.layers] == [model[0], model[1]]
     wrapped.remove()
     assert all("forward" not in m.__dict__ for i, m in enumerate(model) if i != 5)
     assert model[5].__dict__["forward"] is own_forward
@@ -114,15 +115,11 @@ def _norms(trainer):
     return [m for m in trainer.bundle.unet.modules() if type(m) in (nn.GroupNorm, nn.LayerNorm)]
 
 
-class _Fp32Norm:
+class _Fp32Norm(LayerForward):
     """A norm as CUDA autocast runs it: input and weights cast up to fp32, an fp32 output."""
 
-    def __init__(self, norm: nn.Module):
-        self.norm = norm
-        norm.forward = self.forward
-
     def forward(self, x):
-        n = self.norm
+        n = self.module
         w = None if n.weight is None else n.weight.float()
         b = None if n.bias is None else n.bias.float()
         with torch.autocast("cpu", enabled=False):
@@ -130,13 +127,9 @@ class _Fp32Norm:
                 return F.group_norm(x.float(), n.num_groups, w, b, n.eps)
             return F.layer_norm(x.float(), n.normalized_shape, w, b, n.eps)
 
-    def remove(self):
-        self.norm.__dict__.pop("forward", None)
 
-
-class _Fp32Norms(HalfPrecisionNorms):
-    def __init__(self, model):
-        self.layers = [_Fp32Norm(m) for m in model.modules() if type(m) in (nn.GroupNorm, nn.LayerNorm)]
+def _fp32_norms(model: nn.Module) -> LayerForwards:
+    return LayerForwards(model, _Fp32Norm, lambda m: type(m) in (nn.GroupNorm, nn.LayerNorm))
 
 
 def _train(cfg, wrapped: bool = False):
@@ -173,7 +166,7 @@ def test_a_bf16_run_with_half_precision_norms_strays_no_farther_from_fp32_than_w
     half_losses, half = _train(config("half", "bf16"), wrapped=True)
     with monkeypatch.context() as patch:
         patch.setattr(DiffusersBundle, "use_half_precision_norms",
-                      lambda bundle: bundle._overrides.append(_Fp32Norms(bundle.unet)))
+                      lambda bundle: bundle._overrides.append(_fp32_norms(bundle.unet)))
         upcast_losses, upcast = _train(config("upcast", "bf16"), wrapped=True)
     assert fp32.keys() == half.keys() == upcast.keys()
     assert any(not torch.equal(half[k], upcast[k]) for k in half)  # the norms did compute differently

@@ -76,7 +76,7 @@ def test_only_frozen_stride_one_bf16_convolutions_are_packed_and_unpacking_leave
     expected = model(x)
 
     packed = PackedConvs(model)
-    assert [layer.conv for layer in packed.layers] == [model[0]]
+    assert [layer.module for layer in packed.layers] == [model[0]]
     x_grad = x.clone().requires_grad_(True)
     out = model(x_grad)
     out.float().sum().backward()

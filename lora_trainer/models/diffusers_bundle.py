@@ -1,7 +1,7 @@
 """DiffusersBundle: a Stable Diffusion model as diffusers UNet/VAE + transformers CLIP (SD1.x, SD2.x)."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -12,6 +12,7 @@ from ..lora.targets import text_encoder_targets, unet_targets
 from .bundle import Conditioning, ModelBundle
 from .family import ModelFamily
 from .half_norms import HalfPrecisionNorms
+from .layer_forwards import LayerForwards
 from .packed_convs import PackedConvs, packed_weight_bytes
 
 
@@ -59,7 +60,7 @@ class DiffusersBundle(ModelBundle):
         self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.dtype = torch.float32
         self._layers_per_block = int(getattr(unet.config, "layers_per_block", 2))
-        self._overrides: List[Union[PackedConvs, HalfPrecisionNorms]] = []  # per-layer forwards, see restore()
+        self._overrides: List[LayerForwards] = []  # per-layer forwards, see restore()
 
     # ------------------------------------------------------------------ LoRA
     def lora_components(self, train_text_encoder: bool) -> List[LoraComponent]:

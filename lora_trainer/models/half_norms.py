@@ -12,16 +12,18 @@ before the activation instead of after it, which is what a model kept wholly in 
 `--full_bf16`, diffusers' half-precision pipelines). A CPU's autocast already runs these norms in bf16,
 so there the change is none.
 
-Each norm gets an instance `forward` attribute, which `remove()` takes away again: module, parameters and
-state dict stay as they were (like models/packed_convs).
+Each norm gets an instance `forward` (models/layer_forwards), which `remove()` takes away again: module,
+parameters and state dict stay as they were.
 """
 from __future__ import annotations
 
-from typing import List, Union
+from typing import Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .layer_forwards import LayerForward, LayerForwards
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -36,16 +38,12 @@ def half_norms_help(setting: Union[str, bool], device: torch.device, base_dtype:
     return setting is True or (torch.device(device).type == "cuda" and base_dtype == torch.bfloat16)
 
 
-class HalfNorm:
+class HalfNorm(LayerForward):
     """One GroupNorm or LayerNorm whose calls run with autocast off, in the dtype of its weights and input
     (an input in another dtype takes the module's own path)."""
 
-    def __init__(self, norm: nn.Module):
-        self.norm = norm
-        norm.forward = self.forward  # instance attribute: the class's forward is untouched
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.norm
+        n = self.module
         if n.weight is not None and x.dtype != n.weight.dtype:  # e.g. an fp32 input: as autocast would
             return type(n).forward(n, x)
         with torch.autocast(x.device.type, enabled=False):
@@ -53,26 +51,18 @@ class HalfNorm:
                 return F.group_norm(x, n.num_groups, n.weight, n.bias, n.eps)
             return F.layer_norm(x, n.normalized_shape, n.weight, n.bias, n.eps)
 
-    def remove(self) -> None:
-        self.norm.__dict__.pop("forward", None)
 
-
-class HalfPrecisionNorms:
+class HalfPrecisionNorms(LayerForwards):
     """The frozen GroupNorm/LayerNorm layers of one model in half precision; `remove()` puts them back."""
 
     def __init__(self, model: nn.Module):
-        self.layers: List[HalfNorm] = [HalfNorm(m) for m in model.modules() if _convertible(m)]
-
-    def remove(self) -> None:
-        for layer in self.layers:
-            layer.remove()
-        self.layers = []
+        super().__init__(model, HalfNorm, _convertible)
 
 
 def _convertible(m: nn.Module) -> bool:
-    """Exactly nn.GroupNorm / nn.LayerNorm (subclasses may compute otherwise) whose forward is its class's,
-    with frozen half-precision weights (one without weights computes in its input's dtype)."""
-    if type(m) not in (nn.GroupNorm, nn.LayerNorm) or "forward" in m.__dict__:
+    """Exactly nn.GroupNorm / nn.LayerNorm (subclasses may compute otherwise) with frozen half-precision
+    weights (one without weights computes in its input's dtype)."""
+    if type(m) not in (nn.GroupNorm, nn.LayerNorm):
         return False
     params = [p for p in (m.weight, m.bias) if p is not None]
     return all(not p.requires_grad and p.dtype in HALF_DTYPES for p in params)

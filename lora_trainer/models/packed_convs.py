@@ -14,18 +14,19 @@ second copy of the weight packed for it (oneDNN packs it straight from the weigh
 copy: a flipped-kernel convolution instead was a little faster on the deepest layers but its temporary
 copies left 0.4 GiB more resident memory). Strided and grouped convolutions stay as they are.
 
-Each packed layer gets an instance `forward` attribute, which `remove()` takes away: the module, its
-parameters and its state dict stay as they were. The packed copies take twice the layers' weight memory
+Each packed layer gets an instance `forward` (models/layer_forwards), which `remove()` takes away: the
+module, its parameters and its state dict stay as they were. The packed copies take twice the layers' weight memory
 (`packed_weight_bytes`; SD1.5: 2.1 GiB in bf16), hence `should_pack` and `decide_packing`.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from ..utils.device import Precision
+from .layer_forwards import LayerForward, LayerForwards
 
 PACKABLE_DTYPES = (torch.bfloat16, torch.float32)
 
@@ -102,49 +103,43 @@ class _FrozenConv(torch.autograd.Function):
         return ctx.layer.input_grad(grad), None
 
 
-class PackedConv:
+class PackedConv(LayerForward):
     """One frozen Conv2d whose calls run on packed weights (packed lazily, once)."""
 
     def __init__(self, conv: nn.Conv2d):
-        self.conv = conv
         self.dtype = conv.weight.dtype
         self.padding = list(conv.padding)
         self.weight: Optional[torch.Tensor] = None  # packed for the forward convolution
         self.weight_t: Optional[torch.Tensor] = None  # packed for the transposed one (the input's gradient)
-        conv.forward = self.forward  # instance attribute: the class's forward is untouched
+        super().__init__(conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:  # an unbatched input: nn.Conv2d's own path
-            return type(self.conv).forward(self.conv, x)
+            return type(self.module).forward(self.module, x)
         return _FrozenConv.apply(_packed_input(x, self.dtype), self)
 
     def forward_packed(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight is None:
             self.weight = torch.ops.mkldnn._reorder_convolution_weight(
-                self.conv.weight, self.padding, [1, 1], [1, 1], 1, list(x.shape))
+                self.module.weight, self.padding, [1, 1], [1, 1], 1, list(x.shape))
         return torch.ops.mkldnn._convolution_pointwise(
-            x, self.weight, self.conv.bias, self.padding, [1, 1], [1, 1], 1, "none", [], "")
+            x, self.weight, self.module.bias, self.padding, [1, 1], [1, 1], 1, "none", [], "")
 
     def input_grad(self, grad: torch.Tensor) -> torch.Tensor:
         grad = _packed_input(grad, self.dtype)
         if self.weight_t is None:
             self.weight_t = torch.ops.mkldnn._reorder_convolution_transpose_weight(
-                self.conv.weight, self.padding, [0, 0], [1, 1], [1, 1], 1, list(grad.shape))
+                self.module.weight, self.padding, [0, 0], [1, 1], [1, 1], 1, list(grad.shape))
         return torch.ops.mkldnn._convolution_transpose_pointwise(
             grad, self.weight_t, None, self.padding, [0, 0], [1, 1], [1, 1], 1, "none", [], "")
 
     def remove(self) -> None:
-        self.conv.__dict__.pop("forward", None)
+        super().remove()
         self.weight = self.weight_t = None
 
 
-class PackedConvs:
+class PackedConvs(LayerForwards):
     """The packed layers of one model; `remove()` puts every layer back."""
 
     def __init__(self, model: nn.Module):
-        self.layers: List[PackedConv] = [PackedConv(m) for m in model.modules() if _packable(m)]
-
-    def remove(self) -> None:
-        for layer in self.layers:
-            layer.remove()
-        self.layers = []
+        super().__init__(model, PackedConv, _packable)
