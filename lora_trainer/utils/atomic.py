@@ -5,7 +5,9 @@ A crash, a full disk or an exception mid-write never leaves a half-written file 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional, Union
@@ -51,13 +53,35 @@ def atomic_write_text(target: PathLike, text: str) -> Path:
 
 
 def atomic_save_safetensors(target: PathLike, tensors: Dict, metadata: Optional[Dict[str, str]] = None) -> Path:
-    """Save a safetensors file atomically (tensors made contiguous, on CPU)."""
+    """Save a safetensors file atomically (tensors made contiguous, on CPU), its header in a fixed order."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(target) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+        sort_safetensors_header(tmp)
     return Path(target)
+
+
+def sort_safetensors_header(path: Path) -> None:
+    """Rewrite the JSON header of a safetensors file with its keys sorted, in place.
+
+    safetensors writes the metadata in hash-map order, which changes from one process to the next; sorted,
+    the same tensors and metadata always give the same bytes (a file's sha256 then identifies its content).
+    Only the header's key order changes; it keeps its length, so the tensor data is not touched.
+    """
+    with open(path, "rb+") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        raw = fh.read(length)
+        header = json.loads(raw)
+        metadata = header.pop("__metadata__", None)
+        ordered = {} if metadata is None else {"__metadata__": dict(sorted(metadata.items()))}
+        ordered.update(sorted(header.items()))
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) > length:  # escaped differently from the writer's: keep the file as written
+            return
+        fh.seek(8)
+        fh.write(text + b" " * (length - len(text)))
 
 
 def atomic_write_with(target: PathLike, writer: Callable[[Path], None]) -> Path:
