@@ -15,18 +15,18 @@ import pytest
 
 pytest.importorskip("gradio")
 
-from PIL import Image  # noqa: E402
-from safetensors import safe_open  # noqa: E402
+from PIL import Image
+from safetensors import safe_open
 
-from lora_trainer.backend import StandaloneBackend  # noqa: E402
-from lora_trainer.data.captions import read_metadata_csv  # noqa: E402
-from lora_trainer.errors import DatasetError  # noqa: E402
-from lora_trainer.grid import LABEL_HEIGHT, LABEL_WIDTH  # noqa: E402
-from lora_trainer.jobs import JobManager  # noqa: E402
-from lora_trainer.tiny import make_color_dataset  # noqa: E402
-from lora_trainer.ui import build_ui  # noqa: E402
+from lora_trainer.backend import StandaloneBackend
+from lora_trainer.data.captions import read_metadata_csv
+from lora_trainer.errors import DatasetError
+from lora_trainer.grid import LABEL_HEIGHT, LABEL_WIDTH
+from lora_trainer.jobs import JobManager
+from lora_trainer.tiny import make_color_dataset
+from lora_trainer.ui import build_ui
 
-from conftest import make_config  # noqa: E402
+from conftest import make_config
 
 
 class Page:

@@ -67,7 +67,7 @@ def main() -> int:
     print(f"job {status['state']} after {time.time() - t0:.0f} s: {status['step']}/{status['total_steps']} steps, "
           f"loss {status['loss']}, file {status['lora_path']}, error {status['error']}")
     name = status["lora_path"].rsplit("/", 1)[-1].rsplit(".", 1)[0] if status["lora_path"] else a.name
-    listed = [l["name"] for l in call(a.url, "/sdapi/v1/loras")]
+    listed = [lora["name"] for lora in call(a.url, "/sdapi/v1/loras")]
     verify = call(a.url, f"/lora_trainer/v1/verify/{name}")
     t1 = time.time()
     after = txt2img(a.url, prompt, a.image_size)

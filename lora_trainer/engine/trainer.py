@@ -255,7 +255,7 @@ class Trainer:
         while True:
             try:
                 return self._optimizer_step(step, batches)
-            except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+            except Exception as exc:  # only out-of-memory is handled, the rest re-raised
                 if not is_out_of_memory(exc):
                     raise
                 self._recover_from_oom(step)
