@@ -14,6 +14,7 @@ from ..data.images import ImageError, load_rgb
 from ..data.scan import find_images
 from ..errors import CaptionError
 from ..utils.device import pick_device
+from .backends import default_backends
 from .base import BackendRegistry, CaptionOptions
 from .loading import release_memory
 from .outputs import TARGETS
@@ -74,8 +75,6 @@ def caption_folder(input_dir: str, output: Optional[str] = None, fmt: str = "csv
     result, not fatal. `progress` gets a CaptionProgress per image; `should_stop()` is asked between
     batches. Raises CaptionError / ModelLoadError (one line) when the run cannot start.
     """
-    from . import default_backends
-
     root = Path(input_dir)
     if not root.is_dir():
         raise CaptionError(f"--input {str(root)!r} is not a folder of images")

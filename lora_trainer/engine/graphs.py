@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..models.bundle import Conditioning
+from ..utils.device import is_out_of_memory
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
 ShapeKey = Tuple
@@ -78,8 +79,6 @@ class GraphedLoss:
         return self.graphed[key](*args)
 
     def _capture(self, key: ShapeKey, names: List[str], args: Tuple[torch.Tensor, ...]) -> Optional[Callable]:
-        from .trainer import is_out_of_memory
-
         module = _LossModule(self.loss_fn, self.params, names)  # a fresh module per shape: capture patches it
         try:
             return torch.cuda.make_graphed_callables(module, args, num_warmup_iters=2, allow_unused_input=True)

@@ -25,7 +25,7 @@ from ..lora.network import LoraNetwork
 from ..models.bundle import Conditioning, ModelBundle
 from ..models.half_norms import half_norms_help
 from ..models.packed_convs import decide_packing
-from ..utils.device import Precision, available_ram
+from ..utils.device import Precision, available_ram, is_out_of_memory
 from ..utils.seeding import generator
 from .faults import FaultInjector
 from .diffusion import add_noise, make_noise, min_snr_weights, per_sample_mse, to_device, training_target
@@ -49,11 +49,6 @@ NONFINITE_ADVICE = ("usual fixes: mixed_precision: bf16 instead of fp16 (or no),
                     "max_grad_norm: 1.0, and a VAE that does not overflow in fp16")
 OOM_ADVICE = ("lower resolution, batch_size or lora_rank, turn on cache_latents, or train on a GPU with more "
               "memory (python -m lora_trainer plan --config ... shows what fits)")
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or \
-        (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
 def schedule_length(config: TrainConfig, dataset: TrainingSet) -> Dict[str, int]:

@@ -35,6 +35,8 @@ class ModelFamily:
     is_v2: bool = False
     # gradient_checkpointing: auto turns it on for families too big to train without it on a 12 GB GPU
     gradient_checkpointing_by_default: bool = False
+    # the ModelBundle class that trains this family's diffusers/transformers parts (set by each family)
+    bundle_class: Any = None
 
     def base_model_version(self, prediction_type: str) -> str:
         """kohya's `ss_base_model_version`."""
@@ -87,10 +89,8 @@ class ModelFamily:
         return "v_prediction" if params.get("parameterization", "eps") == "v" else "epsilon"
 
     def make_bundle(self, parts: Dict[str, Any], name: str, clip_skip: int):
-        """The training bundle for loaded parts."""
-        from .diffusers_bundle import DiffusersBundle
-
-        return DiffusersBundle(self, name=name, clip_skip=clip_skip, **parts)
+        """The training bundle for loaded parts (`bundle_class`)."""
+        return self.bundle_class(self, name=name, clip_skip=clip_skip, **parts)
 
     def unet_kohya_path(self, diffusers_path: str, layers_per_block: int) -> str:
         """Module path used in kohya names for a diffusers UNet module (SD1/SD2: unchanged)."""

@@ -5,7 +5,9 @@ import copy
 from typing import Any, Dict, Iterable, Sequence
 
 from ..lora.checkpoint_keys import ldm_checkpoint_lora_keys
+from .diffusers_bundle import DiffusersBundle
 from .family import KL_F8_VAE_CONFIG, ModelFamily, nested_get
+from .text_configs import clip_text_config
 
 # The public v1-inference settings, as the diffusers converters read them.
 SD1_ORIGINAL_CONFIG: Dict[str, Any] = {
@@ -51,6 +53,7 @@ class SD1Family(ModelFamily):
     sd_version = "SD1"
     modelspec_architecture = "stable-diffusion-v1/lora"
     text_encoder_prefixes = ("lora_te",)
+    bundle_class = DiffusersBundle
 
     def base_model_version(self, prediction_type: str) -> str:
         return "sd_v1"
@@ -91,8 +94,6 @@ class SD1Family(ModelFamily):
 
     def meta_text_encoders(self, original: Dict[str, Any]) -> Dict[str, Any]:
         from transformers import CLIPTextModel
-
-        from .architecture import clip_text_config
 
         return {"text_encoder": CLIPTextModel(clip_text_config(original))}
 

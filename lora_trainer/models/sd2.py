@@ -18,7 +18,9 @@ from typing import Any, Dict, Iterable, Optional, Sequence
 
 import torch
 
+from .diffusers_bundle import DiffusersBundle
 from .family import KL_F8_VAE_CONFIG, ModelFamily, nested_get
+from .text_configs import OPEN_CLIP_H_PENULTIMATE, text_config
 
 # v2-inference.yaml, as the diffusers converters read it. No `parameterization` on purpose: without an
 # original config beside the file, the WebUI's test decides (see the module docstring).
@@ -75,6 +77,7 @@ class SD2Family(ModelFamily):
     modelspec_architecture = "stable-diffusion-v2-512/lora"
     text_encoder_prefixes = ("lora_te",)
     is_v2 = True
+    bundle_class = DiffusersBundle
 
     def base_model_version(self, prediction_type: str) -> str:
         return "sd_v2_v" if prediction_type == "v_prediction" else "sd_v2"
@@ -124,8 +127,6 @@ class SD2Family(ModelFamily):
 
     def meta_text_encoders(self, original: Dict[str, Any]) -> Dict[str, Any]:
         from transformers import CLIPTextModel
-
-        from .architecture import OPEN_CLIP_H_PENULTIMATE, text_config
 
         overrides: Optional[Dict[str, Any]] = nested_get(original, "model", "params", "cond_stage_config", "params",
                                                          "text_config", default={})

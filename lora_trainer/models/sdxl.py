@@ -11,6 +11,8 @@ from typing import Any, Dict, Iterable, List, Sequence
 
 from ..lora.kohya_names import diffusers_to_ldm_unet_path
 from .family import KL_F8_VAE_CONFIG, ModelFamily, nested_get
+from .sdxl_bundle import SDXLBundle
+from .text_configs import CLIP_L, OPEN_CLIP_BIGG, text_config
 
 # sd_xl_base.yaml, the parts the diffusers converters and this package read.
 SDXL_ORIGINAL_CONFIG: Dict[str, Any] = {
@@ -80,6 +82,7 @@ class SDXLFamily(ModelFamily):
     modelspec_architecture = "stable-diffusion-xl-v1-base/lora"
     text_encoder_prefixes = ("lora_te1", "lora_te2")
     gradient_checkpointing_by_default = True
+    bundle_class = SDXLBundle
 
     def base_model_version(self, prediction_type: str) -> str:
         return "sdxl_base_v1-0"
@@ -139,13 +142,6 @@ class SDXLFamily(ModelFamily):
     def meta_text_encoders(self, original: Dict[str, Any]) -> Dict[str, Any]:
         from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-        from .architecture import CLIP_L, OPEN_CLIP_BIGG, text_config
-
         return {"text_encoder": CLIPTextModel(text_config(CLIP_L, embedder_params(original, 0).get("text_config"))),
                 "text_encoder_2": CLIPTextModelWithProjection(
                     text_config(OPEN_CLIP_BIGG, embedder_params(original, 1).get("text_config")))}
-
-    def make_bundle(self, parts: Dict[str, Any], name: str, clip_skip: int):
-        from .sdxl_bundle import SDXLBundle
-
-        return SDXLBundle(self, name=name, clip_skip=clip_skip, **parts)

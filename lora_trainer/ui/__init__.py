@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-ROOT_ID = "lora_trainer"  # elem_id of the page's root (and of the WebUI tab); style.css is scoped to it
+from .context import ROOT_ID
 
 
 def build_ui(backend: Any, css: Optional[str] = None, js: Optional[str] = None) -> Any:

@@ -1,11 +1,15 @@
-"""One gradio widget per config key, built from `forms.field_spec` (labels, tips, choices)."""
+"""One gradio widget per config key, built from `forms.field_spec` (labels, tips, choices), and the guard
+every callback of the page runs in."""
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import gradio as gr
 
+from . import compat
 from .forms import field_spec
+from .views import error_html
 
 FIELD_ID = "lora_trainer_cfg_{}"
 
@@ -25,3 +29,21 @@ def field_widget(name: str, **overrides: Any) -> Any:
         return gr.Number(value=spec.default, **common)
     placeholder = "empty: default" if spec.optional else ""
     return gr.Textbox(value=spec.default, lines=1, max_lines=1, placeholder=placeholder, **common)
+
+
+def guarded(n_outputs: int, message_at: int = 0) -> Callable:
+    """Wrap a callback so that any error is shown in its message output and nothing else changes."""
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any) -> Any:
+            try:
+                return fn(*args)
+            except Exception as exc:  # noqa: BLE001 - the page shows every failure; the server keeps serving
+                out = [compat.no_change() for _ in range(n_outputs)]
+                out[message_at] = error_html(exc)
+                return out if n_outputs > 1 else out[0]
+
+        return wrapper
+
+    return decorate

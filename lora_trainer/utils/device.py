@@ -120,3 +120,9 @@ def _cgroup_headroom() -> Optional[int]:
             return None
         return max(0, int(limit) - usage)
     return None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether an exception is an accelerator (or CPU allocator) running out of memory."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or \
+        (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())

@@ -4,7 +4,8 @@ from typing import Any, List
 
 import gradio as gr
 
-from ..page import PageContext, guarded
+from ..context import PageContext
+from ..widgets import guarded
 from ..views import message_html
 from .dataset import scan_outputs
 

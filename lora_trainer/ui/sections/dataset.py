@@ -9,7 +9,8 @@ import gradio as gr
 from ...data import editor
 from ...errors import DatasetError
 from .. import compat
-from ..page import PageContext, guarded
+from ..context import PageContext
+from ..widgets import guarded
 from ..scanning import gallery_items, scan_folder, source_text
 from ..views import error_html, message_html, report_html
 from ..widgets import field_widget

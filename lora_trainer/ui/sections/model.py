@@ -3,7 +3,8 @@ from typing import Any
 
 import gradio as gr
 
-from ..page import PageContext, guarded
+from ..context import PageContext
+from ..widgets import guarded
 from ..widgets import field_widget
 
 

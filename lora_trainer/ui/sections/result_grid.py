@@ -7,7 +7,8 @@ import gradio as gr
 from PIL import Image
 
 from ...grid import parse_weights
-from ..page import PageContext, guarded
+from ..context import PageContext
+from ..widgets import guarded
 from ..result_views import grid_html, grid_rows, grid_settings
 from .result_list import listed
 

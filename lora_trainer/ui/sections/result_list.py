@@ -3,7 +3,7 @@ newest LoRAs, and the outputs that show them (table, picker, previews, the grid'
 from typing import Any, Dict, List, Optional
 
 from .. import compat
-from ..page import PageContext
+from ..context import PageContext
 from ..scanning import thumbnail
 from ..views import final_results, result_labels, results_html
 

@@ -5,7 +5,8 @@ from typing import Any, List
 
 import gradio as gr
 
-from ..page import PageContext, guarded
+from ..context import PageContext
+from ..widgets import guarded
 from ..result_views import merge_html, picked_result, resize_html
 from .result_list import listed, result_targets, results_outputs
 

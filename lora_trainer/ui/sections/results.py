@@ -6,7 +6,8 @@ from typing import Any, List
 import gradio as gr
 
 from .. import compat
-from ..page import PageContext, guarded
+from ..context import PageContext
+from ..widgets import guarded
 from ..views import find_result, results_html
 from . import result_grid, result_tools
 from .result_list import listed, result_targets, results_outputs

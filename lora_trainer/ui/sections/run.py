@@ -11,7 +11,8 @@ from ...jobs import JobStatus
 from .. import compat
 from ..charts import loss_svg
 from ..forms import make_config
-from ..page import PageContext, guarded
+from ..context import PageContext
+from ..widgets import guarded
 from ..scanning import thumbnail
 from ..views import log_text, message_html, status_html
 from .result_list import result_targets, results_outputs

@@ -7,7 +7,8 @@ import gradio as gr
 from .. import compat
 from ...config import dump_config
 from ..forms import MAIN_KEYS, advanced_groups, cli_command, load_config_values, save_config_file, to_form
-from ..page import PageContext, guarded
+from ..context import PageContext
+from ..widgets import guarded
 from ..presets import preset_names, preset_values
 from ..views import message_html
 from ..widgets import field_widget

@@ -1,0 +1,16 @@
+"""The captioning backends this package ships, in the order the UI lists them. Register a new one here."""
+from __future__ import annotations
+
+from . import blip, blip_clip, clip_tags, webui
+from .base import BackendRegistry
+
+
+def default_backends() -> BackendRegistry:
+    """Every backend this package ships, in the order the UI lists them."""
+    return BackendRegistry([
+        blip.SPEC,
+        clip_tags.SPEC,
+        blip_clip.SPEC,
+        webui.INTERROGATOR,
+        webui.DEEPBOORU,
+    ])
