@@ -178,11 +178,12 @@ class Trainer:
         if use_text_cache and not cfg.train_text_encoder:
             self.text_cache = TextCache()
             captions = [self.dataset.fixed_caption(i) for i in range(len(self.dataset))]
-            with self._autocast():
+            with self.autocast():
                 self.text_cache.build(captions, self.bundle.encode_captions)
             self.bundle.offload_text_encoder()
 
-    def _autocast(self, cache: bool = True):
+    def autocast(self, cache: bool = True):
+        """Autocast to the run's compute dtype (a no-op context in fp32)."""
         dtype = self.precision.autocast_dtype
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=cache)
 
@@ -206,7 +207,7 @@ class Trainer:
         latents = self.latents_for(samples)
         noise = to_device(noise, latents.device).to(latents.dtype)
         timesteps = to_device(timesteps, latents.device)
-        with self._autocast():
+        with self.autocast():
             cond = self.conditioning_for(samples)
         if graphed and self.graphs is not None:
             loss = self.graphs(latents, noise, timesteps, cond)
@@ -216,16 +217,19 @@ class Trainer:
         return self.denoising_loss(latents, noise, timesteps, cond, infos)
 
     def denoising_loss(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,
-                       infos: Optional[Sequence] = None, autocast_cache: bool = True) -> torch.Tensor:
-        """Noise the latents, predict, and return the (min-SNR weighted) per-sample MSE to the target."""
+                       infos: Optional[Sequence] = None, autocast_cache: bool = True,
+                       min_snr: bool = True) -> torch.Tensor:
+        """Noise the latents, predict, and return the per-sample MSE to the target; min-SNR weighted (when
+        `min_snr_gamma` is set) unless `min_snr` is False. Training and validation both compute it here."""
         ac = self.alphas_cumprod
         noisy = add_noise(latents, noise, timesteps, ac)
         upcast_free = self.network.without_input_upcast() if self.precision.autocast_dtype else nullcontext()
-        with self._autocast(autocast_cache), upcast_free:
+        with self.autocast(autocast_cache), upcast_free:
             pred = self.bundle.predict(noisy, timesteps, cond, infos)
         target = training_target(latents, noise, timesteps, ac, self.bundle.prediction_type)
         loss = per_sample_mse(pred, target)
-        weights = min_snr_weights(timesteps, ac, self.config.min_snr_gamma, self.bundle.prediction_type)
+        weights = min_snr_weights(timesteps, ac, self.config.min_snr_gamma, self.bundle.prediction_type) \
+            if min_snr else None
         return loss * weights if weights is not None else loss
 
     def step_noise(self, step: int, batch_index: int, samples: Sequence[Sample]):

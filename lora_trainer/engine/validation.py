@@ -13,7 +13,6 @@ import torch
 from ..data.cache import LatentCache
 from ..data.dataset import Sample, TrainingSet
 from ..utils.seeding import generator
-from .diffusion import add_noise, per_sample_mse, training_target
 
 DEFAULT_TIMESTEPS = (50, 200, 400, 600, 800, 950)
 
@@ -31,7 +30,11 @@ class Validator:
 
     @torch.no_grad()
     def loss(self) -> float:
-        tr, bundle = self.trainer, self.trainer.bundle
+        """Mean denoising loss over every image and timestep, through the trainer's own loss function.
+
+        Not min-SNR weighted, whatever `min_snr_gamma` says: the weights balance the training gradient
+        across timesteps; the plain MSE is what stays comparable between checkpoints and runs."""
+        tr = self.trainer
         was_training = tr.network.training
         tr.network.train(False)
         total, count = 0.0, 0
@@ -39,17 +42,14 @@ class Validator:
             for i in range(len(self.dataset)):
                 sample = Sample(i, False, self.dataset.fixed_caption(i))
                 latents = self.cache.get([sample])
-                with tr._autocast():
-                    cond = bundle.encode_captions([sample.caption])
+                with tr.autocast():
+                    cond = tr.bundle.encode_captions([sample.caption])
                 for t in self.timesteps:
                     noise = torch.randn(latents.shape, generator=generator(self.seed, "validation", i, t))
                     noise = noise.to(latents.device, latents.dtype)
                     ts = torch.tensor([t], device=latents.device)
-                    noisy = add_noise(latents, noise, ts, bundle.alphas_cumprod)
-                    with tr._autocast():
-                        pred = bundle.predict(noisy, ts, cond, [self.dataset.image_info(i)])
-                    target = training_target(latents, noise, ts, bundle.alphas_cumprod, bundle.prediction_type)
-                    total += float(per_sample_mse(pred, target).sum())
+                    loss = tr.denoising_loss(latents, noise, ts, cond, [self.dataset.image_info(i)], min_snr=False)
+                    total += float(loss.sum())
                     count += 1
         finally:
             tr.network.train(was_training)
