@@ -212,10 +212,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
         from .ui.app import launch
     except ImportError as exc:
         raise LoraTrainerError(f"the web page needs gradio ({exc}): pip install gradio") from None
-    from .backend import StandaloneBackend
+    from .service import StandaloneService
 
     print(f"LoRA Trainer page: http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
-    launch(args.host, args.port, StandaloneBackend(args.output_root), block=True, quiet=True)
+    launch(args.host, args.port, StandaloneService(args.output_root), block=True, quiet=True)
     return 0
 
 

@@ -11,7 +11,7 @@ _backend = None  # the one WebUIBackend of this WebUI process (created on first 
 def backend():
     global _backend
     if _backend is None:
-        from lora_trainer.webui.backend import WebUIBackend
+        from lora_trainer.hosts.a1111.host import WebUIBackend
 
         _backend = WebUIBackend()
     return _backend
@@ -25,7 +25,7 @@ def on_ui_tabs():
     except Exception as exc:  # noqa: BLE001 - the tab must appear and say what is wrong
         with gr.Blocks(analytics_enabled=False) as blocks:
             try:
-                from lora_trainer.webui.backend import describe_missing
+                from lora_trainer.hosts.a1111.host import describe_missing
 
                 text = describe_missing(exc)
             except Exception:  # noqa: BLE001
@@ -36,7 +36,7 @@ def on_ui_tabs():
 
 def on_ui_settings():
     try:
-        from lora_trainer.webui.backend import register_settings
+        from lora_trainer.hosts.a1111.host import register_settings
 
         register_settings()
     except Exception as exc:  # noqa: BLE001
@@ -45,7 +45,7 @@ def on_ui_settings():
 
 def on_app_started(_demo, app):
     try:
-        from lora_trainer.webui.api import register_routes
+        from lora_trainer.hosts.a1111.api import register_routes
 
         register_routes(app, backend())
     except Exception as exc:  # noqa: BLE001

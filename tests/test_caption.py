@@ -19,7 +19,7 @@ from lora_trainer.caption import (BackendRegistry, BackendSpec, Captioner, apply
 from lora_trainer.caption.blip_clip import build_blip_clip
 from lora_trainer.caption.clip_tags import Category, ClipTagger, all_phrases, load_vocabulary, rank_tags
 from lora_trainer.caption.loading import resolve_model_folder
-from lora_trainer.webui.state import preserved_state
+from lora_trainer.hosts.a1111.state import preserved_state
 from lora_trainer.cli import main
 from lora_trainer.data.captions import read_metadata_csv
 from lora_trainer.data.scan import scan_dataset

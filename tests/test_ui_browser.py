@@ -58,14 +58,14 @@ def browser(tmp_path):
 
 @pytest.fixture
 def app(tmp_path):
-    from lora_trainer.backend import StandaloneBackend
+    from lora_trainer.service import StandaloneService
     from lora_trainer.ui.app import launch
 
     # The training thread shares 2 cores with the server and the browser: one torch thread avoids
     # oversubscription (two spinning OpenMP threads on a busy machine ran the tiny model ~20x slower).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    backend = StandaloneBackend(str(tmp_path / "runs"))
+    backend = StandaloneService(str(tmp_path / "runs"))
     port = free_port()
     demo = launch("127.0.0.1", port, backend, block=False, quiet=True)
     try:

@@ -10,7 +10,7 @@ import pytest
 
 gr = pytest.importorskip("gradio")
 
-from lora_trainer.backend import StandaloneBackend, TrainerBackend  # noqa: E402
+from lora_trainer.service import StandaloneService, TrainerService  # noqa: E402
 from lora_trainer.config import config_from_dict  # noqa: E402
 from lora_trainer.ui import ROOT_ID, build_ui  # noqa: E402
 from lora_trainer.ui.app import CSS_FILE, JS_FILE, create_app, page_js  # noqa: E402
@@ -19,7 +19,7 @@ from lora_trainer.ui.forms import form_keys  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class FakeWebUIBackend(TrainerBackend):
+class FakeWebUIBackend(TrainerService):
     """What the page sees inside the WebUI (no WebUI needed): a loaded checkpoint, captioners."""
 
     in_webui = True
@@ -43,7 +43,7 @@ RESULT_TOOLS = ("grid_loras", "grid_prompt", "grid_weights", "grid_run", "grid_m
 
 
 def test_standalone_page_builds_with_every_config_key(tmp_path):
-    backend = StandaloneBackend(str(tmp_path))
+    backend = StandaloneService(str(tmp_path))
     demo = build_ui(backend)
     ids = _elem_ids(demo)
     assert ROOT_ID in ids
@@ -76,7 +76,7 @@ def test_webui_page_builds_with_model_name_captioners_and_send_button():
 
 
 def test_standalone_app_has_the_css_and_the_polling_script(tmp_path):
-    demo, launch_kwargs = create_app(StandaloneBackend(str(tmp_path)))
+    demo, launch_kwargs = create_app(StandaloneService(str(tmp_path)))
     config = demo.get_config_file()
     css = config.get("css") or launch_kwargs.get("css") or ""
     assert "#lora_trainer_poll" in css

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
-from lora_trainer.backend import StandaloneBackend
+from lora_trainer.service import StandaloneService
 from lora_trainer.config import load_config
 from lora_trainer.engine.run import train
 from lora_trainer.ui import forms
@@ -18,7 +18,7 @@ def test_ui_run_of_a_loaded_yaml_equals_the_cli_run(tmp_path, tiny_model_dir, co
                   resolution=64, min_bucket_reso=64, max_bucket_reso=128, lora_rank=4, lora_alpha="2",
                   batch_size=2, max_steps="6", learning_rate=1e-3, seed=123, device="cpu", save_precision="fp32",
                   train_text_encoder=True, trigger_word="sks")
-    backend = StandaloneBackend(str(tmp_path / "ui_runs"))
+    backend = StandaloneService(str(tmp_path / "ui_runs"))
 
     # The page: Save config -> Load config -> Start (the functions behind those buttons).
     path, _text = forms.save_config_file(backend, names, [values[n] for n in names], str(tmp_path / "cfg.yaml"))

@@ -18,7 +18,7 @@ pytest.importorskip("gradio")
 from PIL import Image
 from safetensors import safe_open
 
-from lora_trainer.backend import StandaloneBackend
+from lora_trainer.service import StandaloneService
 from lora_trainer.data.captions import read_metadata_csv
 from lora_trainer.errors import DatasetError
 from lora_trainer.grid import LABEL_HEIGHT, LABEL_WIDTH
@@ -76,7 +76,7 @@ def data(tmp_path):
 
 
 def test_scan_pick_and_bulk_edits(tmp_path, data):
-    page = Page(StandaloneBackend(str(tmp_path / "runs")))
+    page = Page(StandaloneService(str(tmp_path / "runs")))
     page.set("lora_trainer_cfg_train_data_dir", str(data))
     page.fire("lora_trainer_scan")
     assert 'data-images="3"' in page.get("lora_trainer_report")
@@ -104,7 +104,7 @@ def test_scan_pick_and_bulk_edits(tmp_path, data):
 
 
 def test_captioner_buttons_call_the_backend_and_rescan(tmp_path, data):
-    class Backend(StandaloneBackend):
+    class Backend(StandaloneService):
         def captioners(self) -> List[str]:
             return ["tiny-tags"]
 
@@ -128,7 +128,7 @@ def test_captioner_buttons_call_the_backend_and_rescan(tmp_path, data):
 
 
 def test_preset_save_config_and_start_errors(tmp_path, data):
-    backend = StandaloneBackend(str(tmp_path / "runs"))
+    backend = StandaloneService(str(tmp_path / "runs"))
     page = Page(backend)
     page.set("lora_trainer_preset", "character")
     page.fire("lora_trainer_preset", "change")
@@ -153,7 +153,7 @@ def test_preset_save_config_and_start_errors(tmp_path, data):
 
 
 def test_results_pick_shows_prompt_and_path(tmp_path):
-    class Backend(StandaloneBackend):
+    class Backend(StandaloneService):
         def list_results(self) -> List[Dict[str, Any]]:
             return [{"name": "mine", "path": "/loras/mine.safetensors", "trigger": "sks", "size_mb": 1.0},
                     {"name": "mine-step00000010", "path": "/loras/mine-step00000010.safetensors"}]
@@ -184,7 +184,7 @@ def trained(tmp_path_factory, tiny_model_dir):
     """A run started from the page's backend: samples at steps 2 and 4, checkpoints o-step00000002 and o."""
     tmp = tmp_path_factory.mktemp("trained")
     data = make_color_dataset(tmp / "data", n=4)
-    backend = StandaloneBackend(str(tmp / "runs"))
+    backend = StandaloneService(str(tmp / "runs"))
     backend.start(make_config(tiny_model_dir, data, tmp / "runs" / "o", max_steps=4, save_steps=2,
                               sample_prompts=[SAMPLE], sample_every_n_steps=2))
     status = backend.jobs.wait(300)
@@ -285,7 +285,7 @@ def _keys(path: Path) -> set:
 
 def test_merge_into_the_runs_checkpoint(ldm_run):
     base, runs = ldm_run
-    page = Page(StandaloneBackend(str(runs)))
+    page = Page(StandaloneService(str(runs)))
     page.fire("lora_trainer_results_refresh")
     assert page.get("lora_trainer_result_pick") == "m"
     page.fire("lora_trainer_merge_run")
@@ -350,8 +350,8 @@ def fake_webui(monkeypatch, tmp_path, ldm_run):
 
 
 def test_webui_merge_resize_and_grid(fake_webui, monkeypatch):
-    from lora_trainer.webui import sampling
-    from lora_trainer.webui.backend import WebUIBackend
+    from lora_trainer.hosts.a1111 import sampling
+    from lora_trainer.hosts.a1111.host import WebUIBackend
 
     tmp, calls = fake_webui
     prompts: List[str] = []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_trainer.backend import StandaloneBackend, TrainerBackend
+from lora_trainer.service import StandaloneService, TrainerService
 from lora_trainer.config import FIELDS, load_config
 from lora_trainer.errors import ConfigError, DatasetError, LoraTrainerError
 from lora_trainer.jobs import JobStatus
@@ -48,18 +48,18 @@ def test_form_values_round_trip_through_a_config(tmp_path):
     raw = forms.raw_from_form(names, values)
     assert raw["lora_alpha"] == 2.5 and raw["max_steps"] == 120 and raw["lora_rank"] == 16
     assert "min_snr_gamma" not in raw and raw["trigger_word"] == "sks"
-    config = forms.make_config(TrainerBackend(), names, values)
+    config = forms.make_config(TrainerService(), names, values)
     assert config.cache_latents is False and config.learning_rate == 3e-4
-    again = forms.make_config(TrainerBackend(), names, forms.form_from_config(names, config))
+    again = forms.make_config(TrainerService(), names, forms.form_from_config(names, config))
     assert again == config
 
 
 def test_form_errors_name_the_key(tmp_path):
     names = forms.form_keys()
     with pytest.raises(ConfigError, match="train_data_dir"):
-        forms.make_config(TrainerBackend(), names, _form_values(names, base_model="m"))
+        forms.make_config(TrainerService(), names, _form_values(names, base_model="m"))
     with pytest.raises(ConfigError, match="max_steps"):
-        forms.make_config(TrainerBackend(), names, _form_values(names, train_data_dir="d", base_model="m",
+        forms.make_config(TrainerService(), names, _form_values(names, train_data_dir="d", base_model="m",
                                                                 max_steps="lots"))
 
 
@@ -67,7 +67,7 @@ def test_save_and_load_config_is_the_yaml_the_cli_reads(tmp_path):
     names = forms.form_keys()
     values = _form_values(names, train_data_dir=str(tmp_path / "data"), base_model=str(tmp_path / "m"),
                           output_name="mine", lora_rank=12, max_steps="50")
-    backend = StandaloneBackend(str(tmp_path / "runs"))
+    backend = StandaloneService(str(tmp_path / "runs"))
     path, text = forms.save_config_file(backend, names, values, "")
     assert path == (tmp_path / "runs" / "mine" / forms.DEFAULT_CONFIG_NAME).resolve()  # empty: beside the run
     assert path.read_text(encoding="utf-8") == text
@@ -146,7 +146,7 @@ def test_loss_chart():
 
 # ---------------------------------------------------------------------------- backend hooks
 def test_captioners_outside_the_webui_are_the_model_backends():
-    names = TrainerBackend().captioners()
+    names = TrainerService().captioners()
     assert {"blip", "clip-tags", "blip+clip-tags"} <= set(names)
     assert not [n for n in names if n.startswith("webui")]
 
@@ -165,7 +165,7 @@ def test_captioners_use_the_caption_package(monkeypatch, tmp_path):
     fake.caption_folder = caption_folder
     monkeypatch.setitem(sys.modules, "lora_trainer.caption", fake)
     monkeypatch.setattr("lora_trainer.caption", fake, raising=False)
-    backend = TrainerBackend()
+    backend = TrainerService()
     assert backend.captioners() == ["blip", "clip-tags"]
     root = make_color_dataset(tmp_path / "d", n=2, captions="txt")
     summary = backend.run_captioner(str(root), "blip", prefix="sks, ", overwrite=True)
@@ -177,7 +177,7 @@ def test_captioners_use_the_caption_package(monkeypatch, tmp_path):
 
 
 def test_standalone_backend_defaults(tmp_path):
-    backend = StandaloneBackend(str(tmp_path / "runs"))
+    backend = StandaloneService(str(tmp_path / "runs"))
     config = backend.make_config({"train_data_dir": "d", "base_model": "m", "output_name": "n"})
     assert Path(config.output_dir) == (tmp_path / "runs" / "n").resolve()
     (tmp_path / "runs" / "older").mkdir(parents=True)
@@ -197,7 +197,7 @@ def test_every_key_round_trips_through_the_form_with_its_default():
 
 # ---------------------------------------------------------------------------- the Results section's tools
 def test_grid_rows_settings_and_checkpoint_names(tmp_path):
-    from lora_trainer.backend import checkpoint_file_name
+    from lora_trainer.service import checkpoint_file_name
     from lora_trainer.grid import parse_weights, run_checkpoints
     from lora_trainer.ui.result_views import grid_rows, grid_settings
 
@@ -212,7 +212,7 @@ def test_grid_rows_settings_and_checkpoint_names(tmp_path):
 
     items = [{"name": "o", "path": str(tmp_path / "o.safetensors")},
              {"name": "o_r2", "path": str(tmp_path / "o_r2.safetensors")}]
-    backend = StandaloneBackend(str(tmp_path))
+    backend = StandaloneService(str(tmp_path))
     assert [Path(p).stem for p in grid_rows(backend, items, "o", [])] == ["o-step00000002", "o-step00000004", "o"]
     assert [Path(p).stem for p in grid_rows(backend, items, "o", ["o_r2", "o"])] == ["o_r2", "o"]
     with pytest.raises(LoraTrainerError, match="pick a LoRA"):

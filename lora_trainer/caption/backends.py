@@ -1,7 +1,8 @@
 """The captioning backends this package ships, in the order the UI lists them. Register a new one here."""
 from __future__ import annotations
 
-from . import blip, blip_clip, clip_tags, webui
+from ..hosts.a1111 import captioners
+from . import blip, blip_clip, clip_tags
 from .base import BackendRegistry
 
 
@@ -11,6 +12,6 @@ def default_backends() -> BackendRegistry:
         blip.SPEC,
         clip_tags.SPEC,
         blip_clip.SPEC,
-        webui.INTERROGATOR,
-        webui.DEEPBOORU,
+        captioners.INTERROGATOR,
+        captioners.DEEPBOORU,
     ])

@@ -71,7 +71,7 @@ class SD1Family(ModelFamily):
     def webui_bundle(self, sd_model: Any, name: str, offload: bool):
         """SD1 in the WebUI: an ldm LatentDiffusion whose text encoder wraps a transformers CLIPTextModel."""
         from ..errors import ModelLoadError
-        from .webui_bundle import WebUIBundle, find_clip_text_model
+        from ..hosts.a1111.bundle import WebUIBundle, find_clip_text_model
 
         if hasattr(sd_model, "conditioner") or getattr(sd_model, "cond_stage_model", None) is None:
             return None

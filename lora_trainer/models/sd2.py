@@ -100,7 +100,7 @@ class SD2Family(ModelFamily):
 
     def webui_bundle(self, sd_model: Any, name: str, offload: bool):
         """SD2 in the WebUI: an ldm LatentDiffusion whose text encoder wraps ldm's FrozenOpenCLIPEmbedder."""
-        from .webui_bundle import WebUIBundle, find_open_clip_model
+        from ..hosts.a1111.bundle import WebUIBundle, find_open_clip_model
 
         if hasattr(sd_model, "conditioner") or getattr(sd_model, "cond_stage_model", None) is None:
             return None

@@ -99,7 +99,7 @@ class SDXLFamily(ModelFamily):
 
     def webui_bundle(self, sd_model: Any, name: str, offload: bool):
         """SDXL in the WebUI: an sgm DiffusionEngine with a GeneralConditioner."""
-        from .webui_sdxl_bundle import WebUISDXLBundle
+        from ..hosts.a1111.sdxl_bundle import WebUISDXLBundle
 
         if getattr(sd_model, "conditioner", None) is None:
             return None

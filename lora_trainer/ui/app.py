@@ -1,6 +1,6 @@
 """The standalone page: `python -m lora_trainer ui [--host 127.0.0.1] [--port 7861]`.
 
-It serves the same Blocks as the WebUI tab with a StandaloneBackend, and loads the same style.css and
+It serves the same Blocks as the WebUI tab with a StandaloneService, and loads the same style.css and
 javascript/lora_trainer.js that the WebUI loads for the extension (from the repository root).
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Optional
 
 import gradio as gr
 
-from ..backend import StandaloneBackend, TrainerBackend
+from ..service import StandaloneService, TrainerService
 from . import compat
 from .page import build_ui
 
@@ -35,15 +35,15 @@ def page_js() -> str:
     return "() => {\n" + body + "\nif (window.loraTrainerStartPolling) { window.loraTrainerStartPolling(); }\n}"
 
 
-def create_app(backend: Optional[TrainerBackend] = None) -> tuple:
+def create_app(backend: Optional[TrainerService] = None) -> tuple:
     """(the Blocks with the queue on, the extra launch() keywords) for the standalone page."""
     css = _read(CSS_FILE)
-    demo = build_ui(backend or StandaloneBackend(), css=css, js=page_js())
+    demo = build_ui(backend or StandaloneService(), css=css, js=page_js())
     compat.enable_queue(demo)
     return demo, compat.launch_kwargs(css)
 
 
-def launch(host: str = "127.0.0.1", port: int = 7861, backend: Optional[TrainerBackend] = None,
+def launch(host: str = "127.0.0.1", port: int = 7861, backend: Optional[TrainerService] = None,
            block: bool = True, quiet: bool = False) -> gr.Blocks:
     """Serve the page on host:port (localhost by default). With block=False it returns the running app."""
     demo, extra = create_app(backend)

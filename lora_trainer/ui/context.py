@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Sequence
 
-from ..backend import TrainerBackend
+from ..service import TrainerService
 from .forms import form_keys, raw_from_form
 
 ROOT_ID = "lora_trainer"  # elem_id of the page's root (and of the WebUI tab); style.css is scoped to it
@@ -14,7 +14,7 @@ ROOT_ID = "lora_trainer"  # elem_id of the page's root (and of the WebUI tab); s
 class PageContext:
     """What the sections share: the backend, one widget per config key, and other named components."""
 
-    backend: TrainerBackend
+    backend: TrainerService
     fields: Dict[str, Any] = field(default_factory=dict)  # config key -> widget
     parts: Dict[str, Any] = field(default_factory=dict)  # name -> component
 

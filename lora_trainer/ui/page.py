@@ -11,13 +11,13 @@ from typing import Optional
 
 import gradio as gr
 
-from ..backend import TrainerBackend
+from ..service import TrainerService
 from . import compat
 from .context import ROOT_ID, PageContext
 from .sections import captions, dataset, model, results, run, training
 
 
-def build_ui(backend: TrainerBackend, css: Optional[str] = None, js: Optional[str] = None) -> gr.Blocks:
+def build_ui(backend: TrainerService, css: Optional[str] = None, js: Optional[str] = None) -> gr.Blocks:
     """The trainer's page. `css` is applied where gr.Blocks takes it (standalone passes the rest to
     launch); `js` (standalone only) is run on page load. Inside the WebUI neither is needed: the WebUI
     loads the extension's style.css and javascript/ itself."""

@@ -1,4 +1,4 @@
-"""2. Captions: one button per auto-captioning backend that can run here (TrainerBackend.captioners);
+"""2. Captions: one button per auto-captioning backend that can run here (TrainerService.captioners);
 each captions the dataset folder in place and scans it again."""
 from typing import Any, List
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..events import RunStarted, SampleImages, StepEnded
+from ...events import RunStarted, SampleImages, StepEnded
 
 
 def format_eta(seconds: float) -> str:

@@ -8,16 +8,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Sequence
 
-from ..backend import TrainerBackend
-from ..config import TrainConfig, config_from_dict
-from ..errors import ModelLoadError
-from ..events import Callback
-from ..jobs import JobManager
-from .lora_folder import install_lora
+from ...service import TrainerService
+from ...config import TrainConfig, config_from_dict
+from ...errors import ModelLoadError
+from ...events import Callback
+from ...jobs import JobManager
+from ..lora_folder import install_lora
 from .progress import WebUIStateProgress
 
 if TYPE_CHECKING:
-    from ..tools import MergeResult, ResizeResult
+    from ...tools import MergeResult, ResizeResult
 
 SECTION = ("lora_trainer", "LoRA Trainer")
 # key: (default, label[, slider range])
@@ -101,7 +101,7 @@ def refresh_networks(name: str) -> None:
 
 
 def make_webui_bundle(sd_model, name: str, offload: bool):
-    from ..models import default_families
+    from ...models import default_families
 
     from .sampling import webui_sampler
 
@@ -116,7 +116,7 @@ def train_in_webui(config: TrainConfig, callbacks: Sequence[Callback]):
     """Train the loaded checkpoint, then install the LoRA into the Lora folder (called under the queue lock)."""
     from modules import shared
 
-    from ..engine.run import train
+    from ...engine.run import train
 
     sd_model = shared.sd_model
     if sd_model is None:
@@ -153,7 +153,7 @@ def webui_runner(body: Callable[[], Any]) -> Any:
     return box["result"]
 
 
-class WebUIBackend(TrainerBackend):
+class WebUIBackend(TrainerService):
     """The page inside the WebUI: trains the loaded checkpoint; results go to the Lora folder."""
 
     in_webui = True
@@ -175,7 +175,7 @@ class WebUIBackend(TrainerBackend):
 
     def run_captioner(self, *args, **kwargs) -> str:
         """Caption through the WebUI's GPU queue, so captioning never overlaps txt2img or training."""
-        return webui_runner(lambda: TrainerBackend.run_captioner(self, *args, **kwargs))
+        return webui_runner(lambda: TrainerService.run_captioner(self, *args, **kwargs))
 
     # ------------------------------------------------------------------ the Results section's tools
     def grid_rows(self, lora_path: str) -> List[str]:
@@ -186,7 +186,7 @@ class WebUIBackend(TrainerBackend):
              steps: int = 20, cfg: float = 7.0, negative: str = "") -> Path:
         """The grid through the WebUI's txt2img (`<lora:name:weight>` in the prompt), saved in
         `<workspace>/grids/`."""
-        from ..grid import check_grid_request, new_grid_path, save_grid
+        from ...grid import check_grid_request, new_grid_path, save_grid
         from .sampling import webui_grid
 
         check_grid_request(loras, prompt, weights)
@@ -197,7 +197,7 @@ class WebUIBackend(TrainerBackend):
                                                          cfg=cfg, negative=negative), out))
 
     def resize(self, lora_path: str, rank: int, overwrite: bool = False) -> "ResizeResult":
-        result = TrainerBackend.resize(self, lora_path, rank, overwrite)
+        result = TrainerService.resize(self, lora_path, rank, overwrite)
         refresh_networks(result.path.stem)
         return result
 
@@ -210,7 +210,7 @@ class WebUIBackend(TrainerBackend):
         def body():
             from modules import sd_models
 
-            result = TrainerBackend.merge_into_checkpoint(self, lora_path, weight, out_name, overwrite)
+            result = TrainerService.merge_into_checkpoint(self, lora_path, weight, out_name, overwrite)
             sd_models.list_models()
             return result
 

@@ -14,8 +14,8 @@ from typing import Any, List, Optional, Sequence
 
 from PIL import Image
 
-from ..webui.state import preserved_state
-from .base import BackendSpec, CaptionOptions, Captioner
+from .state import preserved_state
+from ...caption.base import BackendSpec, CaptionOptions, Captioner
 
 WEBUI_ONLY = "runs only inside the AUTOMATIC1111 WebUI"
 

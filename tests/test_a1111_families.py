@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from lora_trainer.engine.run import load_model, train
 from lora_trainer.models import default_families
-from lora_trainer.models.webui_sdxl_bundle import WebUISDXLBundle
+from lora_trainer.hosts.a1111.sdxl_bundle import WebUISDXLBundle
 from lora_trainer.tiny import make_color_dataset
 
 from conftest import make_config

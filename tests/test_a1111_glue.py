@@ -12,8 +12,8 @@ import pytest
 from lora_trainer.config import config_from_dict
 from lora_trainer.events import LossesRead, RunEnded, RunStarted, StepEnded
 from lora_trainer.jobs import JobBusy, JobManager
-from lora_trainer.webui.lora_folder import install_lora
-from lora_trainer.webui.progress import WebUIStateProgress
+from lora_trainer.hosts.lora_folder import install_lora
+from lora_trainer.hosts.a1111.progress import WebUIStateProgress
 
 ROOT = Path(__file__).resolve().parent.parent
 

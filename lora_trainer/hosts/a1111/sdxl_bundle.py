@@ -21,10 +21,10 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError
-from ..lora.network import LoraComponent
-from .bundle import Conditioning
-from .webui_bundle import WebUIBundle, clip_component, find_clip_text_model, find_open_clip_model, open_clip_component
+from ...errors import ModelLoadError
+from ...lora.network import LoraComponent
+from ...models.bundle import Conditioning
+from .bundle import WebUIBundle, clip_component, find_clip_text_model, find_open_clip_model, open_clip_component
 
 TEXT_KEY = "txt"
 SIZE_KEYS = ("original_size_as_tuple", "crop_coords_top_left", "target_size_as_tuple")

@@ -30,7 +30,7 @@ def webui_sampler(prompts: Sequence) -> List:
 def webui_grid(names: Sequence[str], prompt: str, weights: Sequence[float], seed: int = 0, size: int = 512,
                steps: int = 20, cfg: float = 7.0, negative: str = ""):
     """Rows = LoRAs of the Lora folder, columns = weights, each cell `prompt <lora:name:weight>`."""
-    from ..grid import GridResult, assemble_grid
+    from ...grid import GridResult, assemble_grid
 
     rows = [[txt2img(f"{prompt} <lora:{name}:{w:g}>", negative, size, size, steps, cfg, seed) for w in weights]
             for name in names]

@@ -12,7 +12,7 @@ import pytest
 from lora_trainer.engine.run import load_model, train
 from lora_trainer.events import Callback, StepEnded
 from lora_trainer.models.sd1 import SD1Family
-from lora_trainer.models.webui_bundle import WebUIBundle
+from lora_trainer.hosts.a1111.bundle import WebUIBundle
 from lora_trainer.tiny import tiny_original_config
 
 from conftest import make_config

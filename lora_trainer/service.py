@@ -1,5 +1,5 @@
 """What the trainer's page needs from the place it runs in. The page (lora_trainer/ui) talks only to a
-`TrainerBackend`; `StandaloneBackend` trains a base model from a path, `lora_trainer.webui.backend`
+`TrainerService`; `StandaloneService` trains a base model from a path, `lora_trainer.hosts.a1111.host`
 trains the WebUI's loaded checkpoint.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 MERGED_FOLDER = "merged"  # standalone: merged checkpoints go to <run folder>/merged/ (not listed as LoRAs)
 
 
-class TrainerBackend:
+class TrainerService:
     """Standalone behaviour; the WebUI backend overrides what differs there."""
 
     in_webui = False
@@ -182,7 +182,7 @@ def checkpoint_file_name(text: Optional[str], default: str) -> str:
     return f"{name}.safetensors"
 
 
-class StandaloneBackend(TrainerBackend):
+class StandaloneService(TrainerService):
     """`python -m lora_trainer ui`: trains a base model given by path; runs go to `output_root/<name>`."""
 
     def __init__(self, output_root: str = "output", jobs: Optional[JobManager] = None):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Dict, Set
 
-from ..errors import LoraTrainerError
+from ...errors import LoraTrainerError
 
 
 def file_module_names(path: str) -> Set[str]:
-    from ..formats.kohya import load_kohya_lora, lora_modules
+    from ...formats.kohya import load_kohya_lora, lora_modules
 
     tensors, _ = load_kohya_lora(path)
     return set(lora_modules(tensors))

@@ -26,12 +26,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError
-from ..lora.kohya_names import kohya_name, ldm_to_diffusers_unet_path, open_clip_text_encoder_path, text_encoder_path
-from ..lora.network import LoraComponent
-from ..lora.targets import open_clip_targets, text_encoder_targets, unet_targets
-from .bundle import Conditioning, ModelBundle
-from .family import ModelFamily
+from ...errors import ModelLoadError
+from ...lora.kohya_names import kohya_name, ldm_to_diffusers_unet_path, open_clip_text_encoder_path, text_encoder_path
+from ...lora.network import LoraComponent
+from ...lora.targets import open_clip_targets, text_encoder_targets, unet_targets
+from ...models.bundle import Conditioning, ModelBundle
+from ...models.family import ModelFamily
 
 CHECKPOINTED_BLOCKS = ("BasicTransformerBlock", "ResBlock")
 TEXT_BLOCKS = ("CLIPEncoderLayer", "ResidualAttentionBlock")  # transformers CLIP, open_clip
