@@ -1,6 +1,9 @@
-"""What the trainer's page needs from the place it runs in. The page (lora_trainer/ui) talks only to a
-`TrainerService`; `StandaloneService` trains a base model from a path, `lora_trainer.hosts.a1111.host`
-trains the WebUI's loaded checkpoint.
+"""What the trainer's page (lora_trainer/ui) and the HTTP routes can ask for: a `TrainerService`.
+
+`TrainerService` holds the standalone behaviour and `StandaloneService` adds its run folders: both train
+a base model given by path. `HostedService` is the page inside a host WebUI (hosts/): it trains the
+host's loaded checkpoint through the host's queue and puts results into the host's folders, asking the
+host for everything that differs, so one class serves every host.
 """
 from __future__ import annotations
 
@@ -14,13 +17,14 @@ from .errors import DatasetError, LoraTrainerError, ModelLoadError
 from .jobs import JobBusy, JobManager, JobStatus, list_loras
 
 if TYPE_CHECKING:
+    from .hosts.base import Host
     from .tools import MergeResult, ResizeResult
 
 MERGED_FOLDER = "merged"  # standalone: merged checkpoints go to <run folder>/merged/ (not listed as LoRAs)
 
 
 class TrainerService:
-    """Standalone behaviour; the WebUI backend overrides what differs there."""
+    """Standalone behaviour; `HostedService` overrides what differs inside a host."""
 
     in_webui = False
 
@@ -198,3 +202,71 @@ class StandaloneService(TrainerService):
         if self.output_root.is_dir():
             folders += sorted(p for p in self.output_root.iterdir() if p.is_dir())
         return folders
+
+
+class HostedService(TrainerService):
+    """The page inside a host WebUI: trains the loaded checkpoint; results go to the host's Lora folder."""
+
+    in_webui = True
+
+    def __init__(self, host: "Host") -> None:
+        super().__init__(JobManager(runner=host.run_job, train_fn=host.train))
+        self.host = host
+
+    def model_description(self) -> str:
+        return self.host.model_description()
+
+    def default_output_dir(self, name: str) -> str:
+        return str(self.host.workspace() / name)
+
+    def results_folders(self) -> List[Path]:
+        return [self.host.lora_dir()]
+
+    def run_captioner(self, *args, **kwargs) -> str:
+        """Caption through the host's queue, so captioning never overlaps txt2img or training."""
+        return self.host.run_job(lambda: TrainerService.run_captioner(self, *args, **kwargs))
+
+    # ------------------------------------------------------------------ the Results section's tools
+    def grid_rows(self, lora_path: str) -> List[str]:
+        """The Lora folder holds finished LoRAs only (checkpoints stay in the workspace): the LoRA itself."""
+        return [lora_path]
+
+    def grid(self, loras: Sequence[str], prompt: str, weights: Sequence[float], seed: int = 0, size: int = 512,
+             steps: int = 20, cfg: float = 7.0, negative: str = "") -> Path:
+        """The grid rendered by the host (`<lora:name:weight>` in its txt2img), saved in `<workspace>/grids/`."""
+        from .grid import check_grid_request, new_grid_path, save_grid
+
+        check_grid_request(loras, prompt, weights)
+        self.check_idle("render a grid")
+        names = [Path(p).stem for p in loras]
+        out = new_grid_path(self.host.workspace() / "grids")
+        return self.host.run_job(lambda: save_grid(self.host.render_grid(names, prompt, weights, seed, size, steps,
+                                                                         cfg, negative), out))
+
+    def resize(self, lora_path: str, rank: int, overwrite: bool = False) -> "ResizeResult":
+        result = TrainerService.resize(self, lora_path, rank, overwrite)
+        self.host.refresh_loras(result.path.stem)
+        return result
+
+    def merge_into_checkpoint(self, lora_path: str, weight: float, out_name: str = "",
+                              overwrite: bool = False) -> "MergeResult":
+        """Into the loaded checkpoint, written to the host's checkpoint folder, whose list is then re-read.
+        Through the host's queue: it reads and writes files of gigabytes."""
+        self.check_idle("merge into a checkpoint")
+
+        def body():
+            result = TrainerService.merge_into_checkpoint(self, lora_path, weight, out_name, overwrite)
+            self.host.refresh_checkpoints()
+            return result
+
+        return self.host.run_job(body)
+
+    def merge_base(self, lora: Path) -> Path:
+        return self.host.loaded_checkpoint()
+
+    def checkpoint_folder(self, lora: Path) -> Path:
+        return self.host.checkpoint_dir()
+
+    def make_config(self, raw: Dict[str, Any]) -> TrainConfig:
+        return TrainerService.make_config(self, self.host.fill_config(raw))
+

@@ -12,7 +12,7 @@ import pytest
 from lora_trainer.engine.run import load_model, train
 from lora_trainer.events import Callback, StepEnded
 from lora_trainer.models.sd1 import SD1Family
-from lora_trainer.hosts.a1111.bundle import WebUIBundle
+from lora_trainer.hosts.a1111.bundle import A1111Bundle
 from lora_trainer.tiny import tiny_original_config
 
 from conftest import make_config
@@ -29,7 +29,7 @@ def test_names_and_loss_match_the_diffusers_path_on_converted_weights(tmp_path, 
     path = save_single_file(ldm, tmp_path / "models" / "tiny.safetensors")
     cfg = make_config(path, color_data, tmp_path / "out", tokenizer_path=str(tmp_path / "ldm_tokenizer"),
                       train_text_encoder=True, batch_size=2)
-    bundles = [WebUIBundle(ldm, SD1Family(), "tiny"), load_model(cfg)]  # load_model converts with diffusers
+    bundles = [A1111Bundle(ldm, SD1Family(), "tiny"), load_model(cfg)]  # load_model converts with diffusers
     names, losses, steps = same_lora_same_loss(tmp_path, cfg, bundles, ["unet", "te"])
     assert any(n.startswith("lora_te_text_model_encoder_layers_") for n in names)
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
@@ -41,7 +41,7 @@ def test_training_keeps_every_base_weight_in_place_and_restores_the_model(tmp_pa
     cfg = make_config(tmp_path / "unused", color_data, tmp_path / "out", max_steps=3, train_text_encoder=True,
                       gradient_checkpointing=True)
     peek = MidRunPeek(ldm)
-    result = train(cfg, [peek], bundle=WebUIBundle(ldm, SD1Family(), "tiny"))
+    result = train(cfg, [peek], bundle=A1111Bundle(ldm, SD1Family(), "tiny"))
     assert result.lora_path.is_file()
     peek.assert_no_base_weight_moved(saved)
     assert peek.lora_layers  # LoRA layers were there during training
@@ -58,7 +58,7 @@ def test_an_exception_mid_training_restores_the_model(tmp_path, ldm, color_data)
                 raise RuntimeError("simulated failure")
 
     with pytest.raises(RuntimeError, match="simulated failure"):
-        train(cfg, [Boom()], bundle=WebUIBundle(ldm, SD1Family(), "tiny"))
+        train(cfg, [Boom()], bundle=A1111Bundle(ldm, SD1Family(), "tiny"))
     assert_restored(ldm, saved)
 
 
@@ -75,7 +75,7 @@ def test_peak_memory_growth_is_below_the_unet_size(tmp_path, color_data):
     ldm = build_tiny_ldm(tmp_path, seed=0, original=original)
     unet_bytes = sum(p.numel() * p.element_size() for p in ldm.model.diffusion_model.parameters())
     cfg = make_config(tmp_path / "unused", color_data, tmp_path / "warm", max_steps=1, batch_size=1)
-    train(cfg, bundle=WebUIBundle(ldm, SD1Family(), "tiny"))  # warm-up: imports, allocator pools
+    train(cfg, bundle=A1111Bundle(ldm, SD1Family(), "tiny"))  # warm-up: imports, allocator pools
     peak, stop = [_rss_bytes()], threading.Event()
 
     def sample():
@@ -88,7 +88,7 @@ def test_peak_memory_growth_is_below_the_unet_size(tmp_path, color_data):
     sampler.start()
     try:
         train(copy.deepcopy(cfg).__class__(**{**cfg.to_dict(), "output_dir": str(tmp_path / "run"), "max_steps": 2}),
-              bundle=WebUIBundle(ldm, SD1Family(), "tiny"))
+              bundle=A1111Bundle(ldm, SD1Family(), "tiny"))
     finally:
         stop.set()
         sampler.join()

@@ -9,8 +9,8 @@ import torch
 from safetensors import safe_open
 
 from lora_trainer.engine.run import load_model, train
-from lora_trainer.models import default_families
-from lora_trainer.hosts.a1111.sdxl_bundle import WebUISDXLBundle
+from lora_trainer.hosts.a1111.layouts import in_place_bundle
+from lora_trainer.hosts.a1111.sdxl_bundle import A1111SDXLBundle
 from lora_trainer.tiny import make_color_dataset
 
 from conftest import make_config
@@ -36,7 +36,7 @@ def wide_data(tmp_path):
 
 # ---------------------------------------------------------------------------- SD2
 def test_sd2_webui_model_is_recognised_and_matches_the_converted_file(tmp_path, sd2_ldm, color_data):
-    bundle = default_families().webui_bundle(sd2_ldm, name="tiny-sd2")
+    bundle = in_place_bundle(sd2_ldm, name="tiny-sd2")
     assert bundle is not None and bundle.family.name == "sd2" and bundle.prediction_type == "epsilon"
     path = save_sd2_single_file(sd2_ldm, tmp_path / "models" / "tiny-sd2.safetensors")
     cfg = make_config(path, color_data, tmp_path / "out", tokenizer_path=str(tmp_path / "ldm_tokenizer"),
@@ -53,7 +53,7 @@ def test_sd2_webui_model_is_recognised_and_matches_the_converted_file(tmp_path, 
 
 def test_sd2_v_model_from_its_yaml(tmp_path, color_data):
     ldm = build_tiny_sd2_ldm(tmp_path, seed=0, parameterization="v")
-    assert default_families().webui_bundle(ldm).prediction_type == "v_prediction"
+    assert in_place_bundle(ldm).prediction_type == "v_prediction"
     path = save_sd2_single_file(ldm, tmp_path / "m" / "tiny-sd2-v.safetensors", parameterization="v")
     cfg = make_config(path, color_data, tmp_path / "out", tokenizer_path=str(tmp_path / "ldm_tokenizer"))
     assert load_model(cfg).prediction_type == "v_prediction"
@@ -66,7 +66,7 @@ def test_training_in_place_keeps_every_weight_and_restores_the_model(tmp_path, c
     cfg = make_config(tmp_path / "unused", color_data, tmp_path / "out", max_steps=3, train_text_encoder=True,
                       gradient_checkpointing=True)
     peek = MidRunPeek(model)
-    result = train(cfg, [peek], bundle=default_families().webui_bundle(model, name="tiny"))
+    result = train(cfg, [peek], bundle=in_place_bundle(model, name="tiny"))
     with safe_open(str(result.lora_path), "pt") as f:
         assert {k.split("_")[1] for k in f.keys()} == ({"unet", "te"} if family == "sd2" else {"unet", "te1", "te2"})
         assert f.metadata()["ss_base_model_version"] == ("sd_v2" if family == "sd2" else "sdxl_base_v1-0")
@@ -77,8 +77,8 @@ def test_training_in_place_keeps_every_weight_and_restores_the_model(tmp_path, c
 
 # ---------------------------------------------------------------------------- SDXL
 def test_sdxl_webui_model_is_recognised_and_matches_the_converted_file(tmp_path, sdxl_sgm, wide_data):
-    bundle = default_families().webui_bundle(sdxl_sgm, name="tiny-sdxl")
-    assert isinstance(bundle, WebUISDXLBundle) and bundle.family.name == "sdxl"
+    bundle = in_place_bundle(sdxl_sgm, name="tiny-sdxl")
+    assert isinstance(bundle, A1111SDXLBundle) and bundle.family.name == "sdxl"
     path = save_sdxl_single_file(sdxl_sgm, tmp_path / "models" / "tiny-sdxl.safetensors")
     cfg = make_config(path, wide_data, tmp_path / "out", tokenizer_path=str(tmp_path / "sgm_tokenizer"),
                       resolution=64, min_bucket_reso=64, max_bucket_reso=128, gradient_checkpointing=False,
@@ -97,7 +97,7 @@ def test_sdxl_webui_model_is_recognised_and_matches_the_converted_file(tmp_path,
 def test_sdxl_conditioning_comes_from_the_models_embedders(tmp_path, sdxl_sgm):
     from lora_trainer.data.dataset import ImageInfo
 
-    bundle = default_families().webui_bundle(sdxl_sgm)
+    bundle = in_place_bundle(sdxl_sgm)
     cond = bundle.encode_captions(["a red image", "a blue image"])
     assert cond["crossattn"].shape == (2, 77, 64) and cond["vector"].shape == (2, 32)
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))

@@ -13,14 +13,14 @@ from lora_trainer.config import config_from_dict
 from lora_trainer.events import LossesRead, RunEnded, RunStarted, StepEnded
 from lora_trainer.jobs import JobBusy, JobManager
 from lora_trainer.hosts.lora_folder import install_lora
-from lora_trainer.hosts.a1111.progress import WebUIStateProgress
+from lora_trainer.hosts.a1111.progress import SharedStateProgress
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_progress_goes_into_the_webui_state_and_interrupt_stops():
     state = SimpleNamespace(job="", job_count=0, job_no=0, textinfo=None, interrupted=False)
-    cb = WebUIStateProgress(state)
+    cb = SharedStateProgress(state)
     cb.on_event(RunStarted(total_steps=50, steps_per_epoch=10, epochs=5, num_images=4))
     assert state.job_count == 50 and state.job == "lora_trainer"
     cb.on_event(StepEnded(step=7, total_steps=50, epoch=1, loss=0.1234, lr=1e-4, steps_per_second=2.0,

@@ -19,7 +19,7 @@ from lora_trainer.ui.forms import form_keys  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class FakeWebUIBackend(TrainerService):
+class FakeHostedService(TrainerService):
     """What the page sees inside the WebUI (no WebUI needed): a loaded checkpoint, captioners."""
 
     in_webui = True
@@ -61,7 +61,7 @@ def test_standalone_page_builds_with_every_config_key(tmp_path):
 
 
 def test_webui_page_builds_with_model_name_captioners_and_send_button():
-    demo = build_ui(FakeWebUIBackend())
+    demo = build_ui(FakeHostedService())
     ids = _elem_ids(demo)
     assert {"lora_trainer_send", "lora_trainer_model_info", "lora_trainer_caption_blip",
             "lora_trainer_caption_clip_tags"} <= ids

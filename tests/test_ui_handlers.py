@@ -351,7 +351,8 @@ def fake_webui(monkeypatch, tmp_path, ldm_run):
 
 def test_webui_merge_resize_and_grid(fake_webui, monkeypatch):
     from lora_trainer.hosts.a1111 import sampling
-    from lora_trainer.hosts.a1111.host import WebUIBackend
+    from lora_trainer.hosts.a1111.host import A1111Host
+    from lora_trainer.service import HostedService
 
     tmp, calls = fake_webui
     prompts: List[str] = []
@@ -361,7 +362,7 @@ def test_webui_merge_resize_and_grid(fake_webui, monkeypatch):
         return Image.new("RGB", (width, height), (len(prompts) * 40, 0, 0))
 
     monkeypatch.setattr(sampling, "txt2img", txt2img)  # the WebUI's own txt2img is not here
-    backend = WebUIBackend()
+    backend = HostedService(A1111Host())
     page = Page(backend)
     page.fire("lora_trainer_results_refresh")
     assert page.get("lora_trainer_result_pick") == "m"

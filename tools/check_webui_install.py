@@ -89,7 +89,7 @@ def main() -> int:
         print("the second run changed the environment")
         ok = False
     imp = subprocess.run([str(python), "-c", "import lora_trainer, diffusers, peft; from lora_trainer.engine.run import "
-                          "train; from lora_trainer.hosts.a1111.host import WebUIBackend; print('import ok', "
+                          "train; from lora_trainer.service import HostedService; from lora_trainer.hosts import A1111Host; print('import ok', "
                           "diffusers.__version__, peft.__version__)"],
                          cwd=str(ROOT), capture_output=True, text=True)
     print(imp.stdout.strip() or imp.stderr.strip()[-800:])

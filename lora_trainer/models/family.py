@@ -54,10 +54,6 @@ class ModelFamily:
         """True when a diffusers folder with these UNet / text-encoder configs belongs to this family."""
         return False
 
-    def webui_bundle(self, sd_model: Any, name: str, offload: bool) -> Optional[Any]:
-        """A bundle training the WebUI's loaded `sd_model` in place, or None if it is not of this family."""
-        return None
-
     def original_config(self, shapes: Dict[str, Sequence[int]]) -> Dict[str, Any]:
         """Default ldm-style config for a single-file checkpoint of this family."""
         raise NotImplementedError
@@ -134,14 +130,6 @@ class FamilyRegistry:
                 return fam
         raise ModelLoadError(f"{source or 'model folder'}: a diffusers model of a kind this trainer does not "
                              f"know (cross_attention_dim={getattr(unet_config, 'cross_attention_dim', '?')})")
-
-    def webui_bundle(self, sd_model: Any, name: str = "", offload: bool = False) -> Optional[Any]:
-        """The first family's in-place bundle for a WebUI model (None when no family takes it)."""
-        for fam in self.families:
-            bundle = fam.webui_bundle(sd_model, name, offload)
-            if bundle is not None:
-                return bundle
-        return None
 
     def names(self) -> List[str]:
         return [f.name for f in self.families]

@@ -68,19 +68,6 @@ class SD1Family(ModelFamily):
         return getattr(unet_config, "cross_attention_dim", 768) not in (1024, 2048) and \
             getattr(unet_config, "addition_embed_type", None) is None
 
-    def webui_bundle(self, sd_model: Any, name: str, offload: bool):
-        """SD1 in the WebUI: an ldm LatentDiffusion whose text encoder wraps a transformers CLIPTextModel."""
-        from ..errors import ModelLoadError
-        from ..hosts.a1111.bundle import WebUIBundle, find_clip_text_model
-
-        if hasattr(sd_model, "conditioner") or getattr(sd_model, "cond_stage_model", None) is None:
-            return None
-        try:
-            find_clip_text_model(sd_model.cond_stage_model)
-        except ModelLoadError:
-            return None
-        return WebUIBundle(sd_model, self, name=name, offload=offload)
-
     def original_config(self, shapes: Dict[str, Sequence[int]]) -> Dict[str, Any]:
         return copy.deepcopy(SD1_ORIGINAL_CONFIG)
 

@@ -98,16 +98,6 @@ class SD2Family(ModelFamily):
         return bool(getattr(unet_config, "use_linear_projection", False)) and \
             getattr(text_encoder_config, "hidden_act", "") == "gelu"
 
-    def webui_bundle(self, sd_model: Any, name: str, offload: bool):
-        """SD2 in the WebUI: an ldm LatentDiffusion whose text encoder wraps ldm's FrozenOpenCLIPEmbedder."""
-        from ..hosts.a1111.bundle import WebUIBundle, find_open_clip_model
-
-        if hasattr(sd_model, "conditioner") or getattr(sd_model, "cond_stage_model", None) is None:
-            return None
-        if find_open_clip_model(sd_model.cond_stage_model) is None:
-            return None
-        return WebUIBundle(sd_model, self, name=name, offload=offload)
-
     def original_config(self, shapes: Dict[str, Sequence[int]]) -> Dict[str, Any]:
         return copy.deepcopy(SD2_ORIGINAL_CONFIG)
 

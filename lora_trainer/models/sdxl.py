@@ -97,14 +97,6 @@ class SDXLFamily(ModelFamily):
     def unet_kohya_path(self, diffusers_path: str, layers_per_block: int) -> str:
         return diffusers_to_ldm_unet_path(diffusers_path, layers_per_block)
 
-    def webui_bundle(self, sd_model: Any, name: str, offload: bool):
-        """SDXL in the WebUI: an sgm DiffusionEngine with a GeneralConditioner."""
-        from ..hosts.a1111.sdxl_bundle import WebUISDXLBundle
-
-        if getattr(sd_model, "conditioner", None) is None:
-            return None
-        return WebUISDXLBundle(sd_model, self, name=name, offload=offload)
-
     def original_config(self, shapes: Dict[str, Sequence[int]]) -> Dict[str, Any]:
         return copy.deepcopy(SDXL_ORIGINAL_CONFIG)
 

@@ -10,11 +10,11 @@ from typing import Any, Optional
 from .context import ROOT_ID
 
 
-def build_ui(backend: Any, css: Optional[str] = None, js: Optional[str] = None) -> Any:
+def build_ui(service: Any, css: Optional[str] = None, js: Optional[str] = None) -> Any:
     """The page as a gradio Blocks (see page.build_ui)."""
     from .page import build_ui as build
 
-    return build(backend, css=css, js=js)
+    return build(service, css=css, js=js)
 
 
 __all__ = ["ROOT_ID", "build_ui"]

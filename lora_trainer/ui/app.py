@@ -35,18 +35,18 @@ def page_js() -> str:
     return "() => {\n" + body + "\nif (window.loraTrainerStartPolling) { window.loraTrainerStartPolling(); }\n}"
 
 
-def create_app(backend: Optional[TrainerService] = None) -> tuple:
+def create_app(service: Optional[TrainerService] = None) -> tuple:
     """(the Blocks with the queue on, the extra launch() keywords) for the standalone page."""
     css = _read(CSS_FILE)
-    demo = build_ui(backend or StandaloneService(), css=css, js=page_js())
+    demo = build_ui(service or StandaloneService(), css=css, js=page_js())
     compat.enable_queue(demo)
     return demo, compat.launch_kwargs(css)
 
 
-def launch(host: str = "127.0.0.1", port: int = 7861, backend: Optional[TrainerService] = None,
+def launch(host: str = "127.0.0.1", port: int = 7861, service: Optional[TrainerService] = None,
            block: bool = True, quiet: bool = False) -> gr.Blocks:
     """Serve the page on host:port (localhost by default). With block=False it returns the running app."""
-    demo, extra = create_app(backend)
+    demo, extra = create_app(service)
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, inbrowser=False,
                 show_error=True, quiet=quiet, **extra)
     return demo

@@ -12,9 +12,9 @@ ROOT_ID = "lora_trainer"  # elem_id of the page's root (and of the WebUI tab); s
 
 @dataclass
 class PageContext:
-    """What the sections share: the backend, one widget per config key, and other named components."""
+    """What the sections share: the service, one widget per config key, and other named components."""
 
-    backend: TrainerService
+    service: TrainerService
     fields: Dict[str, Any] = field(default_factory=dict)  # config key -> widget
     parts: Dict[str, Any] = field(default_factory=dict)  # name -> component
 

@@ -157,9 +157,9 @@ def form_from_config(names: Sequence[str], config: TrainConfig) -> List[Any]:
     return [to_form(name, getattr(config, name)) for name in names]
 
 
-def make_config(backend: Any, names: Sequence[str], values: Sequence[Any]) -> TrainConfig:
-    """Validate the form into a TrainConfig through the backend (which fills what the place decides)."""
-    return backend.make_config(raw_from_form(names, values))
+def make_config(service: Any, names: Sequence[str], values: Sequence[Any]) -> TrainConfig:
+    """Validate the form into a TrainConfig through the service (which fills what the host decides)."""
+    return service.make_config(raw_from_form(names, values))
 
 
 # ---------------------------------------------------------------------------- YAML files and the CLI
@@ -172,10 +172,10 @@ def config_file_path(path: str, config: TrainConfig) -> Path:
     return target.resolve()
 
 
-def save_config_file(backend: Any, names: Sequence[str], values: Sequence[Any],
+def save_config_file(service: Any, names: Sequence[str], values: Sequence[Any],
                      path: str) -> Tuple[Path, str]:
     """Validate the form and write it as YAML (the file `python -m lora_trainer train --config` reads)."""
-    config = make_config(backend, names, values)
+    config = make_config(service, names, values)
     target = config_file_path(path, config)
     text = dump_config(config)
     try:

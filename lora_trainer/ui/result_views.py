@@ -20,12 +20,12 @@ def picked_result(items: Sequence[Dict[str, Any]], label: Optional[str]) -> Dict
     return item
 
 
-def grid_rows(backend: Any, items: Sequence[Dict[str, Any]], picked: Optional[str],
+def grid_rows(service: Any, items: Sequence[Dict[str, Any]], picked: Optional[str],
               chosen: Sequence[str]) -> List[str]:
-    """LoRA files of the grid's rows: the chosen LoRAs, or else the picked one's `backend.grid_rows`."""
+    """LoRA files of the grid's rows: the chosen LoRAs, or else the picked one's `service.grid_rows`."""
     if chosen:
         return [str(picked_result(items, label)["path"]) for label in chosen]
-    return backend.grid_rows(str(picked_result(items, picked)["path"]))
+    return service.grid_rows(str(picked_result(items, picked)["path"]))
 
 
 def grid_settings(seed: Any, size: Any, steps: Any, cfg: Any) -> Dict[str, Any]:

@@ -1,5 +1,5 @@
-"""WebUIBundle: train the model the WebUI already holds in memory (ldm `LatentDiffusion`: SD1.x, SD2.x;
-SDXL's sgm model is `WebUISDXLBundle`, a subclass).
+"""A1111Bundle: train the model the WebUI already holds in memory (ldm `LatentDiffusion`: SD1.x, SD2.x;
+SDXL's sgm model is `A1111SDXLBundle`, a subclass).
 
 Why LoRA layers go on the ldm modules themselves (and not on diffusers modules sharing storage): the
 WebUI's model is used as it is, so no second set of modules, no key conversion at load and no risk of
@@ -71,7 +71,7 @@ def find_clip_text_model(cond_stage_model: nn.Module) -> nn.Module:
                          f"({type(cond_stage_model).__name__})")
 
 
-class WebUIBundle(ModelBundle):
+class A1111Bundle(ModelBundle):
     """An ldm LatentDiffusion (the WebUI's `shared.sd_model`) trained in place."""
 
     def __init__(self, sd_model: nn.Module, family: ModelFamily, name: str = "", offload: bool = False):

@@ -13,8 +13,9 @@ def format_eta(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-class WebUIStateProgress:
-    """A Callback that mirrors steps into a WebUI `State` object (job_count / job_no / textinfo)."""
+class SharedStateProgress:
+    """A Callback that mirrors steps into the WebUI's `shared.state` (job_count / job_no / textinfo) and stops
+    on its Interrupt button."""
 
     def __init__(self, state: Any, job: str = "lora_trainer"):
         self.state = state

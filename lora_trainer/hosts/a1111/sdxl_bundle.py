@@ -1,4 +1,4 @@
-"""WebUISDXLBundle: train the WebUI's loaded SDXL model (sgm `DiffusionEngine`) in place.
+"""A1111SDXLBundle: train the WebUI's loaded SDXL model (sgm `DiffusionEngine`) in place.
 
 Everything the WebUI bundle does for SD1 holds (LoRA layers on the model's own modules, nothing copied,
 `restore()` puts it back exactly); what differs is taken from the model object, never from `modules.*`:
@@ -24,13 +24,13 @@ from torch import nn
 from ...errors import ModelLoadError
 from ...lora.network import LoraComponent
 from ...models.bundle import Conditioning
-from .bundle import WebUIBundle, clip_component, find_clip_text_model, find_open_clip_model, open_clip_component
+from .bundle import A1111Bundle, clip_component, find_clip_text_model, find_open_clip_model, open_clip_component
 
 TEXT_KEY = "txt"
 SIZE_KEYS = ("original_size_as_tuple", "crop_coords_top_left", "target_size_as_tuple")
 
 
-class WebUISDXLBundle(WebUIBundle):
+class A1111SDXLBundle(A1111Bundle):
     """An sgm DiffusionEngine (the WebUI's SDXL `shared.sd_model`) trained in place."""
 
     def _text_module(self) -> nn.Module:

@@ -15,7 +15,7 @@ NOT_INSTALLED = ("Auto-captioning is not installed here (the `lora_trainer.capti
 
 def layout(ctx: PageContext) -> None:
     p = ctx.parts
-    names = ctx.backend.captioners()
+    names = ctx.service.captioners()
     p["captioner_names"] = names
     with gr.Column(elem_id="lora_trainer_captions", elem_classes=["lt-section"]):
         gr.Markdown("### 2. Captions")
@@ -56,7 +56,7 @@ def _runner(ctx: PageContext, name: str):
     def run(*args: Any) -> List[Any]:
         values, (prefix, model, overwrite, rel) = ctx.split(args)
         folder = str(ctx.raw(values).get("train_data_dir") or "").strip()
-        summary = ctx.backend.run_captioner(folder, name, prefix or "", bool(overwrite), None, model=model or None)
+        summary = ctx.service.run_captioner(folder, name, prefix or "", bool(overwrite), None, model=model or None)
         return [message_html(summary, "ok"), *scan_outputs(ctx, values, selected=rel)]
 
     return run

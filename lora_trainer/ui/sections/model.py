@@ -12,11 +12,11 @@ def layout(ctx: PageContext) -> None:
     p = ctx.parts
     with gr.Column(elem_id="lora_trainer_model", elem_classes=["lt-section"]):
         gr.Markdown("### 3. Model")
-        if ctx.backend.needs_base_model_path():
+        if ctx.service.needs_base_model_path():
             ctx.fields["base_model"] = field_widget("base_model", label="Base model (file or diffusers folder)")
             return
         with gr.Row():
-            p["model_info"] = gr.Markdown(ctx.backend.model_description(), elem_id="lora_trainer_model_info")
+            p["model_info"] = gr.Markdown(ctx.service.model_description(), elem_id="lora_trainer_model_info")
             p["model_refresh"] = gr.Button("Refresh", elem_id="lora_trainer_model_refresh", scale=0)
 
 
@@ -27,6 +27,6 @@ def wire(ctx: PageContext) -> None:
 
     @guarded(1)
     def refresh(*_args: Any) -> str:
-        return ctx.backend.model_description()
+        return ctx.service.model_description()
 
     p["model_refresh"].click(refresh, None, [p["model_info"]])

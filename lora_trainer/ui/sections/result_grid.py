@@ -1,5 +1,5 @@
 """6. Results, Grid: rows = LoRAs (the picked LoRA with its run's checkpoints, or the LoRAs chosen),
-columns = weights, every cell the same prompt and seed. The backend renders it (standalone: the run's
+columns = weights, every cell the same prompt and seed. The service renders it (standalone: the run's
 base model; in the WebUI: its txt2img) and saves the PNG; the page shows it."""
 from typing import Any, List
 
@@ -15,7 +15,7 @@ from .result_list import listed
 
 def layout(ctx: PageContext) -> None:
     p = ctx.parts
-    rows_info = ("Empty: the picked LoRA." if ctx.backend.in_webui else
+    rows_info = ("Empty: the picked LoRA." if ctx.service.in_webui else
                  "Empty: the picked LoRA and its run's checkpoints (one row each, in step order).")
     with gr.Accordion("Grid: LoRAs x weights", open=False, elem_id="lora_trainer_grid_box"):
         p["grid_loras"] = gr.Dropdown(choices=[], value=[], multiselect=True, label="Rows: LoRAs", info=rows_info,
@@ -50,8 +50,8 @@ def wire(ctx: PageContext) -> None:
                 steps: Any, cfg: Any) -> List[Any]:
         columns = parse_weights(str(weights or ""))
         settings = grid_settings(seed, size, steps, cfg)
-        rows = grid_rows(ctx.backend, listed(ctx), picked, list(chosen or []))
-        path = ctx.backend.grid(rows, str(prompt or ""), columns, negative=str(negative or ""), **settings)
+        rows = grid_rows(ctx.service, listed(ctx), picked, list(chosen or []))
+        path = ctx.service.grid(rows, str(prompt or ""), columns, negative=str(negative or ""), **settings)
         return [grid_html(path, len(rows), len(columns)), load_png(path)]
 
     inputs = [p["result_pick"], p["grid_loras"], p["grid_prompt"], p["grid_negative"], p["grid_weights"],

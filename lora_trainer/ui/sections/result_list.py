@@ -11,7 +11,7 @@ SHOWN = 50  # newest LoRAs listed
 
 
 def listed(ctx: PageContext) -> List[Dict[str, Any]]:
-    return final_results(ctx.backend.list_results())[:SHOWN]
+    return final_results(ctx.service.list_results())[:SHOWN]
 
 
 def result_targets(ctx: PageContext) -> List[Any]:
@@ -31,5 +31,5 @@ def results_outputs(ctx: PageContext, keep: Optional[str] = None) -> List[Any]:
         if img is not None:
             previews.append((img, label))
     pick = keep if keep in labels else (labels[0] if labels else None)
-    return [results_html(items, show_paths=not ctx.backend.in_webui), compat.update(choices=labels, value=pick),
+    return [results_html(items, show_paths=not ctx.service.in_webui), compat.update(choices=labels, value=pick),
             previews, compat.update(choices=labels)]

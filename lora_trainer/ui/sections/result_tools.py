@@ -26,7 +26,7 @@ def layout(ctx: PageContext) -> None:
                                          info="Writes <name>_r<rank> beside the LoRA and says what it costs.", scale=3)
             p["resize_run"] = gr.Button("Resize", elem_id="lora_trainer_resize_run", scale=1)
         with gr.Row():
-            p["merge_name"] = gr.Textbox(label="Checkpoint name", info=MERGE_INFO[bool(ctx.backend.in_webui)],
+            p["merge_name"] = gr.Textbox(label="Checkpoint name", info=MERGE_INFO[bool(ctx.service.in_webui)],
                                          lines=1, max_lines=1, scale=3, elem_id="lora_trainer_merge_name")
             p["merge_run"] = gr.Button("Merge into checkpoint", elem_id="lora_trainer_merge_run", scale=1)
         p["tools_overwrite"] = gr.Checkbox(value=False, label="Overwrite an existing output file",
@@ -41,15 +41,15 @@ def wire(ctx: PageContext) -> None:
     @guarded(1 + len(targets))
     def on_resize(picked: Any, rank: Any, overwrite: Any) -> List[Any]:
         item = picked_result(listed(ctx), picked)
-        result = ctx.backend.resize(str(item["path"]), int(rank or 0), bool(overwrite))
+        result = ctx.service.resize(str(item["path"]), int(rank or 0), bool(overwrite))
         return [resize_html(result), *results_outputs(ctx, keep=picked)]
 
     @guarded(1)
     def on_merge(picked: Any, weight: Any, name: Any, overwrite: Any) -> str:
         item = picked_result(listed(ctx), picked)
-        result = ctx.backend.merge_into_checkpoint(str(item["path"]), float(weight or 0), str(name or ""),
+        result = ctx.service.merge_into_checkpoint(str(item["path"]), float(weight or 0), str(name or ""),
                                                    bool(overwrite))
-        return merge_html(result, bool(ctx.backend.in_webui))
+        return merge_html(result, bool(ctx.service.in_webui))
 
     p["resize_run"].click(on_resize, [p["result_pick"], p["resize_rank"], p["tools_overwrite"]],
                           [p["tools_msg"], *targets])

@@ -28,7 +28,7 @@ def layout(ctx: PageContext) -> None:
         with gr.Row():
             p["prompt"] = gr.Textbox(label="Prompt text", interactive=False, elem_id="lora_trainer_prompt",
                                      **compat.copy_button_kwargs())
-            if ctx.backend.in_webui:
+            if ctx.service.in_webui:
                 p["send"] = gr.Button("Send to txt2img", variant="primary", elem_id="lora_trainer_send")
             else:
                 p["result_path"] = gr.Textbox(label="File", interactive=False, elem_id="lora_trainer_result_path",
@@ -53,7 +53,7 @@ def wire(ctx: PageContext) -> None:
         item = find_result(listed(ctx), label)
         text = path = ""
         if item is not None:
-            text = ctx.backend.prompt_text(str(item["name"]), float(weight or 0), str(item.get("trigger") or ""))
+            text = ctx.service.prompt_text(str(item["name"]), float(weight or 0), str(item.get("trigger") or ""))
             path = str(item["path"])
         return [text, path] if len(detail) > 1 else text
 

@@ -29,7 +29,7 @@ def layout(ctx: PageContext) -> None:
             p["start"] = gr.Button("Start training", variant="primary", elem_id="lora_trainer_start")
             p["stop"] = gr.Button("Stop and save", variant="stop", elem_id="lora_trainer_stop")
         p["run_msg"] = gr.HTML(elem_id="lora_trainer_run_msg")
-        p["status"] = gr.HTML(status_html(ctx.backend.status()), elem_id="lora_trainer_run_status")
+        p["status"] = gr.HTML(status_html(ctx.service.status()), elem_id="lora_trainer_run_status")
         p["loss"] = gr.HTML(loss_svg([]), elem_id="lora_trainer_loss")
         p["samples"] = gr.Gallery(label="Newest samples", columns=4, height=220, object_fit="contain",
                                   elem_id="lora_trainer_samples")
@@ -57,7 +57,7 @@ def sample_items(s: JobStatus) -> List[Tuple[Any, str]]:
 def poll_outputs(ctx: PageContext, previous: Optional[Tuple[Any, ...]]) -> List[Any]:
     """[status, loss, samples, log, *results (see result_targets), signature]: only what changed since
     `previous` (a run that ended lists its LoRA, picked)."""
-    s = ctx.backend.status()
+    s = ctx.service.status()
     sig = signature(s)
     keep = compat.no_change()
     n_results = len(result_targets(ctx))
@@ -74,14 +74,14 @@ def wire(ctx: PageContext) -> None:
 
     @guarded(2)
     def on_start(*values: Any) -> List[Any]:
-        config = make_config(ctx.backend, ctx.field_names, list(values))
-        status = ctx.backend.start(config)
+        config = make_config(ctx.service, ctx.field_names, list(values))
+        status = ctx.service.start(config)
         return [message_html(f"started {status.name}; the LoRA goes to {config.output_dir}", "ok"),
                 status_html(status)]
 
     @guarded(2)
     def on_stop() -> List[Any]:
-        status = ctx.backend.stop()
+        status = ctx.service.stop()
         text = "stopping after the current step; the LoRA is saved" if status.active else "no job is running"
         return [message_html(text, "info"), status_html(status)]
 

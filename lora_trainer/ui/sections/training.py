@@ -64,7 +64,7 @@ def wire(ctx: PageContext) -> None:
     @guarded(4)
     def on_save(*args: Any) -> List[Any]:
         values, (path,) = ctx.split(args)
-        target, text = save_config_file(ctx.backend, names, values, path)
+        target, text = save_config_file(ctx.service, names, values, path)
         return [message_html(f"saved {target}", "ok"), str(target), cli_command(target), text]
 
     @guarded(len(names) + 4)

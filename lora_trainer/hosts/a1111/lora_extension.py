@@ -1,0 +1,68 @@
+"""The WebUI's built-in Lora extension (its `networks` module, present when that extension is enabled):
+deactivate what it applied, re-read its list, and load a file with its own loader to prove every module
+matched (the WebUI reports unmatched keys only at DEBUG level)."""
+from __future__ import annotations
+
+import sys
+from typing import Any, Dict, Set
+
+from ...errors import LoraTrainerError
+
+
+def _networks() -> Any:
+    """The built-in Lora extension's `networks` module (None when that extension is disabled)."""
+    return sys.modules.get("networks")
+
+
+def clear_active_networks(sd_model) -> None:
+    """Deactivate every built-in Lora network and put the original weights back in place right now."""
+    networks = _networks()
+    if networks is None:
+        return
+    networks.load_networks([])
+    import torch
+
+    kinds = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.MultiheadAttention)
+    for module in sd_model.modules():
+        if isinstance(module, kinds) and hasattr(module, "network_current_names"):
+            networks.network_apply_weights(module)
+
+
+def refresh_networks(name: str) -> None:
+    """Re-read the Lora folder and drop any cached copy of `name` so a retrained file is really reloaded."""
+    networks = _networks()
+    if networks is None:
+        return
+    networks.networks_in_memory.pop(name, None)
+    networks.list_available_networks()
+
+
+def file_module_names(path: str) -> Set[str]:
+    from ...formats.kohya import load_kohya_lora, lora_modules
+
+    tensors, _ = load_kohya_lora(path)
+    return set(lora_modules(tensors))
+
+
+def verify_lora(name: str) -> Dict[str, Any]:
+    """Load `name` through the WebUI's built-in Lora extension and compare its modules with the file's."""
+    networks = _networks()
+    if networks is None:
+        raise LoraTrainerError("the built-in Lora extension is not loaded")
+    networks.list_available_networks()
+    on_disk = networks.available_network_aliases.get(name) or networks.available_networks.get(name)
+    if on_disk is None:
+        raise LoraTrainerError(f"no LoRA named {name!r} in {networks.shared.cmd_opts.lora_dir}")
+    try:
+        networks.load_networks([name])
+        net = next(n for n in networks.loaded_networks if n.name == name)
+        matched = {m.network_key.split(".")[0] for m in net.modules.values()}
+    finally:
+        networks.load_networks([])
+    in_file = file_module_names(on_disk.filename)
+    model = getattr(getattr(networks, "shared", None), "sd_model", None)
+    loaded = "SDXL" if getattr(model, "is_sdxl", False) else "SD2" if getattr(model, "is_sd2", False) else "SD1"
+    # the Lora page lists a file only for models of its version (metadata-detected, or the sidecar's "sd version")
+    return {"name": name, "file": on_disk.filename, "modules_in_file": len(in_file), "modules_matched": len(matched),
+            "unmatched": sorted(in_file - matched), "sd_version": getattr(getattr(on_disk, "sd_version", None), "name", "?"),
+            "loaded_model_version": loaded}
