@@ -138,7 +138,7 @@ def run_reference(bundle, dataset, cfg, warmup: int, steps: int, device: torch.d
     encoder(s) and the UNet are called through the bundle, which adds SDXL's pooled/size conditioning."""
     from lora_trainer.data.dataset import stack_pixels
     from lora_trainer.engine.diffusion import add_noise
-    from lora_trainer.lora.network import LoraNetwork
+    from lora_trainer.network.network import LoraNetwork
     from lora_trainer.utils.device import pick_precision
 
     t0 = time.perf_counter()

@@ -73,7 +73,7 @@ def render_grid(bundle, loras: Sequence[Path], prompt: str, weights: Sequence[fl
     """Render every (LoRA, weight) pair with `bundle.sample` and assemble the grid."""
     from .engine.sampling import SamplePrompt
     from .formats.kohya import load_kohya_lora, rank_and_alpha
-    from .lora.network import LoraNetwork
+    from .network.network import LoraNetwork
 
     spec = SamplePrompt(prompt, negative=negative, width=size, height=size, steps=steps, cfg=cfg, seed=seed)
     rows = []

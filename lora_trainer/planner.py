@@ -169,8 +169,8 @@ def _added_cond(unet, batch: int, dtype: torch.dtype) -> Optional[Dict[str, torc
 def estimate(config: TrainConfig, batch_size: Optional[int] = None, parts=None,
              device: Optional[torch.device] = None) -> MemoryPlan:
     """Estimated peak memory of training `config` (optionally at another batch size)."""
-    from .lora.network import LoraComponent, LoraNetwork
-    from .lora.targets import text_encoder_targets, unet_targets
+    from .network.network import LoraComponent, LoraNetwork
+    from .network.targets import text_encoder_targets, unet_targets
     from .models.sd1 import SD1Family
 
     device = device or pick_device(config.device)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from lora_trainer.engine.run import LoraRun
-from lora_trainer.lora.network import LoraComponent, LoraNetwork
+from lora_trainer.network.network import LoraComponent, LoraNetwork
 from lora_trainer.utils import device as device_module
 
 from conftest import make_config

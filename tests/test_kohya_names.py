@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lora_trainer.lora.kohya_names import diffusers_to_ldm_unet_path, ldm_to_diffusers_unet_path
+from lora_trainer.network.kohya_names import diffusers_to_ldm_unet_path, ldm_to_diffusers_unet_path
 from lora_trainer.models import default_families
 from lora_trainer.models.diffusers_bundle import DiffusersBundle
 from lora_trainer.models.sd1 import SD1_ORIGINAL_CONFIG

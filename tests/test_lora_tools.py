@@ -18,8 +18,8 @@ from safetensors.torch import load_file, save_file
 from lora_trainer.cli import main
 from lora_trainer.errors import LoraFormatError
 from lora_trainer.formats.kohya import read_metadata
-from lora_trainer.lora.kohya_names import kohya_name, text_encoder_path
-from lora_trainer.lora.unet_paths import infer_layers_per_block, ldm_to_diffusers_unet_module
+from lora_trainer.network.kohya_names import kohya_name, text_encoder_path
+from lora_trainer.network.unet_paths import infer_layers_per_block, ldm_to_diffusers_unet_module
 from lora_trainer.models import default_families
 from lora_trainer.models.loading import load_bundle
 from lora_trainer.models.sd1 import SD1_ORIGINAL_CONFIG

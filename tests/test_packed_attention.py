@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from lora_trainer.lora.network import LoraComponent, LoraNetwork
+from lora_trainer.network.network import LoraComponent, LoraNetwork
 
 
 @pytest.mark.parametrize("batch_first", [False, True])

@@ -174,6 +174,6 @@ def test_saved_sd2_lora_loads_in_diffusers_and_reproduces_the_trained_model(tmp_
     ("transformer.resblocks.5.mlp.c_proj", "lora_te_text_model_encoder_layers_5_mlp_fc2"),
 ])
 def test_open_clip_paths_get_the_converted_encoders_kohya_names(open_clip, kohya):
-    from lora_trainer.lora.kohya_names import kohya_name, open_clip_text_encoder_path
+    from lora_trainer.network.kohya_names import kohya_name, open_clip_text_encoder_path
 
     assert kohya_name("lora_te", open_clip_text_encoder_path(open_clip)) == kohya

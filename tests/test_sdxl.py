@@ -8,7 +8,7 @@ from safetensors import safe_open
 
 from lora_trainer.data.dataset import ImageInfo
 from lora_trainer.engine.run import LoraRun, load_model
-from lora_trainer.lora.kohya_names import diffusers_to_ldm_unet_path, ldm_to_diffusers_unet_path
+from lora_trainer.network.kohya_names import diffusers_to_ldm_unet_path, ldm_to_diffusers_unet_path
 from lora_trainer.models import default_families
 from lora_trainer.models.sdxl import SDXL_ORIGINAL_CONFIG
 from lora_trainer.models.sdxl_bundle import time_ids
@@ -199,7 +199,7 @@ def test_sdxl_defaults_are_planned_to_fit_12_gb_at_1024_px(tmp_path, color_data)
 
 def test_gradient_checkpointing_really_saves_activations(tmp_path, tiny_sdxl_dir, color_data):
     """diffusers 0.31 checkpoints only blocks in training mode: the bundle must make it happen there too."""
-    from lora_trainer.lora.network import LoraNetwork
+    from lora_trainer.network.network import LoraNetwork
     from lora_trainer.planner import saved_activation_bytes
 
     saved = {}

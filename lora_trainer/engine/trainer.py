@@ -21,7 +21,7 @@ from ..data.cache import LatentCache, TextCache
 from ..data.dataset import PixelPrefetcher, Sample, TrainingSet, stack_pixels
 from ..errors import TrainingStopped
 from ..events import Events, LossesRead, RunStarted, StepEnded
-from ..lora.network import LoraNetwork
+from ..network.network import LoraNetwork
 from ..models.bundle import Conditioning, ModelBundle
 from ..models.half_norms import half_norms_help
 from ..models.packed_convs import decide_packing

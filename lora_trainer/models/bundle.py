@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..lora.network import LoraComponent
+from ..network.network import LoraComponent
 from .family import ModelFamily
 
 Conditioning = Dict[str, torch.Tensor]

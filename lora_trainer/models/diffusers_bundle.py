@@ -6,9 +6,9 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
-from ..lora.kohya_names import kohya_name, text_encoder_path
-from ..lora.network import LoraComponent
-from ..lora.targets import text_encoder_targets, unet_targets
+from ..network.kohya_names import kohya_name, text_encoder_path
+from ..network.network import LoraComponent
+from ..network.targets import text_encoder_targets, unet_targets
 from .bundle import Conditioning, ModelBundle
 from .family import ModelFamily
 from .half_norms import HalfPrecisionNorms

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict, Iterable, Sequence
 
-from ..lora.checkpoint_keys import ldm_checkpoint_lora_keys
+from ..network.checkpoint_keys import ldm_checkpoint_lora_keys
 from .diffusers_bundle import DiffusersBundle
 from .family import KL_F8_VAE_CONFIG, ModelFamily, nested_get
 from .text_configs import clip_text_config

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict, Iterable, List, Sequence
 
-from ..lora.kohya_names import diffusers_to_ldm_unet_path
+from ..network.kohya_names import diffusers_to_ldm_unet_path
 from .family import KL_F8_VAE_CONFIG, ModelFamily, nested_get
 from .sdxl_bundle import SDXLBundle
 from .text_configs import CLIP_L, OPEN_CLIP_BIGG, text_config

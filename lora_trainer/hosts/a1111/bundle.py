@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from ...errors import ModelLoadError
-from ...lora.kohya_names import kohya_name, ldm_to_diffusers_unet_path, open_clip_text_encoder_path, text_encoder_path
-from ...lora.network import LoraComponent
-from ...lora.targets import open_clip_targets, text_encoder_targets, unet_targets
+from ...network.kohya_names import kohya_name, ldm_to_diffusers_unet_path, open_clip_text_encoder_path, text_encoder_path
+from ...network.network import LoraComponent
+from ...network.targets import open_clip_targets, text_encoder_targets, unet_targets
 from ...models.bundle import Conditioning, ModelBundle
 from ...models.family import ModelFamily
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ...errors import ModelLoadError
-from ...lora.network import LoraComponent
+from ...network.network import LoraComponent
 from ...models.bundle import Conditioning
 from .bundle import A1111Bundle, clip_component, find_clip_text_model, find_open_clip_model, open_clip_component
 
