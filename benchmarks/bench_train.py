@@ -138,14 +138,15 @@ def run_reference(bundle, dataset, cfg, warmup: int, steps: int, device: torch.d
     encoder(s) and the UNet are called through the bundle, which adds SDXL's pooled/size conditioning."""
     from lora_trainer.data.dataset import stack_pixels
     from lora_trainer.engine.diffusion import add_noise
-    from lora_trainer.network.network import LoraNetwork
+    from lora_trainer.adapters import make_spec
+    from lora_trainer.network.network import AdapterNetwork
     from lora_trainer.utils.device import pick_precision
 
     t0 = time.perf_counter()
     precision = pick_precision(cfg.mixed_precision, device)
     bundle.prepare(device, precision.base_dtype, cfg.gradient_checkpointing_for(bundle.family), False)
     bundle.vae.to(device, precision.base_dtype)
-    net = LoraNetwork.inject(bundle.lora_components(False), cfg.lora_rank, cfg.effective_alpha)
+    net = AdapterNetwork.inject(bundle.network_components(False), make_spec(cfg.lora_rank, cfg.effective_alpha))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate)
     ac = bundle.alphas_cumprod
     batches = dataset.epoch_batches(0, cfg.seed, cfg.batch_size)

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
+from .adapters import default_adapter_kinds
 from .errors import ConfigError
 
 CONFIG_VERSION = 1
@@ -27,6 +28,7 @@ OPTIMIZERS = ("adamw", "adamw8bit")
 PREDICTION_TYPES = ("auto", "epsilon", "v_prediction")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 CACHE_MODES = ("auto", True, False)
+NETWORK_TYPES = tuple(default_adapter_kinds().names())
 
 
 def _opt(default: Any, help: str, choices: tuple = (), minimum: Optional[float] = None,
@@ -73,6 +75,8 @@ class TrainConfig:
     lora_rank: int = _opt(8, "LoRA rank (dim). Higher learns more detail and makes bigger files.", minimum=1)
     lora_alpha: Optional[float] = _opt(None, "LoRA alpha; effective scale is alpha/rank. Default: equal to lora_rank.", minimum=0.0)
     lora_dropout: float = _opt(0.0, "Dropout on the LoRA path during training.", minimum=0.0, maximum=1.0)
+    network_type: str = _opt("lora", "Adapter kind to train (kohya's network_module): lora. LoCon, LoHa, LoKr and DoRA are not supported yet.", choices=NETWORK_TYPES)
+    network_args: Dict[str, Any] = _opt({}, "Options of the adapter kind, kohya-style (key: value); lora takes none.")
     train_text_encoder: bool = _opt(False, "Also train LoRA layers in the text encoder.")
     init_lora: Optional[str] = _opt(None, "Continue from an existing kohya LoRA file (rank and alpha are read from it; fresh optimizer and step counter).")
     resume: Union[bool, str] = _opt(False, "true: continue this output_dir's interrupted run exactly (or a path to its state/ folder).")
@@ -250,6 +254,7 @@ def _check_type(name: str, value: Any) -> Any:
 
 
 def _validate(cfg: TrainConfig) -> None:
+    default_adapter_kinds().check_name(cfg.network_type)  # "not supported yet" for the kinds still to come
     for name, f in FIELDS.items():
         value = _check_type(name, getattr(cfg, name))
         object.__setattr__(cfg, name, value)
@@ -269,6 +274,8 @@ def _validate(cfg: TrainConfig) -> None:
         object.__setattr__(cfg, "caption_extension", "." + cfg.caption_extension)
     if isinstance(cfg.sample_prompts, list) and not all(isinstance(p, str) for p in cfg.sample_prompts):
         raise ConfigError("config error: sample_prompts: expected a list of prompt lines (text)")
+    if cfg.network_args:
+        default_adapter_kinds().get(cfg.network_type).check_args(cfg.network_args)
     if cfg.validation_split and cfg.validation_dir:
         raise ConfigError("config error: validation_split and validation_dir: set one of them, not both")
     if cfg.config_version > CONFIG_VERSION:

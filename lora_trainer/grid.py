@@ -71,17 +71,18 @@ def assemble_grid(cells: Sequence[Sequence[Image.Image]], row_labels: Sequence[s
 def render_grid(bundle, loras: Sequence[Path], prompt: str, weights: Sequence[float], seed: int = 0,
                 size: int = 512, steps: int = 20, cfg: float = 7.0, negative: str = "") -> GridResult:
     """Render every (LoRA, weight) pair with `bundle.sample` and assemble the grid."""
+    from .adapters import default_adapter_kinds
     from .engine.sampling import SamplePrompt
-    from .formats.kohya import load_kohya_lora, rank_and_alpha
-    from .network.network import LoraNetwork
+    from .formats.kohya import load_kohya_lora
+    from .network.network import AdapterNetwork
 
     spec = SamplePrompt(prompt, negative=negative, width=size, height=size, steps=steps, cfg=cfg, seed=seed)
     rows = []
     for path in loras:
         tensors, _ = load_kohya_lora(path)
-        rank, alpha = rank_and_alpha(tensors)
+        spec = default_adapter_kinds().file_spec(tensors, str(path))
         te = any(k.startswith("lora_te") for k in tensors)
-        network = LoraNetwork.inject(bundle.lora_components(te), rank, alpha)
+        network = AdapterNetwork.inject(bundle.network_components(te), spec)
         try:
             network.load_kohya_state_dict(tensors)
             network.train(False)

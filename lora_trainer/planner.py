@@ -169,7 +169,8 @@ def _added_cond(unet, batch: int, dtype: torch.dtype) -> Optional[Dict[str, torc
 def estimate(config: TrainConfig, batch_size: Optional[int] = None, parts=None,
              device: Optional[torch.device] = None) -> MemoryPlan:
     """Estimated peak memory of training `config` (optionally at another batch size)."""
-    from .network.network import LoraComponent, LoraNetwork
+    from .adapters import default_adapter_kinds
+    from .network.network import AdapterNetwork, NetworkComponent
     from .network.targets import text_encoder_targets, unet_targets
     from .models.sd1 import SD1Family
 
@@ -185,12 +186,12 @@ def estimate(config: TrainConfig, batch_size: Optional[int] = None, parts=None,
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     unet.set_attn_processor(AttnProcessor2_0())
-    comps = [LoraComponent("unet", unet, unet_targets(unet), lambda p: p)]
+    comps = [NetworkComponent("unet", unet, unet_targets(unet), lambda p: p)]
     if config.train_text_encoder:
-        comps += [LoraComponent(f"te{i}", te, text_encoder_targets(te), lambda p, i=i: f"te{i}.{p}")
+        comps += [NetworkComponent(f"te{i}", te, text_encoder_targets(te), lambda p, i=i: f"te{i}.{p}")
                   for i, te in enumerate(encoders)]
     with torch.device("meta"):
-        net = LoraNetwork.inject(comps, config.lora_rank, config.effective_alpha)
+        net = AdapterNetwork.inject(comps, default_adapter_kinds().spec_for(config))
     try:
         if checkpointing:
             from .models.diffusers_bundle import flag_checkpointed_blocks
@@ -201,7 +202,7 @@ def estimate(config: TrainConfig, batch_size: Optional[int] = None, parts=None,
             module.to(dtype)
         for p in net.parameters():
             p.data = p.data.float()
-        lora_params = sum(p.numel() for p in net.parameters())
+        lora_params = net.parameter_count()
         latent = config.resolution // 8
 
         def forward():

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from lora_trainer.engine.run import LoraRun
-from lora_trainer.network.network import LoraComponent, LoraNetwork
+from lora_trainer.adapters import make_spec
+from lora_trainer.network.network import AdapterNetwork, NetworkComponent
 from lora_trainer.utils import device as device_module
 
 from conftest import make_config
@@ -60,7 +61,8 @@ def test_graphed_steps_train_the_same_lora_as_eager_steps(tmp_path, tiny_model_d
 def test_lora_layers_without_input_upcast_give_identical_outputs_and_gradients_under_autocast():
     torch.manual_seed(0)
     root = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 8)).to(torch.bfloat16).requires_grad_(False)
-    net = LoraNetwork.inject([LoraComponent("unet", root, ["0", "2"], lambda p: f"lora_unet_{p}")], rank=4, alpha=4)
+    net = AdapterNetwork.inject([NetworkComponent("unet", root, ["0", "2"], lambda p: f"lora_unet_{p}")],
+                                make_spec(rank=4, alpha=4))
     for p in net.parameters():  # lora_B starts at zero: give both factors values so every path counts
         nn.init.normal_(p, std=0.2)
     x = torch.randn(4, 16, dtype=torch.bfloat16)
@@ -77,7 +79,7 @@ def test_lora_layers_without_input_upcast_give_identical_outputs_and_gradients_u
     fast_out, fast_grads = forward_backward(True)
     assert torch.equal(plain_out, fast_out)
     assert all(torch.equal(a, b) for a, b in zip(plain_grads, fast_grads))
-    assert all(getattr(m.layer, "cast_input_dtype_enabled", True) for m in net.modules)  # restored afterwards
+    assert all(getattr(m.layer, "cast_input_dtype_enabled", True) for m in net.layers)  # restored afterwards
 
 
 @pytest.mark.parametrize("requested", ["bf16", "auto"])

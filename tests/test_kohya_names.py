@@ -48,21 +48,21 @@ def names_of(component):
 
 
 def test_sd15_unet_has_the_192_kohya_modules(full_size_sd15_bundle):
-    (unet,) = full_size_sd15_bundle.lora_components(train_text_encoder=False)
+    (unet,) = full_size_sd15_bundle.network_components(train_text_encoder=False)
     names = names_of(unet)
     assert len(names) == 192 and len(set(names)) == 192
     assert set(names) == expected_sd15_unet_names()
 
 
 def test_sd15_text_encoder_has_the_72_kohya_modules(full_size_sd15_bundle):
-    _, te = full_size_sd15_bundle.lora_components(train_text_encoder=True)
+    _, te = full_size_sd15_bundle.network_components(train_text_encoder=True)
     names = names_of(te)
     assert len(names) == 72
     assert set(names) == expected_sd15_te_names()
 
 
 def test_proj_in_is_a_1x1_conv_target(full_size_sd15_bundle):
-    (unet,) = full_size_sd15_bundle.lora_components(train_text_encoder=False)
+    (unet,) = full_size_sd15_bundle.network_components(train_text_encoder=False)
     module = unet.module.get_submodule("down_blocks.0.attentions.0.proj_in")
     assert isinstance(module, torch.nn.Conv2d) and module.kernel_size == (1, 1)
     assert "down_blocks.0.attentions.0.proj_in" in unet.targets

@@ -25,7 +25,7 @@ from lora_trainer.models.loading import load_bundle
 from lora_trainer.models.sd1 import SD1_ORIGINAL_CONFIG
 from lora_trainer.tiny import tiny_original_config
 from lora_trainer.tools import LoraSource, combine_loras, merge_loras, parse_lora_arg, resize_lora
-from lora_trainer.tools.deltas import lora_factors
+from lora_trainer.tools.deltas import read_modules
 
 from ldm_tiny import build_tiny_ldm, import_ldm, save_single_file
 from diffusers_check import diffusers_has_peft_backend
@@ -108,7 +108,7 @@ def apply_at_runtime(bundle, files_and_weights):
     """Forward hooks adding weight * alpha / r * up(down(x)) to each patched layer's output."""
     layers, handles = runtime_layers(bundle), []
     for path, weight in files_and_weights:
-        for name, f in lora_factors(load_file(str(path)), path.name).items():
+        for name, f in read_modules(load_file(str(path)), path.name).items():
             module = layers[name]
 
             def hook(mod, args, output, f=f, weight=weight):
@@ -149,7 +149,7 @@ def test_unet_path_map_matches_the_diffusers_converter(tiny_ckpt):
 def test_every_lora_target_maps_to_its_checkpoint_weight(tiny_ckpt, base_bundle):
     sd = load_file(str(tiny_ckpt))
     targets = default_families().get("sd1").checkpoint_lora_keys({k: tuple(v.shape) for k, v in sd.items()})
-    names = [c.kohya_name(p) for c in base_bundle.lora_components(True) for p in c.targets]
+    names = [c.kohya_name(p) for c in base_bundle.network_components(True) for p in c.targets]
     assert len(names) > 40 and set(names) <= set(targets)
     layers = runtime_layers(base_bundle)  # every Linear / Conv2d: also ResNet and sampler convs, conv_in/out
     assert set(layers) == set(targets)
@@ -290,7 +290,7 @@ def test_other_formats_are_refused_by_name(tmp_path, tiny_ckpt):
 
 # ---------------------------------------------------------------------------- combine / resize
 def deltas_of(path: Path, weight: float = 1.0):
-    return {n: f.delta(weight, torch.float64) for n, f in lora_factors(load_file(str(path)), path.name).items()}
+    return {n: f.delta(weight, torch.float64) for n, f in read_modules(load_file(str(path)), path.name).items()}
 
 
 def test_exact_combine_is_the_weighted_sum_of_deltas(tmp_path, loras):

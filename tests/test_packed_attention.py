@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from lora_trainer.network.network import LoraComponent, LoraNetwork
+from lora_trainer.adapters import make_spec
+from lora_trainer.network.network import AdapterNetwork, NetworkComponent
 
 
 @pytest.mark.parametrize("batch_first", [False, True])
@@ -21,18 +22,18 @@ def test_packed_lora_equals_merged_weights_and_is_removed_cleanly(batch_first):
     mask = torch.full((5, 5), float("-inf")).triu_(1) if not batch_first else None
     plain = root.attn(x, x, x, need_weights=False, attn_mask=mask)[0]
 
-    net = LoraNetwork.inject([LoraComponent("text_encoder", root, ["attn"], lambda p: f"lora_te_{p}")], rank=2,
-                             alpha=1.0)
-    assert sorted(m.name for m in net.modules) == [f"lora_te_attn.{p}" for p in
+    net = AdapterNetwork.inject([NetworkComponent("text_encoder", root, ["attn"], lambda p: f"lora_te_{p}")],
+                                make_spec(rank=2, alpha=1.0))
+    assert sorted(m.name for m in net.layers) == [f"lora_te_attn.{p}" for p in
                                                    ("k_proj", "out_proj", "q_proj", "v_proj")]
     assert torch.equal(root.attn(x, x, x, need_weights=False, attn_mask=mask)[0], plain)  # up = 0 at start
-    for m in net.modules:
+    for m in net.layers:
         nn.init.normal_(m.layer.lora_B["default"].weight)
     with_lora = root.attn(x, x, x, need_weights=False, attn_mask=mask)[0]
 
     merged = copy.deepcopy(root.attn)
     merged.__dict__.pop("forward")
-    deltas = {m.path.rsplit(".", 1)[1]: m.layer.delta().detach() for m in net.modules}
+    deltas = {m.path.rsplit(".", 1)[1]: m.layer.delta().detach() for m in net.layers}
     with torch.no_grad():
         merged.in_proj_weight += torch.cat([deltas["q_proj"], deltas["k_proj"], deltas["v_proj"]])
         merged.out_proj.weight += deltas["out_proj"]

@@ -46,14 +46,14 @@ def full_size_sd2_bundle():
 
 
 def test_sd2_unet_has_the_192_kohya_modules_with_linear_projections(full_size_sd2_bundle):
-    (unet,) = full_size_sd2_bundle.lora_components(train_text_encoder=False)
+    (unet,) = full_size_sd2_bundle.network_components(train_text_encoder=False)
     names = [unet.kohya_name(p) for p in unet.targets]
     assert len(names) == 192 and set(names) == expected_sd2_unet_names()
     assert isinstance(unet.module.get_submodule("down_blocks.0.attentions.0.proj_in"), torch.nn.Linear)
 
 
 def test_sd2_text_encoder_has_the_138_kohya_modules(full_size_sd2_bundle):
-    _, te = full_size_sd2_bundle.lora_components(train_text_encoder=True)
+    _, te = full_size_sd2_bundle.network_components(train_text_encoder=True)
     names = [te.kohya_name(p) for p in te.targets]
     assert len(names) == 138 and set(names) == expected_sd2_te_names()
     assert te.module.config.hidden_size == 1024 and te.module.config.hidden_act == "gelu"

@@ -50,14 +50,14 @@ def full_size_sdxl_bundle():
 
 
 def test_sdxl_unet_has_the_722_kohya_modules(full_size_sdxl_bundle):
-    (unet,) = full_size_sdxl_bundle.lora_components(train_text_encoder=False)
+    (unet,) = full_size_sdxl_bundle.network_components(train_text_encoder=False)
     names = [unet.kohya_name(p) for p in unet.targets]
     assert len(names) == 722 and set(names) == expected_sdxl_unet_names()
     assert "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q" in names
 
 
 def test_sdxl_text_encoders_have_the_264_kohya_modules(full_size_sdxl_bundle):
-    comps = full_size_sdxl_bundle.lora_components(train_text_encoder=True)
+    comps = full_size_sdxl_bundle.network_components(train_text_encoder=True)
     assert [c.role for c in comps] == ["unet", "text_encoder", "text_encoder_2"]
     names = [c.kohya_name(p) for c in comps[1:] for p in c.targets]
     assert len(names) == 264 and set(names) == expected_sdxl_te_names()
@@ -199,14 +199,15 @@ def test_sdxl_defaults_are_planned_to_fit_12_gb_at_1024_px(tmp_path, color_data)
 
 def test_gradient_checkpointing_really_saves_activations(tmp_path, tiny_sdxl_dir, color_data):
     """diffusers 0.31 checkpoints only blocks in training mode: the bundle must make it happen there too."""
-    from lora_trainer.network.network import LoraNetwork
+    from lora_trainer.adapters import make_spec
+    from lora_trainer.network.network import AdapterNetwork
     from lora_trainer.planner import saved_activation_bytes
 
     saved = {}
     for checkpointing in (False, True):
         bundle = load_model(make_config(tiny_sdxl_dir, color_data, tmp_path / "o"))
         bundle.prepare(torch.device("cpu"), torch.float32, checkpointing, False)
-        net = LoraNetwork.inject(bundle.lora_components(False), 4, 4)
+        net = AdapterNetwork.inject(bundle.network_components(False), make_spec(4, 4))
         cond = bundle.encode_captions(["a red image"])
         x = torch.randn(1, 4, 8, 8)
         saved[checkpointing] = saved_activation_bytes(lambda: bundle.predict(x, torch.tensor([500]), cond),

@@ -62,7 +62,7 @@ def same_lora_same_loss(tmp_path, cfg, bundles, prefixes):
         run = LoraRun(cfg.__class__(**{**cfg.to_dict(), "output_dir": str(tmp_path / f"out{i}")}), bundle=bundle,
                       tensorboard=False)
         trainers.append(run.setup())
-    names = [sorted(m.name for m in t.network.modules) for t in trainers]
+    names = [sorted(m.name for m in t.network.layers) for t in trainers]
     state = trainers[1].network.kohya_state_dict(torch.float32)
     g = torch.Generator().manual_seed(3)
     for key in state:

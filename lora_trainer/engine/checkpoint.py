@@ -27,7 +27,10 @@ STATE_VERSION = 1
 BREAKING_KEYS = ("lora_rank", "lora_alpha", "train_text_encoder", "seed", "batch_size",
                  "gradient_accumulation_steps", "resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
                  "bucket_reso_steps", "bucket_no_upscale", "flip_aug", "shuffle_caption", "keep_tokens",
-                 "caption_dropout_rate", "trigger_word", "clip_skip", "init_lora", "optimizer")
+                 "caption_dropout_rate", "trigger_word", "clip_skip", "init_lora", "optimizer", "network_type",
+                 "network_args")
+# What a state saved before a key above existed was trained with.
+BEFORE_KEY_EXISTED = {"network_type": "lora", "network_args": {}}
 
 
 def state_path(output_dir: Path, resume: Any = True) -> Path:
@@ -119,8 +122,8 @@ def load_state(path: Path) -> Dict[str, Any]:
 
 def restore_trainer(trainer, state: Dict[str, Any], fingerprint: Dict[str, Any]) -> None:
     """Put a saved state into a set-up trainer (after checking the run is the same run)."""
-    check_compatible(json.loads(state["fingerprint"]), json.loads(json.dumps(fingerprint, sort_keys=True,
-                                                                                default=str)))
+    saved = {**BEFORE_KEY_EXISTED, **json.loads(state["fingerprint"])}
+    check_compatible(saved, json.loads(json.dumps(fingerprint, sort_keys=True, default=str)))
     trainer.network.load_kohya_state_dict(state["lora"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.lr_scheduler.load_state_dict(state["lr_scheduler"])

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from ..adapters import default_adapter_kinds
 from ..config import TrainConfig, dump_config
 from ..data.buckets import BucketSettings
 from ..data.dataset import CaptionSettings, TrainingSet
@@ -21,7 +22,7 @@ from ..data.doctor import DatasetReport, build_report
 from ..data.scan import scan_dataset
 from ..errors import ConfigError, DatasetError, LoraTrainerError
 from ..events import Callback, CheckpointSaved, Events, LossesRead, RunEnded, SampleImages, ValidationLoss
-from ..formats.kohya import load_kohya_lora, rank_and_alpha, save_kohya_lora
+from ..formats.kohya import load_kohya_lora, save_kohya_lora
 from ..formats.metadata import training_metadata
 from ..formats.sidecar import write_preview, write_sidecar
 from ..models import default_families
@@ -61,6 +62,7 @@ def preflight(config: TrainConfig, check_model: bool = True) -> None:
         raise DatasetError(f"train_data_dir {config.train_data_dir!r} is not a folder")
     if check_model:
         check_base_model_path(config.base_model)
+    default_adapter_kinds().spec_for(config)  # the adapter kind takes the config's network_args
     if config.optimizer == "adamw8bit" and not bitsandbytes_available():
         raise ConfigError("config error: optimizer: adamw8bit needs bitsandbytes (pip install bitsandbytes), "
                           "or use optimizer: adamw")
@@ -205,7 +207,7 @@ class LoraRun:
         atomic_write_text(self.output_dir / "config.yaml", dump_config(cfg))
         self.trainer = Trainer(cfg, dataset, self.bundle, device, precision, self.events)
         init = self._read_init_lora()
-        self.trainer.setup(*(rank_and_alpha(init) if init else (None, None)))
+        self.trainer.setup(default_adapter_kinds().file_spec(init, cfg.init_lora, cfg.lora_dropout) if init else None)
         if init:
             self.trainer.network.load_kohya_state_dict(init)
             self.events.say(f"continuing from {cfg.init_lora} (rank {self.trainer.network.rank}, alpha "

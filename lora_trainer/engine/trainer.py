@@ -16,12 +16,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from ..adapters import AdapterSpec, default_adapter_kinds
 from ..config import TrainConfig
 from ..data.cache import LatentCache, TextCache
 from ..data.dataset import PixelPrefetcher, Sample, TrainingSet, stack_pixels
 from ..errors import TrainingStopped
 from ..events import Events, LossesRead, RunStarted, StepEnded
-from ..network.network import LoraNetwork
+from ..network.network import AdapterNetwork
 from ..models.bundle import Conditioning, ModelBundle
 from ..models.half_norms import half_norms_help
 from ..models.packed_convs import decide_packing
@@ -73,7 +74,7 @@ class Trainer:
         self.events = events or Events()
         self.schedule = schedule_length(config, dataset)
         self.progress = Progress()
-        self.network: Optional[LoraNetwork] = None
+        self.network: Optional[AdapterNetwork] = None
         self.latent_cache: Optional[LatentCache] = None
         self.text_cache: Optional[TextCache] = None
         self.micro_batch_size = config.batch_size
@@ -86,8 +87,9 @@ class Trainer:
         self.alphas_cumprod = bundle.alphas_cumprod  # moved to the device in setup(): no copy per step
 
     # ------------------------------------------------------------------ setup
-    def setup(self, network_rank: Optional[int] = None, network_alpha: Optional[float] = None) -> None:
-        """Freeze and place the model, add LoRA layers, build caches, optimizer and schedule."""
+    def setup(self, spec: Optional[AdapterSpec] = None) -> None:
+        """Freeze and place the model, add the adapter layers (`spec`, default: the config's network), build
+        caches, optimizer and schedule."""
         cfg = self.config
         if self.device.type == "cuda":  # TF32 for the fp32 parts (LoRA grads, norms) on Ampere and newer
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -96,10 +98,8 @@ class Trainer:
         self.bundle.prepare(self.device, self.precision.base_dtype, self.gradient_checkpointing,
                             cfg.train_text_encoder)
         torch.manual_seed(cfg.seed)  # LoRA down-weights are initialised from the global RNG
-        rank = network_rank or cfg.lora_rank
-        alpha = network_alpha if network_alpha is not None else cfg.effective_alpha
-        self.network = LoraNetwork.inject(self.bundle.lora_components(cfg.train_text_encoder), rank, alpha,
-                                          cfg.lora_dropout)
+        spec = spec or default_adapter_kinds().spec_for(cfg)
+        self.network = AdapterNetwork.inject(self.bundle.network_components(cfg.train_text_encoder), spec)
         self._build_caches()
         self.alphas_cumprod = self.bundle.alphas_cumprod.to(self.device)
         self.graphs = self._build_graphs()

@@ -1,4 +1,5 @@
-"""kohya-format LoRA files: `<name>.lora_down.weight`, `<name>.lora_up.weight`, `<name>.alpha`.
+"""kohya-format adapter files: per module the keys of its adapter kind (adapters/; for LoRA
+`<name>.lora_down.weight`, `<name>.lora_up.weight`, `<name>.alpha`).
 
 Saved atomically with `ss_*` training metadata, `modelspec.*` and the `sshs_*` hashes that the WebUI
 and sd-webui-additional-networks show.
@@ -14,10 +15,9 @@ from typing import Dict, Tuple, Union
 
 import torch
 
+from ..adapters import default_adapter_kinds
 from ..errors import LoraFormatError
 from ..utils.atomic import atomic_save_safetensors
-
-LORA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
 
 
 def _data_hashes(tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> Tuple[str, str]:
@@ -55,7 +55,7 @@ def read_metadata(path: Union[str, Path]) -> Dict[str, str]:
 
 
 def load_kohya_lora(path: Union[str, Path]) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
-    """Tensors and metadata of a kohya LoRA file; refuses files with no LoRA keys."""
+    """Tensors and metadata of a kohya adapter file; refuses a file in which no adapter kind finds a module."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -65,27 +65,8 @@ def load_kohya_lora(path: Union[str, Path]) -> Tuple[Dict[str, torch.Tensor], Di
         tensors = load_file(str(path))
     except Exception as exc:  # noqa: BLE001
         raise LoraFormatError(f"{path}: cannot read safetensors ({exc})".splitlines()[0]) from None
-    if not any(k.endswith(".lora_down.weight") for k in tensors):
-        raise LoraFormatError(f"{path}: no kohya LoRA keys (`*.lora_down.weight`) found; first key: "
+    kinds = default_adapter_kinds()
+    if not any(key.endswith(kind.suffixes[0]) for kind in kinds.kinds() for key in tensors):
+        raise LoraFormatError(f"{path}: no kohya adapter keys ({kinds.describe_keys()}) found; first key: "
                               f"{next(iter(tensors), 'none')}")
     return tensors, read_metadata(path)
-
-
-def lora_modules(tensors: Dict[str, torch.Tensor]) -> Dict[str, Dict[str, torch.Tensor]]:
-    """Group tensors by kohya module name: {name: {"down": .., "up": .., "alpha": ..}}."""
-    out: Dict[str, Dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        for suffix, part in ((".lora_down.weight", "down"), (".lora_up.weight", "up"), (".alpha", "alpha")):
-            if key.endswith(suffix):
-                out.setdefault(key[: -len(suffix)], {})[part] = value
-                break
-    return out
-
-
-def rank_and_alpha(tensors: Dict[str, torch.Tensor]) -> Tuple[int, float]:
-    """The (rank, alpha) of a LoRA file (alpha defaults to the rank, as loaders do)."""
-    modules = lora_modules(tensors)
-    first = modules[sorted(modules)[0]]
-    rank = int(first["down"].shape[0])
-    alpha = float(first["alpha"].item()) if "alpha" in first else float(rank)
-    return rank, alpha

@@ -6,19 +6,17 @@ import time
 from typing import Any, Dict, Optional
 
 from .. import __version__
+from ..adapters import default_adapter_kinds
 
 
 def training_metadata(*, config, family, prediction_type: str, base_model_name: str, started_at: float,
                       steps: int, epoch: int, dataset=None, extra: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
-    """kohya-compatible `ss_*` metadata (all values are strings) plus `modelspec.*`."""
-    rank, alpha = config.lora_rank, config.effective_alpha
+    """kohya-compatible `ss_*` metadata (all values are strings) plus `modelspec.*`; the `ss_network_*`
+    entries come from the config's adapter kind."""
+    network = default_adapter_kinds().spec_for(config)
     name = config.effective_output_name
     meta: Dict[str, Any] = {
-        "ss_network_module": "networks.lora",
-        "ss_network_dim": rank,
-        "ss_network_alpha": _num(alpha),
-        "ss_network_args": json.dumps({}),
-        "ss_network_dropout": config.lora_dropout,
+        **network.kind.metadata(network),
         "ss_base_model_version": family.base_model_version(prediction_type),
         "ss_v2": str(bool(family.is_v2)),
         "ss_v_parameterization": str(prediction_type == "v_prediction"),
@@ -88,6 +86,3 @@ def dataset_metadata(dataset) -> Dict[str, Any]:
         "ss_bucket_info": json.dumps(dataset.bucket_metadata()),
     }
 
-
-def _num(value: float) -> Any:
-    return int(value) if float(value).is_integer() else value

@@ -2,7 +2,7 @@
 
 The engine knows nothing of diffusers, ldm or the WebUI; it drives a bundle through these methods:
 
-- `lora_components(train_text_encoder)`: which modules get LoRA layers and their kohya names;
+- `network_components(train_text_encoder)`: which modules get LoRA layers and their kohya names;
 - `prepare(device, base_dtype, gradient_checkpointing, train_text_encoder)`: freeze, move, cast;
 - `encode_images(pixels)`: pixels in [-1, 1] -> scaled latents (deterministic: the posterior mode);
 - `encode_captions(captions)`: text -> conditioning dict (batch first);
@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..network.network import LoraComponent
+from ..network.network import NetworkComponent
 from .family import ModelFamily
 
 Conditioning = Dict[str, torch.Tensor]
@@ -47,7 +47,7 @@ class ModelBundle(ABC):
         return int(self.alphas_cumprod.shape[0])
 
     @abstractmethod
-    def lora_components(self, train_text_encoder: bool) -> List[LoraComponent]:
+    def network_components(self, train_text_encoder: bool) -> List[NetworkComponent]:
         """Modules to wrap with LoRA layers (UNet always; text encoder(s) when asked)."""
 
     @abstractmethod

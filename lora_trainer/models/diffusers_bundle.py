@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..network.kohya_names import kohya_name, text_encoder_path
-from ..network.network import LoraComponent
+from ..network.network import NetworkComponent
 from ..network.targets import text_encoder_targets, unet_targets
 from .bundle import Conditioning, ModelBundle
 from .family import ModelFamily
@@ -63,14 +63,14 @@ class DiffusersBundle(ModelBundle):
         self._overrides: List[LayerForwards] = []  # per-layer forwards, see restore()
 
     # ------------------------------------------------------------------ LoRA
-    def lora_components(self, train_text_encoder: bool) -> List[LoraComponent]:
+    def network_components(self, train_text_encoder: bool) -> List[NetworkComponent]:
         fam = self.family
-        comps = [LoraComponent(
+        comps = [NetworkComponent(
             "unet", self.unet, unet_targets(self.unet),
             lambda p: kohya_name(fam.unet_prefix, fam.unet_kohya_path(p, self._layers_per_block)))]
         if train_text_encoder:
             prefix = fam.text_encoder_prefixes[0]
-            comps.append(LoraComponent("text_encoder", self.text_encoder, text_encoder_targets(self.text_encoder),
+            comps.append(NetworkComponent("text_encoder", self.text_encoder, text_encoder_targets(self.text_encoder),
                                        lambda p: kohya_name(prefix, text_encoder_path(p))))
         return comps
 

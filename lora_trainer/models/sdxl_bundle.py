@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..network.kohya_names import kohya_name, text_encoder_path
-from ..network.network import LoraComponent
+from ..network.network import NetworkComponent
 from ..network.targets import text_encoder_targets
 from .bundle import Conditioning
 from .diffusers_bundle import DiffusersBundle, flag_checkpointed_blocks
@@ -51,12 +51,12 @@ class SDXLBundle(DiffusersBundle):
                                          tokenizer=self.tokenizer, tokenizer_2=self.tokenizer_2, unet=self.unet,
                                          scheduler=scheduler)
 
-    def lora_components(self, train_text_encoder: bool) -> List[LoraComponent]:
-        comps = super().lora_components(False)
+    def network_components(self, train_text_encoder: bool) -> List[NetworkComponent]:
+        comps = super().network_components(False)
         if train_text_encoder:
             for role, module, prefix in (("text_encoder", self.text_encoder, self.family.text_encoder_prefixes[0]),
                                          ("text_encoder_2", self.text_encoder_2, self.family.text_encoder_prefixes[1])):
-                comps.append(LoraComponent(role, module, text_encoder_targets(module),
+                comps.append(NetworkComponent(role, module, text_encoder_targets(module),
                                            lambda p, prefix=prefix: kohya_name(prefix, text_encoder_path(p))))
         return comps
 

@@ -1,1 +1,2 @@
-"""LoRA layers (peft) on a bundle's modules, kohya naming, and conversion to/from kohya tensors."""
+"""The adapter network on a model: which layers get adapters (targets), their kohya names (kohya_names,
+unet_paths, checkpoint_keys) and the layers themselves (network, packed_attention)."""

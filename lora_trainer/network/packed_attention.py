@@ -1,58 +1,42 @@
-"""LoRA on `nn.MultiheadAttention` (OpenCLIP's text encoder as the WebUI holds it: SD2, SDXL's bigG).
+"""Adapters on `nn.MultiheadAttention` (OpenCLIP's text encoder as the WebUI holds it: SD2, SDXL's bigG).
 
 q, k and v share one packed `in_proj_weight` [3d, d], so no Linear layer exists to wrap. Each of q, k, v
-and out gets its own LoRA pair, exactly as in a transformers CLIP encoder (kohya's `q_proj`, `k_proj`,
-`v_proj`, `out_proj`), and the attention runs with `in_proj_weight + [dq; dk; dv]` and
-`out_proj.weight + dout` (d = scale * up @ down) through `F.multi_head_attention_forward`. The
-module's own forward is replaced by an instance attribute, which `detach()` removes: the module, its
-parameters and their storage stay as they were. LoRA dropout does not apply here (the delta is merged).
+and out gets its own adapter part (the kind's `delta_part`), exactly as a transformers CLIP encoder has
+four layers (kohya's `q_proj`, `k_proj`, `v_proj`, `out_proj`), and the attention runs with
+`in_proj_weight + [dq; dk; dv]` and `out_proj.weight + dout` through `F.multi_head_attention_forward`.
+The module's own forward is replaced by an instance attribute, which `remove()` takes away again: the
+module, its parameters and their storage stay as they were. Adapter dropout does not apply here (the
+delta is merged).
 """
 from __future__ import annotations
 
-import math
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+if TYPE_CHECKING:
+    from ..adapters import AdapterKind, AdapterSpec
+
 PARTS = ("q_proj", "k_proj", "v_proj", "out_proj")
-ADAPTER = "default"
 
 
-class SliceLora(nn.Module):
-    """One LoRA pair with peft's attribute layout (lora_A / lora_B / scaling / lora_dropout per adapter)."""
+class PackedAttention:
+    """The four adapter parts of one MultiheadAttention and the forward that applies them."""
 
-    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float, owner: "PackedAttentionLora"):
-        super().__init__()
-        self.lora_A = nn.ModuleDict({ADAPTER: nn.Linear(in_features, rank, bias=False)})
-        self.lora_B = nn.ModuleDict({ADAPTER: nn.Linear(rank, out_features, bias=False)})
-        self.lora_dropout = nn.ModuleDict({ADAPTER: nn.Identity()})
-        self.scaling: Dict[str, float] = {ADAPTER: alpha / rank}
-        nn.init.kaiming_uniform_(self.lora_A[ADAPTER].weight, a=math.sqrt(5))  # as peft
-        nn.init.zeros_(self.lora_B[ADAPTER].weight)
-        self._owner = [owner]  # a list: not registered as a submodule
-
-    def delta(self) -> torch.Tensor:
-        return self.scaling[ADAPTER] * (self.lora_B[ADAPTER].weight @ self.lora_A[ADAPTER].weight)
-
-    def detach_lora(self) -> None:
-        self._owner[0].detach()
-
-
-class PackedAttentionLora:
-    """The four LoRA pairs of one MultiheadAttention and the forward that applies them."""
-
-    def __init__(self, mha: nn.MultiheadAttention, rank: int, alpha: float):
+    def __init__(self, mha: nn.MultiheadAttention, kind: "AdapterKind", spec: "AdapterSpec"):
         if not mha._qkv_same_embed_dim:
-            raise ValueError("LoRA on MultiheadAttention needs the packed in_proj (same q/k/v sizes)")
+            raise ValueError("adapters on MultiheadAttention need the packed in_proj (same q/k/v sizes)")
         d = mha.embed_dim
         device = mha.in_proj_weight.device
         self.mha = mha
-        self.slices = {part: SliceLora(d, d, rank, alpha, self).to(device) for part in PARTS}
+        self.kind = kind
+        self.parts = {part: kind.delta_part(d, d, spec, device) for part in PARTS}
         mha.forward = self.forward  # instance attribute: the class's forward is untouched
 
-    def detach(self) -> None:
+    def remove(self) -> None:
+        """Give the module its own forward back."""
         self.mha.__dict__.pop("forward", None)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -61,8 +45,9 @@ class PackedAttentionLora:
                 is_causal: bool = False):
         mha = self.mha
         dtype = mha.in_proj_weight.dtype
-        in_proj = mha.in_proj_weight + torch.cat([self.slices[p].delta() for p in PARTS[:3]]).to(dtype)
-        out_proj = mha.out_proj.weight + self.slices["out_proj"].delta().to(dtype)
+        delta = self.kind.layer_delta
+        in_proj = mha.in_proj_weight + torch.cat([delta(self.parts[p]) for p in PARTS[:3]]).to(dtype)
+        out_proj = mha.out_proj.weight + delta(self.parts["out_proj"]).to(dtype)
         if mha.batch_first:
             query, key, value = (x.transpose(0, 1) for x in (query, key, value))
         out, weights = F.multi_head_attention_forward(

@@ -15,7 +15,8 @@ import torch
 
 from ..errors import LoraFormatError, LoraTrainerError
 from ..formats.kohya import save_kohya_lora
-from .deltas import LoraFactors, stack, truncate
+from ..adapters.lora import LoraFactors
+from .deltas import low_rank, stack, truncate
 from .files import LoraSource, PathLike, as_source, check_output, derived_metadata, load_lora, precision_dtype
 
 
@@ -69,7 +70,7 @@ def combine_loras(loras: Sequence[Union[LoraSource, PathLike, tuple]], out: Path
     parts: Dict[str, List[Tuple[LoraFactors, float]]] = {}
     for lora in loaded:
         for name, factors in lora.modules.items():
-            parts.setdefault(name, []).append((factors, lora.source.weight))
+            parts.setdefault(name, []).append((low_rank(factors, name, lora.name, "combine"), lora.source.weight))
     tensors: Dict[str, torch.Tensor] = {}
     result = CombineResult(out, sources, rank, 1.0)
     kept = total = 0.0

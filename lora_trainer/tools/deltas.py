@@ -1,9 +1,5 @@
-"""The weight change of one kohya LoRA / LoCon module, and low-rank algebra on it.
-
-A module is `down` [r, in] (Linear) or [r, in, kh, kw] (Conv: 1x1, or LoCon's 3x3), `up` [out, r] or
-[out, r, 1, 1], and `alpha`; it changes its base weight by
-`delta = (up.flatten(1) @ down.flatten(1)).reshape(out, in[, kh, kw]) * alpha / r`
-(a conv followed by a 1x1 conv is one conv whose kernel is that product).
+"""The weight change of the modules of adapter files (each read by its kind, adapters/), and low-rank
+algebra on LoRA factors: the sum of several modules (merge, combine) and the best lower-rank cut (resize).
 """
 from __future__ import annotations
 
@@ -12,75 +8,36 @@ from typing import Dict, Sequence, Tuple
 
 import torch
 
+from ..adapters import FileModule, default_adapter_kinds
+from ..adapters.lora import LoraFactors
 from ..errors import LoraFormatError
-from ..formats.kohya import LORA_SUFFIXES, lora_modules
-
-# Key fragments of LyCORIS / diffusers formats this tool does not read, and what they are.
-OTHER_FORMATS = (("hada_", "LoHa"), ("lokr_", "LoKr"), ("lora_mid", "LoCon with a Tucker/CP core (lora_mid)"),
-                 ("dora_scale", "DoRA"), ("lora_A", "peft/diffusers"), (".lora.down.", "diffusers"),
-                 (".diff", "a full weight difference (LyCORIS full)"))
 
 
-@dataclass
-class LoraFactors:
-    """One module's `down`, `up` and `alpha` (the scale is alpha / rank)."""
-
-    down: torch.Tensor
-    up: torch.Tensor
-    alpha: float
-
-    @property
-    def rank(self) -> int:
-        return int(self.down.shape[0])
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank
-
-    @property
-    def delta_shape(self) -> Tuple[int, ...]:
-        """[out, in] (Linear) or [out, in, kh, kw] (Conv)."""
-        return (int(self.up.shape[0]),) + tuple(self.down.shape[1:])
-
-    def matrices(self, dtype: torch.dtype = torch.float64) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(up [out, r] with the scale folded in, down [r, in * kh * kw]), so delta = up @ down."""
-        return self.up.flatten(1).to(dtype) * self.scale, self.down.flatten(1).to(dtype)
-
-    def delta(self, weight: float = 1.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """`weight` times this module's weight change, shaped like `delta_shape`."""
-        up, down = self.matrices(dtype)
-        return ((up * weight) @ down).reshape(self.delta_shape)
-
-    def to(self, dtype: torch.dtype) -> "LoraFactors":
-        return LoraFactors(self.down.to(dtype), self.up.to(dtype), self.alpha)
-
-    def kohya_tensors(self, name: str) -> Dict[str, torch.Tensor]:
-        """`<name>.lora_down.weight`, `<name>.lora_up.weight`, `<name>.alpha`."""
-        return {f"{name}.lora_down.weight": self.down.contiguous(), f"{name}.lora_up.weight": self.up.contiguous(),
-                f"{name}.alpha": torch.tensor(float(self.alpha))}
+def read_modules(tensors: Dict[str, torch.Tensor], source: str) -> Dict[str, FileModule]:
+    """A file's modules, each read by its adapter kind; refuses key types and shapes no kind reads."""
+    return default_adapter_kinds().read_modules(tensors, source)
 
 
-def lora_factors(tensors: Dict[str, torch.Tensor], source: str) -> Dict[str, LoraFactors]:
-    """Group a kohya file's tensors into modules; refuse key types and shapes that are not LoRA/LoCon."""
-    for key in sorted(tensors):
-        if not key.endswith(LORA_SUFFIXES):
-            kind = next((what for frag, what in OTHER_FORMATS if frag in key), "an unknown kind")
-            raise LoraFormatError(f"{source}: key {key!r} is {kind}; only plain LoRA/LoCon keys "
-                                  f"(*.lora_down.weight, *.lora_up.weight, *.alpha) can be used here")
-    out: Dict[str, LoraFactors] = {}
-    for name, parts in sorted(lora_modules(tensors).items()):
-        if "down" not in parts or "up" not in parts:
-            missing = "lora_up" if "down" in parts else "lora_down"
-            raise LoraFormatError(f"{source}: module {name} has no {missing}.weight; the file is incomplete")
-        down, up = parts["down"], parts["up"]
-        rank = down.shape[0]
-        if down.dim() not in (2, 4) or up.dim() != down.dim() or up.shape[1] != rank or \
-                (up.dim() == 4 and tuple(up.shape[2:]) != (1, 1)):
-            raise LoraFormatError(f"{source}: module {name} has lora_down {tuple(down.shape)} and lora_up "
-                                  f"{tuple(up.shape)}, which are not LoRA/LoCon shapes")
-        alpha = float(parts["alpha"].float().item()) if "alpha" in parts else float(rank)
-        out[name] = LoraFactors(down, up, alpha)
-    return out
+def low_rank(module: FileModule, name: str, source: str, what: str) -> LoraFactors:
+    """The module's LoRA factors, or a LoraFormatError saying `what` cannot use this module."""
+    factors = module.low_rank()
+    if factors is None:
+        raise LoraFormatError(f"{source}: module {name} has no low-rank factors; {what} works on LoRA modules")
+    return factors
+
+
+def merged_delta(parts: Sequence[Tuple[FileModule, float]], name: str) -> torch.Tensor:
+    """The fp32 sum of weighted module deltas: LoRA factors stacked into one product (one rounding), other
+    kinds' deltas added, all shaped like the first module's delta."""
+    factors = [(module.low_rank(), weight) for module, weight in parts]
+    if all(f is not None for f, _ in factors):
+        return stack(factors, name).delta(dtype=torch.float32)
+    shape = parts[0][0].delta_shape
+    for module, _ in parts:
+        if not fits(module.delta_shape, shape):
+            raise LoraFormatError(f"module {name} changes a weight of shape {list(shape)} in one LoRA and "
+                                  f"{list(module.delta_shape)} in another; are they for the same model?")
+    return sum(module.delta(weight, torch.float32).reshape(shape) for module, weight in parts)
 
 
 def _squeeze_1x1(shape: Sequence[int]) -> Tuple[int, ...]:

@@ -14,7 +14,8 @@ import torch
 
 from ..errors import LoraTrainerError
 from ..formats.kohya import load_kohya_lora
-from .deltas import LoraFactors, lora_factors
+from ..adapters import FileModule
+from .deltas import read_modules
 
 PathLike = Union[str, Path]
 PRECISIONS: Dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -71,7 +72,7 @@ class LoadedLora:
     """A source LoRA file, its modules and metadata."""
 
     source: LoraSource
-    modules: Dict[str, LoraFactors]
+    modules: Dict[str, FileModule]
     metadata: Dict[str, str]
     dtype: torch.dtype
 
@@ -86,10 +87,10 @@ class LoadedLora:
 
 
 def load_lora(source: LoraSource) -> LoadedLora:
-    """Read a kohya LoRA/LoCon file into per-module factors (CPU); unsupported key types are refused."""
+    """Read an adapter file into its modules (CPU); key types no adapter kind reads are refused."""
     tensors, metadata = load_kohya_lora(source.path)
-    dtype = next(t.dtype for k, t in tensors.items() if k.endswith(".lora_down.weight"))
-    return LoadedLora(source, lora_factors(tensors, source.path.name), metadata, dtype)
+    dtype = next(t.dtype for t in tensors.values() if t.dim() > 0 and t.is_floating_point())
+    return LoadedLora(source, read_modules(tensors, source.path.name), metadata, dtype)
 
 
 def precision_dtype(precision: Optional[str]) -> Optional[torch.dtype]:

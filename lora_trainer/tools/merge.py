@@ -20,7 +20,8 @@ from ..errors import LoraFormatError, ModelLoadError
 from ..models import FamilyRegistry, ModelFamily, default_families
 from ..models.loading import read_state_dict
 from ..utils.atomic import atomic_path, atomic_save_safetensors
-from .deltas import LoraFactors, fits, stack
+from ..adapters import FileModule
+from .deltas import fits, merged_delta
 from .files import LoadedLora, LoraSource, PathLike, as_source, check_output, load_lora, precision_dtype
 
 Shapes = Dict[str, Tuple[int, ...]]
@@ -72,31 +73,31 @@ def checkpoint_header(path: Path) -> Tuple[Shapes, Dict[str, str], Optional[Dict
 
 
 def plan_merge(loras: Sequence[LoadedLora], targets: Dict[str, str], shapes: Shapes, family: ModelFamily,
-               base_name: str) -> Dict[str, List[Tuple[LoraFactors, float]]]:
+               base_name: str) -> Dict[str, List[Tuple[FileModule, float]]]:
     """{checkpoint key: [(module, weight), ...]}; refuses the first LoRA key that does not fit the base."""
-    plan: Dict[str, List[Tuple[LoraFactors, float]]] = {}
+    plan: Dict[str, List[Tuple[FileModule, float]]] = {}
     for lora in loras:
         for name, factors in sorted(lora.modules.items()):
             key = targets.get(name)
             if key is None:
-                raise LoraFormatError(f"{lora.name}: key {name}.lora_down.weight does not fit {base_name}: this "
+                raise LoraFormatError(f"{lora.name}: key {name}{factors.suffix} does not fit {base_name}: this "
                                       f"{family.title} checkpoint has no such module (a LoRA for another model "
                                       f"family?); nothing was written")
             if not fits(factors.delta_shape, shapes[key]):
-                raise LoraFormatError(f"{lora.name}: key {name}.lora_down.weight does not fit {base_name}: it "
+                raise LoraFormatError(f"{lora.name}: key {name}{factors.suffix} does not fit {base_name}: it "
                                       f"changes a {list(factors.delta_shape)} weight but {key} is "
                                       f"{list(shapes[key])}; nothing was written")
             plan.setdefault(key, []).append((factors, lora.source.weight))
     return plan
 
 
-def apply_plan(state: Dict[str, torch.Tensor], plan: Dict[str, List[Tuple[LoraFactors, float]]],
+def apply_plan(state: Dict[str, torch.Tensor], plan: Dict[str, List[Tuple[FileModule, float]]],
                dtype: Optional[torch.dtype]) -> None:
     """Add the deltas in fp32 (all LoRAs of a weight in one product of their stacked factors), then cast
     each weight back to its own dtype (or `dtype`), in place."""
     for key, parts in plan.items():
         weight = state[key]
-        delta = stack(parts, key).delta(dtype=torch.float32)
+        delta = merged_delta(parts, key)
         state[key] = (weight.to(torch.float32) + delta.reshape(weight.shape)).to(dtype or weight.dtype)
     if dtype is not None:
         for key, value in state.items():

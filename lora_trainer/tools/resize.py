@@ -14,7 +14,7 @@ import torch
 from ..errors import LoraTrainerError
 from ..formats.kohya import save_kohya_lora
 from ..formats.sidecar import copy_sidecars
-from .deltas import truncate
+from .deltas import low_rank, truncate
 from .files import LoraSource, PathLike, check_output, derived_metadata, load_lora, precision_dtype
 
 
@@ -59,7 +59,8 @@ def resize_lora(lora: PathLike, rank: int, out: PathLike, precision: Optional[st
     tensors: Dict[str, torch.Tensor] = {}
     result = ResizeResult(out, source.path, rank, 0.0)
     kept = total = 0.0
-    for name, factors in sorted(loaded.modules.items()):
+    for name, module in sorted(loaded.modules.items()):
+        factors = low_rank(module, name, loaded.name, "resize")
         cut = truncate(factors, rank, dtype)
         tensors.update(cut.factors.kohya_tensors(name))
         result.modules.append(ModuleResize(name, factors.rank, cut.factors.rank, cut.error))

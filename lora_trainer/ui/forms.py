@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import yaml
+
 from ..config import FIELDS, TrainConfig, dump_config, load_config
 from ..errors import ConfigError
 from ..utils.atomic import atomic_write_text
@@ -108,10 +110,12 @@ def advanced_groups() -> List[Tuple[str, List[str]]]:
 
 # ---------------------------------------------------------------------------- values
 def to_form(name: str, value: Any) -> Any:
-    """A config value as its widget shows it."""
+    """A config value as its widget shows it (a dict as `key=value key=value`, as kohya's --network_args)."""
     if FIELDS[name].metadata.get("choices"):
         return _choice_text(value)
     hint, optional = _hint(name)
+    if typing.get_origin(hint) in (dict, Dict):
+        return " ".join(f"{k}={v}" for k, v in (value or {}).items())
     if value is None:
         return ""
     if optional and hint in (int, float):
@@ -122,6 +126,8 @@ def to_form(name: str, value: Any) -> Any:
 def from_form(name: str, value: Any) -> Any:
     """A widget's value as the raw config value (validated later by config_from_dict)."""
     hint, optional = _hint(name)
+    if isinstance(value, str) and typing.get_origin(hint) in (dict, Dict):
+        return _key_values(value)
     if isinstance(value, str):
         value = value.strip()
         if value == "" and (optional or hint in (int, float)):
@@ -131,6 +137,18 @@ def from_form(name: str, value: Any) -> Any:
     if hint is int and isinstance(value, float) and value.is_integer():
         return int(value)
     return value
+
+
+def _key_values(text: str) -> Union[Dict[str, Any], str]:
+    """`conv_dim=4 algo=loha` -> {"conv_dim": 4, "algo": "loha"} (values read as YAML scalars); text that is
+    not key=value pairs is returned as it is, for config_from_dict to name the key."""
+    out: Dict[str, Any] = {}
+    for pair in shlex.split(text):
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            return text
+        out[key] = yaml.safe_load(value) if value else None
+    return out
 
 
 def _number(text: str) -> Union[int, float, str]:

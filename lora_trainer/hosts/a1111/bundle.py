@@ -28,7 +28,7 @@ from torch import nn
 
 from ...errors import ModelLoadError
 from ...network.kohya_names import kohya_name, ldm_to_diffusers_unet_path, open_clip_text_encoder_path, text_encoder_path
-from ...network.network import LoraComponent
+from ...network.network import NetworkComponent
 from ...network.targets import open_clip_targets, text_encoder_targets, unet_targets
 from ...models.bundle import Conditioning, ModelBundle
 from ...models.family import ModelFamily
@@ -49,14 +49,14 @@ def find_open_clip_model(cond_stage_model: nn.Module) -> Optional[nn.Module]:
     return None
 
 
-def clip_component(role: str, model: nn.Module, prefix: str) -> LoraComponent:
+def clip_component(role: str, model: nn.Module, prefix: str) -> NetworkComponent:
     """LoRA targets and kohya names of a transformers CLIP text model."""
-    return LoraComponent(role, model, text_encoder_targets(model), lambda p: kohya_name(prefix, text_encoder_path(p)))
+    return NetworkComponent(role, model, text_encoder_targets(model), lambda p: kohya_name(prefix, text_encoder_path(p)))
 
 
-def open_clip_component(role: str, tower: nn.Module, prefix: str, layers: int) -> LoraComponent:
+def open_clip_component(role: str, tower: nn.Module, prefix: str, layers: int) -> NetworkComponent:
     """LoRA targets (attention and MLP of the first `layers` blocks) and kohya names of an open_clip text tower."""
-    return LoraComponent(role, tower, open_clip_targets(tower, layers),
+    return NetworkComponent(role, tower, open_clip_targets(tower, layers),
                          lambda p: kohya_name(prefix, open_clip_text_encoder_path(p)))
 
 
@@ -107,15 +107,15 @@ class A1111Bundle(ModelBundle):
         return self.device, self.base_dtype
 
     # ------------------------------------------------------------------ LoRA
-    def lora_components(self, train_text_encoder: bool) -> List[LoraComponent]:
+    def network_components(self, train_text_encoder: bool) -> List[NetworkComponent]:
         fam = self.family
         layers = self._layers_per_block()
-        comps = [LoraComponent(
+        comps = [NetworkComponent(
             "unet", self.unet, unet_targets(self.unet),
             lambda p: kohya_name(fam.unet_prefix, fam.unet_kohya_path(ldm_to_diffusers_unet_path(p, layers), layers)))]
         return comps + (self.text_encoder_components() if train_text_encoder else [])
 
-    def text_encoder_components(self) -> List[LoraComponent]:
+    def text_encoder_components(self) -> List[NetworkComponent]:
         """SD1: the CLIP text model. SD2: the open_clip tower's blocks that the conditioning uses (all but the
         last `layer_idx`: the penultimate layer for SD2, so 23 of 24 as in diffusers' SD2 encoder)."""
         prefix = self.family.text_encoder_prefixes[0]

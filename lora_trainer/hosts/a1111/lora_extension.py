@@ -38,10 +38,11 @@ def refresh_networks(name: str) -> None:
 
 
 def file_module_names(path: str) -> Set[str]:
-    from ...formats.kohya import load_kohya_lora, lora_modules
+    from ...adapters import default_adapter_kinds
+    from ...formats.kohya import load_kohya_lora
 
     tensors, _ = load_kohya_lora(path)
-    return set(lora_modules(tensors))
+    return set(default_adapter_kinds().module_names(tensors))
 
 
 def verify_lora(name: str) -> Dict[str, Any]:

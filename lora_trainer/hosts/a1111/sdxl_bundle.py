@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ...errors import ModelLoadError
-from ...network.network import LoraComponent
+from ...network.network import NetworkComponent
 from ...models.bundle import Conditioning
 from .bundle import A1111Bundle, clip_component, find_clip_text_model, find_open_clip_model, open_clip_component
 
@@ -52,7 +52,7 @@ class A1111SDXLBundle(A1111Bundle):
     def _find_text_encoder(self) -> Optional[nn.Module]:
         return find_clip_text_model(self.text_embedders[0])
 
-    def text_encoder_components(self) -> List[LoraComponent]:
+    def text_encoder_components(self) -> List[NetworkComponent]:
         """CLIP-L (`lora_te1_`) and every block of OpenCLIP bigG (`lora_te2_`: its last layer makes the pooled
         vector), from the WebUI-wrapped embedders 0 and 1."""
         te1, te2 = self.family.text_encoder_prefixes
