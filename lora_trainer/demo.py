@@ -28,7 +28,7 @@ def demo_config(folder: Path, steps: int = 200) -> dict:
         "save_steps": max(1, steps // 2),
         "seed": 0,
         "device": "cpu",
-        # fp32: at this size bf16 saves nothing and its casts cost ~20% (auto picks bf16 on AMX CPUs)
+        # fp32: at this size bf16 saves nothing and its casts cost time (auto picks bf16 on AMX CPUs)
         "mixed_precision": "no",
     }
 

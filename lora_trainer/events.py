@@ -107,16 +107,3 @@ class Events:
 
     def stop_requested(self) -> bool:
         return any(cb.should_stop() for cb in self.callbacks)
-
-
-class EventRecorder(Callback):
-    """Keeps every event; handy for tests and for UIs that poll."""
-
-    def __init__(self) -> None:
-        self.events: List[Any] = []
-
-    def on_event(self, event: Any) -> None:
-        self.events.append(event)
-
-    def of_type(self, kind: type) -> List[Any]:
-        return [e for e in self.events if isinstance(e, kind)]

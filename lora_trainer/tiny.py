@@ -1,4 +1,5 @@
-"""Tiny, randomly initialised SD1-shaped models and synthetic image sets (demo and tests; no downloads).
+"""A tiny, randomly initialised SD1-shaped model and a synthetic image set: the demo's (tests use them too; no
+downloads).
 
 The tiny model is defined the way a real SD1 checkpoint is, by an ldm-style config, and converted to
 diffusers with diffusers' own converters, so the same architecture exists in both layouts.
@@ -6,9 +7,8 @@ diffusers with diffusers' own converters, so the same architecture exists in bot
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -95,27 +95,6 @@ COLOURS: List[Tuple[str, Tuple[int, int, int]]] = [
 ]
 
 
-def make_color_dataset(folder: Path, n: int = 4, size: Tuple[int, int] = (64, 64), captions: str = "csv",
-                       colours: Optional[Sequence[Tuple[str, Tuple[int, int, int]]]] = None) -> Path:
-    """Solid-colour images `0_red.png`... with captions ('a red image') in metadata.csv or .txt sidecars."""
-    from PIL import Image
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = {}
-    for i, (name, rgb) in enumerate(list(colours or COLOURS)[:n]):
-        file = f"{i}_{name}.png"
-        Image.new("RGB", size, rgb).save(folder / file)
-        rows[file] = f"a {name} image"
-        if captions == "txt":
-            (folder / file).with_suffix(".txt").write_text(rows[file], encoding="utf-8")
-    if captions == "csv":
-        from .data.captions import write_metadata_csv
-
-        write_metadata_csv(folder / "metadata.csv", rows)
-    return folder
-
-
 def make_shapes_dataset(folder: Path, n: int = 8, size: int = 64, seed: int = 0) -> Path:
     """Coloured circles and squares on light backgrounds, captioned in metadata.csv (the demo's data)."""
     import random
@@ -143,6 +122,3 @@ def make_shapes_dataset(folder: Path, n: int = 8, size: int = 64, seed: int = 0)
     write_metadata_csv(folder / "metadata.csv", rows)
     return folder
 
-
-def write_json(path: Path, data: Dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2), encoding="utf-8")

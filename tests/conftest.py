@@ -21,7 +21,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def color_data(tmp_path) -> Path:
-    from lora_trainer.tiny import make_color_dataset
+    from tiny_data import make_color_dataset
 
     return make_color_dataset(tmp_path / "data", n=4)
 
@@ -36,3 +36,11 @@ def make_config(model: Path, data: Path, out: Path, **overrides):
                learning_rate=1e-3, seed=0, device="cpu", mixed_precision="no", save_precision="fp32")
     raw.update(overrides)
     return config_from_dict(raw)
+
+
+def evaluation_loss(trainer, indices, timesteps, seed: int = 0) -> float:
+    """Loss of the trainer's current weights on some of its training images at fixed timesteps and noise
+    (deterministic): the product's Validator on a subset."""
+    from lora_trainer.engine.validation import Validator
+
+    return Validator(trainer, trainer.dataset.subset(indices), timesteps, seed).loss()

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from lora_trainer.engine.run import load_model, train
 from lora_trainer.hosts.a1111.layouts import in_place_bundle
 from lora_trainer.hosts.a1111.sdxl_bundle import A1111SDXLBundle
-from lora_trainer.tiny import make_color_dataset
+from tiny_data import make_color_dataset
 
 from conftest import make_config
 from ldm_families import build_tiny_sd2_ldm, build_tiny_sdxl_sgm, save_sd2_single_file, save_sdxl_single_file

@@ -31,14 +31,14 @@ GOOD = ["0_red.png", "1_green.png", "2_blue.png", "sub/3_yellow.png"]
 
 @pytest.fixture(scope="module")
 def blip_dir(tmp_path_factory) -> Path:
-    from lora_trainer.caption.tiny import build_tiny_blip
+    from tiny_captioners import build_tiny_blip
 
     return build_tiny_blip(tmp_path_factory.mktemp("models") / "blip")
 
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory) -> Path:
-    from lora_trainer.caption.tiny import build_tiny_clip
+    from tiny_captioners import build_tiny_clip
 
     return build_tiny_clip(tmp_path_factory.mktemp("models") / "clip")
 

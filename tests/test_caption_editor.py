@@ -9,7 +9,7 @@ from lora_trainer.data import editor
 from lora_trainer.data.captions import read_metadata_csv
 from lora_trainer.data.scan import scan_dataset
 from lora_trainer.errors import DatasetError
-from lora_trainer.tiny import make_color_dataset
+from tiny_data import make_color_dataset
 
 
 def _captions(root: Path, **kw) -> dict:

@@ -6,7 +6,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lora_trainer.engine.run import load_model, train
-from lora_trainer.events import EventRecorder, Message
+from lora_trainer.events import Message
+
+from recording import EventRecorder
 
 from conftest import make_config
 from test_dataset import _broken_dataset

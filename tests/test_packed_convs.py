@@ -11,7 +11,9 @@ from torch import nn
 
 from lora_trainer.engine import trainer as trainer_module
 from lora_trainer.engine.run import LoraRun, load_model
-from lora_trainer.events import EventRecorder, Message
+from lora_trainer.events import Message
+
+from recording import EventRecorder
 from lora_trainer.models.diffusers_bundle import DiffusersBundle
 from lora_trainer.models import packed_convs as packed_convs_module
 from lora_trainer.models.packed_convs import PackedConvs, packing_available

@@ -10,7 +10,9 @@ from safetensors.torch import load_file
 from lora_trainer.engine.run import LoraRun, train
 from lora_trainer.engine.sampling import SamplePrompt, parse_prompt_line
 from lora_trainer.engine.validation import OverfitDetector, Validator
-from lora_trainer.events import EventRecorder, Message, SampleImages
+from lora_trainer.events import Message, SampleImages
+
+from recording import EventRecorder
 from lora_trainer.formats.kohya import read_metadata
 
 from conftest import make_config

@@ -12,7 +12,7 @@ from lora_trainer.models import default_families
 from lora_trainer.models.loading import alphas_cumprod_from
 from lora_trainer.models.sd2 import SD2_ORIGINAL_CONFIG, looks_like_v_prediction
 
-from conftest import make_config
+from conftest import evaluation_loss, make_config
 from diffusers_check import assert_diffusers_reproduces, needs_diffusers_peft, train_and_render
 from test_training import EVAL_TIMESTEPS, sd_pipeline
 from tiny_families import build_tiny_sd2
@@ -128,9 +128,9 @@ def test_a_v_model_trains_against_the_velocity(tmp_path, tiny_sd2_v_dir, color_d
     assert not torch.allclose(loss, per_sample_mse(pred, noise), atol=1e-3)
 
     images = list(range(len(trainer.dataset)))
-    before = trainer.evaluation_loss(images, EVAL_TIMESTEPS)
+    before = evaluation_loss(trainer, images, EVAL_TIMESTEPS)
     run.train()
-    after = trainer.evaluation_loss(images, EVAL_TIMESTEPS)
+    after = evaluation_loss(trainer, images, EVAL_TIMESTEPS)
     path = run.save_final()
     run.close()
     print(f"v-prediction evaluation loss {before:.4f} -> {after:.4f}")

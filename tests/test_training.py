@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from lora_trainer.engine.run import LoraRun, train
 
-from conftest import make_config
+from conftest import evaluation_loss, make_config
 from diffusers_check import assert_diffusers_reproduces, ddim, needs_diffusers_peft, train_and_render
 
 EVAL_TIMESTEPS = [50, 200, 400, 600, 800, 950]
@@ -21,9 +21,9 @@ def test_loss_drops_on_learnable_data(tmp_path, tiny_model_dir, color_data):
     run = LoraRun(cfg, tensorboard=False)
     trainer = run.setup()
     images = list(range(len(trainer.dataset)))
-    before = trainer.evaluation_loss(images, EVAL_TIMESTEPS)
+    before = evaluation_loss(trainer, images, EVAL_TIMESTEPS)
     run.train()
-    after = trainer.evaluation_loss(images, EVAL_TIMESTEPS)
+    after = evaluation_loss(trainer, images, EVAL_TIMESTEPS)
     run.close()
     drop = 1 - after / before
     print(f"evaluation loss {before:.4f} -> {after:.4f} ({drop:.0%} lower)")

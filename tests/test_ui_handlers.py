@@ -23,7 +23,7 @@ from lora_trainer.data.captions import read_metadata_csv
 from lora_trainer.errors import DatasetError
 from lora_trainer.grid import LABEL_HEIGHT, LABEL_WIDTH
 from lora_trainer.jobs import JobManager
-from lora_trainer.tiny import make_color_dataset
+from tiny_data import make_color_dataset
 from lora_trainer.ui import build_ui
 
 from conftest import make_config

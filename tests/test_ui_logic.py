@@ -12,7 +12,7 @@ from lora_trainer.service import StandaloneService, TrainerService
 from lora_trainer.config import FIELDS, load_config
 from lora_trainer.errors import ConfigError, DatasetError, LoraTrainerError
 from lora_trainer.jobs import JobStatus
-from lora_trainer.tiny import make_color_dataset
+from tiny_data import make_color_dataset
 from lora_trainer.ui import charts, forms, presets, scanning, views
 
 

@@ -1,12 +1,27 @@
-"""End-to-end check against a running AUTOMATIC1111 WebUI with this extension installed (not a unit test).
+"""End-to-end check against a running AUTOMATIC1111 WebUI (v1.10) with this extension installed (not a unit test).
 
-Trains a short LoRA on the loaded checkpoint through the extension's API, then checks: the job
-finishes; the file is listed by GET /sdapi/v1/loras; the WebUI's own Lora loader matched every module
-of the file (checked inside the WebUI process by /lora_trainer/v1/verify); txt2img with
-<lora:name:1> differs from txt2img without it, and without it equals the image from before training.
+Start the WebUI with this repository in its `extensions/` folder (a checkout or a symlink) and a checkpoint
+loaded (SD1, SD2 or SDXL; a randomly initialised one is enough), then run this script. It trains a short
+LoRA on the loaded checkpoint through the extension's HTTP API (POST /lora_trainer/v1/train, polling
+/lora_trainer/v1/status) with a sample prompt, and checks, printing `ok` or `FAIL` for each:
+
+- the LoRA Trainer tab is on the page and shows no start-up error (the host was detected);
+- a sample was rendered through the WebUI's txt2img and became the LoRA card's preview image;
+- the job finished, and GET /sdapi/v1/loras lists the new LoRA;
+- the Lora page shows it for the loaded model (the file's SD version equals the model's);
+- the WebUI's own Lora loader matched every module of the file (checked inside the WebUI process by
+  GET /lora_trainer/v1/verify/{name});
+- txt2img without the LoRA is unchanged by training (the model was put back exactly), and with
+  `<lora:name:1>` it differs.
+
+Exit code 0 when every check holds. Timings of the txt2img calls and of the job are printed.
 
     python tools/webui_e2e.py --data DIR [--url http://127.0.0.1:7860] [--name NAME] [--steps 6]
-        [--no-text-encoder]   (UNet only: SD2/SDXL, whose OpenCLIP encoder cannot be trained in place)
+        [--resolution 128] [--image-size 64] [--lr 1e-2]
+        [--no-text-encoder]   (UNet only; by default the text encoder(s) train too, OpenCLIP included)
+
+DIR is a folder of a few captioned images (e.g. `python -c "from lora_trainer.tiny import make_shapes_dataset;
+make_shapes_dataset('shapes')"`); the prompt uses the trigger word `shpz`.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -54,10 +54,6 @@ class ScanResult:
     @property
     def num_images(self) -> int:
         return len(self.records)
-
-    @property
-    def total_repeats(self) -> int:
-        return sum(r.repeats for r in self.records)
 
 
 def _dhash(img) -> int:
@@ -145,8 +141,3 @@ def scan_dataset(train_data_dir: str, metadata_path: Optional[str] = None, capti
             f"{len(uncaptioned)} image(s) have no caption: {shown}. Add a row to metadata.csv, a "
             f"{caption_extension} file beside the image, put it in an `N_name` folder, or set trigger_word")
     return result
-
-
-def captions_by_file(result: ScanResult) -> Dict[str, str]:
-    """rel path -> caption, for writers and editors."""
-    return {r.rel: r.caption for r in result.records}

@@ -12,7 +12,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -154,7 +154,7 @@ class Trainer:
 
     def _packing_helps(self) -> bool:
         """pack_conv_weights: on a CPU, for a model the trainer owns, when the packed copies fit (auto: in
-        half the available memory; measured 1.46x faster steps in bf16, 1.25x in fp32: benchmarks/README.md)."""
+        half the available memory; what it gains is measured in benchmarks/README.md)."""
         if self.bundle.fixed_placement is not None:
             return False  # the WebUI's weights are its own
         pack, why_not = decide_packing(self.config.pack_conv_weights, self.config.torch_compile, self.device,
@@ -408,13 +408,3 @@ class Trainer:
         self.events.emit(LossesRead([(first + i, v) for i, v in enumerate(values)]))
         self.check_nonfinite(step)
         return values[-1]
-
-    # ------------------------------------------------------------------ evaluation
-    def evaluation_loss(self, indices: Sequence[int], timesteps: Sequence[int], seed: int = 0) -> float:
-        """Loss of the current weights on some training images at fixed timesteps and noise (deterministic)."""
-        from .validation import Validator
-
-        return Validator(self, self.dataset.subset(indices), timesteps, seed).loss()
-
-    def state_summary(self) -> Dict[str, Any]:
-        return {"step": self.progress.step, "epoch": self.progress.epoch, "samples_seen": self.progress.samples_seen}

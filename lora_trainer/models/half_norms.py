@@ -3,7 +3,7 @@
 CUDA autocast runs `group_norm` and `layer_norm` in fp32: each norm casts its bf16/fp16 input up to fp32,
 its output (and the SiLU after it) stays fp32, and the next convolution or linear layer casts it back
 down; the backward pass does the same again. In an eager SD1.5 step at batch 8 on an H200 those casts
-(`aten::copy_`) were 22% of the GPU time (benchmarks/results/2026-11-28-h200-profile-b8-eager.txt).
+(`aten::copy_`) were a large share of the GPU time (benchmarks/results/2026-11-28-h200-profile-b8-eager.txt).
 
 With the frozen base weights already in bf16/fp16, the norm's input is half precision anyway (the output
 of a convolution or linear layer), and PyTorch's CUDA kernels accumulate mean and variance in fp32

@@ -3,20 +3,18 @@
 On a CPU every `F.conv2d` call reorders the weight into oneDNN's blocked layout before it computes, and
 its backward pass does so again for the transposed convolution. For the UNet's deep, weight-heavy layers
 (1280 channels on a 4x4 or 8x8 latent) that reorder costs more than the arithmetic. A LoRA run never
-changes these weights, so each is packed once, on its first call, with the shape it is called with:
-measured with bf16 on a 2-core Xeon (AMX), a 1280->1280 3x3 convolution on 4x4 takes 1.6 ms packed
-against 3.9 ms plain, and its input gradient 1.5 ms against 6.7 ms (`conv_transpose2d`); a whole SD1.5
-training step at 256 px ran 1.46x faster in bf16 and 1.25x in fp32 (benchmarks/README.md).
+changes these weights, so each is packed once, on its first call, with the shape it is called with.
+What that gains per layer and per training step is measured in benchmarks/README.md.
 
 The backward pass needs only the input's gradient (the weights are frozen): for stride 1, dilation 1 and
 one group, the transposed convolution of the output gradient with the same weight and padding, run on a
 second copy of the weight packed for it (oneDNN packs it straight from the weight, without a temporary
 copy: a flipped-kernel convolution instead was a little faster on the deepest layers but its temporary
-copies left 0.4 GiB more resident memory). Strided and grouped convolutions stay as they are.
+copies left more memory resident). Strided and grouped convolutions stay as they are.
 
 Each packed layer gets an instance `forward` (models/layer_forwards), which `remove()` takes away: the
 module, its parameters and its state dict stay as they were. The packed copies take twice the layers' weight memory
-(`packed_weight_bytes`; SD1.5: 2.1 GiB in bf16), hence `should_pack` and `decide_packing`.
+(`packed_weight_bytes`), hence `should_pack` and `decide_packing`.
 """
 from __future__ import annotations
 

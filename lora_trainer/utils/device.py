@@ -37,7 +37,7 @@ class Precision:
 
 def cpu_computes_bf16() -> bool:
     """Whether this CPU has AMX-BF16 tile units (Xeon Sapphire Rapids and newer), where bf16 convolutions and
-    matmuls run well over twice as fast as fp32 (measured: benchmarks/README.md)."""
+    matmuls run much faster than fp32 (benchmarks/README.md)."""
     check = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(check is not None and check())
 

@@ -1,4 +1,4 @@
-"""Tiny randomly initialised BLIP and CLIP models saved as folders (tests and demos; no downloads).
+"""Tiny randomly initialised BLIP and CLIP models saved as folders (tests; no downloads).
 
 They load through the same `--model PATH` code as real models. Tokenizer files are written to the folder
 and read back with from_pretrained, which works on transformers 4.x and 5.x alike.
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..models.tokenizers import write_clip_tokenizer_files
+from lora_trainer.models.tokenizers import write_clip_tokenizer_files
 
 IMAGE_SIZE = 32
 TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
