@@ -84,9 +84,9 @@ class TrainerService:
     # ------------------------------------------------------------------ captioning
     def captioners(self) -> List[str]:
         """Names of the auto-captioning backends that can run here."""
-        from .caption import default_backends
+        from .caption import default_captioners
 
-        return [spec.name for spec in default_backends().available()]
+        return [spec.name for spec in default_captioners().available()]
 
     def run_captioner(self, folder: str, name: str, prefix: str = "", overwrite: bool = False,
                       progress: Optional[Callable[[Any], None]] = None, model: Optional[str] = None) -> str:

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lora_trainer.caption import (BackendRegistry, BackendSpec, Captioner, apply_prefix,
-                                  caption_folder, default_backends)
+from lora_trainer.caption import (CaptionerRegistry, CaptionerSpec, Captioner, apply_prefix,
+                                  caption_folder, default_captioners)
 from lora_trainer.caption.blip_clip import build_blip_clip
 from lora_trainer.caption.clip_tags import Category, ClipTagger, all_phrases, load_vocabulary, rank_tags
 from lora_trainer.caption.loading import resolve_model_folder
@@ -66,12 +66,12 @@ class EchoCaptioner(Captioner):
         return ["rgb %d %d %d" % img.getpixel((0, 0)) for img in images]
 
 
-def echo_registry(log: list, builds: list) -> BackendRegistry:
+def echo_registry(log: list, builds: list) -> CaptionerRegistry:
     def build(options):
         builds.append(options)
         return EchoCaptioner(log)
 
-    return BackendRegistry([BackendSpec("echo", "test backend", build)])
+    return CaptionerRegistry([CaptionerSpec("echo", "test backend", build)])
 
 
 def csv_rows(path: Path) -> list:
@@ -183,7 +183,7 @@ def test_output_and_arguments_are_checked_before_any_model_loads(images, tmp_pat
     def refuse(options):
         raise AssertionError("the model must not be loaded")
 
-    registry = BackendRegistry([BackendSpec("never", "loads nothing", refuse)])
+    registry = CaptionerRegistry([CaptionerSpec("never", "loads nothing", refuse)])
     run = dict(backend="never", backends=registry)
     with pytest.raises(CaptionError, match="does not exist"):
         caption_folder(str(images), output=str(tmp_path / "missing" / "metadata.csv"), **run)
@@ -279,7 +279,7 @@ def test_clip_tagger_ranks_crafted_embeddings_through_the_real_path(images, clip
         tagger.embed_images = crafted_images
         return tagger
 
-    registry = BackendRegistry([BackendSpec("crafted", "test", build)])
+    registry = CaptionerRegistry([CaptionerSpec("crafted", "test", build)])
     result = caption_folder(str(images), backend="crafted", model=str(clip_dir), tag_threshold=0.6,
                             backends=registry, batch_size=8, **FAST)
     assert result.captions["0_red.png"] == "a photograph, red tones"  # medium comes before colour
@@ -298,13 +298,13 @@ def test_shipped_vocabulary():
 
 
 # ------------------------------------------------------------------------------------------ acceptance 3
-def _recording_registry(refs: list) -> BackendRegistry:
+def _recording_registry(refs: list) -> CaptionerRegistry:
     def build(options):
         captioner = build_blip_clip(options)
         refs.extend(weakref.ref(obj) for obj in [captioner] + [p.model for p in captioner.parts])
         return captioner
 
-    return BackendRegistry([BackendSpec("recorded", "test", build)])
+    return CaptionerRegistry([CaptionerSpec("recorded", "test", build)])
 
 
 def test_models_are_released_after_a_run_on_cpu(images, blip_dir, clip_dir):
@@ -414,9 +414,9 @@ def _our_job(state, seen):
 
 
 def test_webui_backends_need_the_webui():
-    assert [s.name for s in default_backends().available()] == ["blip", "clip-tags", "blip+clip-tags"]
+    assert [s.name for s in default_captioners().available()] == ["blip", "clip-tags", "blip+clip-tags"]
     with pytest.raises(CaptionError, match="runs only inside the AUTOMATIC1111 WebUI"):
-        default_backends().get("webui-interrogator")
+        default_captioners().get("webui-interrogator")
 
 
 def test_webui_interrogator_keeps_our_progress_and_the_interrupt(images, fake_webui):

@@ -161,7 +161,7 @@ def test_captioners_use_the_caption_package(monkeypatch, tmp_path):
     spec = types.SimpleNamespace
     registry = types.SimpleNamespace(available=lambda: [spec(name="blip"), spec(name="clip-tags")])
     fake = types.ModuleType("lora_trainer.caption")
-    fake.default_backends = lambda: registry
+    fake.default_captioners = lambda: registry
     fake.caption_folder = caption_folder
     monkeypatch.setitem(sys.modules, "lora_trainer.caption", fake)
     monkeypatch.setattr("lora_trainer.caption", fake, raising=False)

@@ -1,7 +1,7 @@
-"""The captioner contract and the backend registry.
+"""The captioner contract and the captioner registry.
 
-A backend is one file with a `Captioner` subclass and a `BackendSpec` naming it; adding one is that file
-plus one line in `caption/__init__.py` (`default_backends`). The runner only talks to this interface.
+A captioner (what `--backend` names) is one file with a `Captioner` subclass and a `CaptionerSpec` naming it; adding one is that file
+plus one line in `caption/__init__.py` (`default_captioners`). The runner only talks to this interface.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class Captioner:
 
 
 @dataclass(frozen=True)
-class BackendSpec:
+class CaptionerSpec:
     """A named way to build a captioner."""
 
     name: str  # what `--backend` takes
@@ -48,11 +48,11 @@ class BackendSpec:
     unavailable_reason: Callable[[], Optional[str]] = lambda: None
 
 
-class BackendRegistry:
+class CaptionerRegistry:
     """An ordered set of backends; names are unique."""
 
-    def __init__(self, specs: Iterable[BackendSpec]):
-        self.specs: List[BackendSpec] = []
+    def __init__(self, specs: Iterable[CaptionerSpec]):
+        self.specs: List[CaptionerSpec] = []
         for spec in specs:
             if any(s.name == spec.name for s in self.specs):
                 raise ValueError(f"caption backend {spec.name!r} registered twice")
@@ -61,11 +61,11 @@ class BackendRegistry:
     def names(self) -> List[str]:
         return [s.name for s in self.specs]
 
-    def available(self) -> List[BackendSpec]:
+    def available(self) -> List[CaptionerSpec]:
         """The backends that can run in this process."""
         return [s for s in self.specs if s.unavailable_reason() is None]
 
-    def get(self, name: str) -> BackendSpec:
+    def get(self, name: str) -> CaptionerSpec:
         """The backend called `name`; a CaptionError naming the choices when it is unknown or cannot run here."""
         for spec in self.specs:
             if spec.name == name:

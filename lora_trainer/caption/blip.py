@@ -6,7 +6,7 @@ from typing import List, Optional, Sequence
 import torch
 from PIL import Image
 
-from .base import BackendSpec, CaptionOptions, Captioner
+from .base import CaptionerSpec, CaptionOptions, Captioner
 from .loading import load_pretrained, model_dtype, resolve_model_folder
 
 DEFAULT_BLIP = "Salesforce/blip-image-captioning-large"
@@ -41,5 +41,5 @@ class BlipCaptioner(Captioner):
         self.processor = None
 
 
-SPEC = BackendSpec("blip", "BLIP captions (a sentence per image); --model: a BLIP captioning model folder",
+SPEC = CaptionerSpec("blip", "BLIP captions (a sentence per image); --model: a BLIP captioning model folder",
                    BlipCaptioner)

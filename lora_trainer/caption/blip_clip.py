@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .base import BackendSpec, CaptionOptions, Captioner, build_joined
+from .base import CaptionerSpec, CaptionOptions, Captioner, build_joined
 from .blip import BlipCaptioner
 from .clip_tags import ClipTagger
 
@@ -14,5 +14,5 @@ def build_blip_clip(options: CaptionOptions) -> Captioner:
                          lambda: ClipTagger(replace(options, model=None))])
 
 
-SPEC = BackendSpec("blip+clip-tags", "a BLIP caption, then CLIP tags; --model: BLIP folder, --clip-model: CLIP folder",
+SPEC = CaptionerSpec("blip+clip-tags", "a BLIP caption, then CLIP tags; --model: BLIP folder, --clip-model: CLIP folder",
                    build_blip_clip)

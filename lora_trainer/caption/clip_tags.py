@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from ..errors import CaptionError
-from .base import BackendSpec, CaptionOptions, Captioner
+from .base import CaptionerSpec, CaptionOptions, Captioner
 from .loading import features, load_pretrained, model_dtype, resolve_model_folder
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"  # ViT-L/14, the CLIP the WebUI's interrogator uses
@@ -121,5 +121,5 @@ class ClipTagger(Captioner):
         self.text_embeds = None
 
 
-SPEC = BackendSpec("clip-tags", "CLIP ranks the shipped phrase lists (medium, style, lighting, ...); "
+SPEC = CaptionerSpec("clip-tags", "CLIP ranks the shipped phrase lists (medium, style, lighting, ...); "
                    "--model/--clip-model: a CLIP model folder", ClipTagger)

@@ -14,8 +14,8 @@ from ..data.images import ImageError, load_rgb
 from ..data.scan import find_images
 from ..errors import CaptionError
 from ..utils.device import pick_device
-from .backends import default_backends
-from .base import BackendRegistry, CaptionOptions
+from .registry import default_captioners
+from .base import CaptionerRegistry, CaptionOptions
 from .loading import release_memory
 from .outputs import TARGETS
 
@@ -67,7 +67,7 @@ def caption_folder(input_dir: str, output: Optional[str] = None, fmt: str = "csv
                    device: str = "auto", progress: Optional[Callable[[CaptionProgress], None]] = None, *,
                    clip_model: Optional[str] = None, max_new_tokens: int = 40, num_beams: int = 3,
                    tag_threshold: float = 0.2, should_stop: Optional[Callable[[], bool]] = None,
-                   backends: Optional[BackendRegistry] = None) -> CaptionResult:
+                   backends: Optional[CaptionerRegistry] = None) -> CaptionResult:
     """Caption the images under `input_dir` (subfolders included) into a CSV (`fmt="csv"`, `output` defaults
     to `<input_dir>/metadata.csv`) or `<image>.txt` sidecars (`fmt="txt"`).
 
@@ -82,7 +82,7 @@ def caption_folder(input_dir: str, output: Optional[str] = None, fmt: str = "csv
         raise CaptionError(f"unknown caption format {fmt!r}; use one of: {', '.join(TARGETS)}")
     if batch_size < 1:
         raise CaptionError(f"--batch-size must be at least 1 (got {batch_size})")
-    spec = (backends or default_backends()).get(backend)
+    spec = (backends or default_captioners()).get(backend)
     options = CaptionOptions(model=model, clip_model=clip_model, device=str(pick_device(device)),
                              max_new_tokens=max_new_tokens, num_beams=num_beams, tag_threshold=tag_threshold)
     target = TARGETS[fmt](root, output, overwrite)  # checks that the output can be written

@@ -1,4 +1,4 @@
-"""The WebUI's own interrogators as backends (inside the AUTOMATIC1111 WebUI only; nothing new is downloaded).
+"""The WebUI's own interrogators as captioners (inside the AUTOMATIC1111 WebUI only; nothing new is downloaded).
 
 - `webui-interrogator`: `shared.interrogator.interrogate(image)`, its BLIP caption plus CLIP flavours;
 - `webui-deepbooru`: `deepbooru.model` (anime-style tags), started once per run and stopped afterwards.
@@ -15,7 +15,7 @@ from typing import Any, List, Optional, Sequence
 from PIL import Image
 
 from .state import preserved_state
-from ...caption.base import BackendSpec, CaptionOptions, Captioner
+from ...caption.base import CaptionerSpec, CaptionOptions, Captioner
 
 WEBUI_ONLY = "runs only inside the AUTOMATIC1111 WebUI"
 
@@ -86,7 +86,7 @@ class WebUIDeepBooru(Captioner):
         self.shared = None
 
 
-INTERROGATOR = BackendSpec("webui-interrogator", "the WebUI's BLIP+CLIP interrogator (inside the WebUI only)",
+INTERROGATOR = CaptionerSpec("webui-interrogator", "the WebUI's BLIP+CLIP interrogator (inside the WebUI only)",
                            WebUIInterrogator, _interrogator_reason)
-DEEPBOORU = BackendSpec("webui-deepbooru", "the WebUI's DeepBooru tagger (inside the WebUI only)",
+DEEPBOORU = CaptionerSpec("webui-deepbooru", "the WebUI's DeepBooru tagger (inside the WebUI only)",
                         WebUIDeepBooru, _webui_reason)
