@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -123,6 +123,17 @@ class LoraNetwork:
             if role is None or m.role == role:
                 params.extend([m.layer.lora_A[self.ADAPTER].weight, m.layer.lora_B[self.ADAPTER].weight])
         return params
+
+    def narrow_layers(self) -> List[Tuple[str, int]]:
+        """(kohya name, width) of every layer whose smaller side is below the rank: its update can have rank
+        at most that width, whatever the file stores."""
+        out = []
+        for m in self.modules:
+            a, b = m.layer.lora_A[self.ADAPTER].weight, m.layer.lora_B[self.ADAPTER].weight
+            width = min(a.shape[1], b.shape[0])
+            if width < self.rank:
+                out.append((m.name, int(width)))
+        return out
 
     def roles(self) -> List[str]:
         return sorted({m.role for m in self.modules})
