@@ -17,6 +17,7 @@ from ..errors import ModelLoadError
 
 CLIP_L = "openai/clip-vit-large-patch14"
 SHIPPED = Path(__file__).resolve().parent / "clip_tokenizer"
+CLIP_VOCAB_SIZE, CLIP_LENGTH = 49408, 77
 
 
 def _bytes_to_unicode() -> List[str]:
@@ -62,9 +63,12 @@ def load_clip_tokenizer(explicit: Optional[str], near: Path):
         if _has_files(folder):
             return _read(folder)
     try:
-        return CLIPTokenizer.from_pretrained(CLIP_L, local_files_only=True)
+        cached = CLIPTokenizer.from_pretrained(CLIP_L, local_files_only=True)
     except Exception:  # noqa: BLE001 - not in the cache
-        pass
+        cached = None
+    # transformers 5 answers an empty cache with a 2-token tokenizer (model_max_length 10^30) instead of an error
+    if cached is not None and len(cached) == CLIP_VOCAB_SIZE and cached.model_max_length == CLIP_LENGTH:
+        return cached
     if _has_files(SHIPPED):
         return _read(SHIPPED)
     raise ModelLoadError(  # only when the package was installed without its data files
@@ -93,7 +97,7 @@ def check_tokenizer(tokenizer, source: str, vocab_rows: Optional[int] = None,
     hint = ("fix it, or set tokenizer_path to the tokenizer/ folder of a model of this family (or leave "
             "tokenizer_path out to use the CLIP tokenizer shipped with lora_trainer)")
     length = tokenizer.model_max_length
-    most = positions or 77
+    most = positions or CLIP_LENGTH
     if not isinstance(length, int) or not 2 <= length <= most:
         raise ModelLoadError(f"the tokenizer from {source} has model_max_length {length}, but the text encoder "
                              f"takes at most {most} tokens (CLIP: 77): {hint}")
