@@ -119,8 +119,9 @@ class FolderLock:
         self.path = Path(output_dir) / LOCK_FILE
         self._fh: Optional[IO[str]] = None
 
-    def acquire(self) -> "FolderLock":
-        """Take the lock or raise FolderBusy naming the process that holds it."""
+    def acquire(self, record: bool = True) -> "FolderLock":
+        """Take the lock or raise FolderBusy naming the process that holds it; `record`: write this process
+        into the lock file for the next one to name."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+", encoding="utf-8")
         if not _try_lock(fh):
@@ -129,10 +130,11 @@ class FolderLock:
             fh.close()
             raise FolderBusy(f"output_dir {str(self.path.parent)!r} is in use by another training run ({holder}); "
                              f"wait for it to finish, stop it, or choose another output_dir")
-        fh.seek(0)
-        fh.truncate()
-        fh.write(json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv), "started": time.time()}))
-        fh.flush()
+        if record:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv), "started": time.time()}))
+            fh.flush()
         self._fh = fh
         return self
 
@@ -152,7 +154,7 @@ class FolderLock:
 def check_not_locked(output_dir: Path) -> None:
     """Raise FolderBusy if a live run holds `output_dir` (takes and releases the lock at once)."""
     if (Path(output_dir) / LOCK_FILE).exists():
-        FolderLock(output_dir).acquire().release()
+        FolderLock(output_dir).acquire(record=False).release()
 
 
 def _holder_text(recorded: str) -> str:
