@@ -467,3 +467,45 @@ def test_http_api_answers_400_with_the_message(case, world, tmp_path):
     assert case.said in response.json()["detail"]
     assert backend.status().state == "idle"
     assert tree_hashes(world["root"], world["model"]) == before
+
+
+# ---------------------------------------------------------------------------- warnings that let the run go on
+def test_a_rank_above_a_layers_width_warns_with_the_effective_rank(world, tmp_path):
+    from lora_trainer.engine.run import LoraRun
+    from lora_trainer.events import EventRecorder, Message
+
+    recorder = EventRecorder()
+    run = LoraRun(make_config(world["model"], world["data"], tmp_path / "out", lora_rank=48), [recorder],
+                  tensorboard=False)
+    try:
+        run.setup()
+    finally:
+        run.close()
+    said = [e.text for e in recorder.of_type(Message) if "is larger than the width" in e.text]
+    assert said and "lora_rank 48 is larger than the width of" in said[0] and "effective rank is only 32" in said[0]
+
+
+def test_tight_disk_space_warns_with_the_numbers(world, tmp_path, monkeypatch):
+    import shutil
+
+    from lora_trainer.engine.disk_room import base_model_shapes, lora_params, need_bytes
+    from lora_trainer.engine.preflight import preflight
+
+    config = make_config(world["model"], world["data"], tmp_path / "out", lora_rank=4000)  # about 1 GB to save
+    need = need_bytes(lora_params(base_model_shapes(str(world["model"])), config.lora_rank, False), 4)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=2 * need))
+    heard = []
+    preflight(config, warn=heard.append)
+    assert len(heard) == 1 and "disk space is tight" in heard[0] and "MiB" in heard[0]
+
+
+def test_disk_estimate_is_close_to_the_real_lora(world):
+    """The pre-flight estimate (from the checkpoint's header) against the LoRA a run really wrote."""
+    from safetensors.torch import load_file
+
+    from lora_trainer.engine.disk_room import base_model_shapes, lora_params
+
+    real = sum(t.numel() for k, t in load_file(str(world["earlier"] / "earlier.safetensors")).items()
+               if not k.endswith(".alpha"))
+    assert lora_params(base_model_shapes(str(world["model"])), 4, False) == real
