@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 from .config import TrainConfig, config_from_dict
 from .data.editor import caption_store
+from .engine.preflight import preflight
 from .errors import DatasetError, LoraTrainerError, ModelLoadError
 from .jobs import JobBusy, JobManager, JobStatus, list_loras
+from .utils.names import name_problem
 
 if TYPE_CHECKING:
     from .hosts.base import Host
@@ -64,7 +66,14 @@ class TrainerService:
         return config_from_dict(raw)
 
     def start(self, config: TrainConfig) -> JobStatus:
+        """Start a training job, after the checks that would otherwise fail it at once (no images, an unusable
+        model path, an output folder that is busy, full or holds an earlier run): those raise here, so the
+        page and the API refuse the request instead of accepting a job that fails."""
+        self.check_before_start(config)
         return self.jobs.start(config)
+
+    def check_before_start(self, config: TrainConfig) -> None:
+        preflight(config, check_model=self.needs_base_model_path())
 
     def stop(self) -> JobStatus:
         return self.jobs.stop()
@@ -181,8 +190,10 @@ def checkpoint_file_name(text: Optional[str], default: str) -> str:
     if name.lower().endswith(".safetensors"):
         name = name[:-len(".safetensors")]
     name = name or default
-    if any(c in name for c in "/\\:") or name.strip(".") == "":
-        raise LoraTrainerError(f"checkpoint name {text!r}: give a plain file name without folders, e.g. {default}")
+    problem = name_problem(name)
+    if problem:
+        raise LoraTrainerError(f"checkpoint name {text!r}: {problem}; give a plain file name without folders, "
+                               f"e.g. {default}")
     return f"{name}.safetensors"
 
 
