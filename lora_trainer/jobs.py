@@ -6,6 +6,7 @@ the WebUI it goes through the WebUI's GPU queue so txt2img and training never ov
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import traceback
@@ -17,6 +18,7 @@ from .config import TrainConfig
 from .errors import LoraTrainerError
 from .events import Callback, CheckpointSaved, LossesRead, Message, RunEnded, RunStarted, SampleImages, StepEnded
 
+log = logging.getLogger("lora_trainer")
 Runner = Callable[[Callable[[], Any]], Any]
 MAX_MESSAGES = 200
 
@@ -125,11 +127,14 @@ class JobManager:
                 path = getattr(result, "lora_path", None)
                 status.lora_path = str(path) if path else status.lora_path
                 status.state = "stopped" if getattr(result, "stopped_early", False) else "finished"
-        except Exception as exc:  # noqa: BLE001 - the page shows every failure
+        except Exception as exc:  # the page shows every failure, the console logs it
             with self._lock:
                 status.state = "failed"
                 status.error = str(exc) if isinstance(exc, LoraTrainerError) else \
                     f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+            # the console hears it too (a WebUI's log is where people look first); a traceback only for a bug
+            log.error("LoRA Trainer: training %s failed: %s", status.name, exc,
+                      exc_info=not isinstance(exc, LoraTrainerError))
         finally:
             with self._lock:
                 status.finished_at = time.time()
