@@ -14,6 +14,7 @@ from typing import Any, List, Optional
 
 from .errors import LoraTrainerError
 from .events import Callback, CheckpointSaved, Message, RunStarted, StepEnded
+from .text.task import text_command
 
 
 class TerminalProgress(Callback):
@@ -339,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("keys", help="list every config key with its default and help")
+    p.add_argument("--task", choices=("image", "text"), default="image",
+                   help="text: the keys of text-model configs (task: text)")
     p.set_defaults(func=cmd_keys)
 
     lora_help = "a LoRA file, optionally with its weight: a.safetensors:0.8 (repeatable)"
@@ -375,7 +378,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        return int(args.func(args) or 0)
+        func = text_command(args) or args.func  # `task: text` configs: the text-model trainer (lora_trainer/text)
+        return int(func(args) or 0)
     except LoraTrainerError as exc:
         if args.verbose:
             raise
