@@ -58,6 +58,20 @@
         return [];
     };
 
+    // Prompt assistant -> "Send to txt2img" (WebUI only): the expanded prompt replaces the txt2img prompt, as
+    // the WebUI's own "Send to txt2img" buttons do.
+    window.loraTrainerSetTxt2imgPrompt = function (text) {
+        var box = appRoot().querySelector("#txt2img_prompt textarea");
+        if (box && text) {
+            box.value = text;
+            box.dispatchEvent(new Event("input", {bubbles: true}));
+        }
+        if (typeof switch_to_txt2img === "function") {
+            switch_to_txt2img();
+        }
+        return [];
+    };
+
     if (typeof onUiLoaded === "function") {
         onUiLoaded(window.loraTrainerStartPolling);
     }

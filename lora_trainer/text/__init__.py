@@ -13,5 +13,7 @@ Layout, one job per module:
   plan        peak-memory estimate and the largest batch that fits
   cli         `train` / `check` / `plan` / `keys` for text configs
   prompts     collect a WebUI user's prompts (PNG info, styles.csv, a pasted list)
-  assistant   train the prompt assistant and expand a short idea into a prompt
+  assistant   training pairs from prompts, the assistant's run, and expanding a short idea into a prompt
+The page's section is lora_trainer/ui/sections/prompt_assistant.py; the WebUI's default prompt sources are
+in lora_trainer/webui/prompt_sources.py.
 """

@@ -7,11 +7,12 @@ transformers Conv1D, whose weight is stored transposed: peft's `fan_in_fan_out`)
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -152,6 +153,14 @@ def lora_targets(model: torch.nn.Module, requested: Union[str, Sequence[str]]) -
     return names, bool(chosen) and all(isinstance(m, Conv1D) for m in chosen)
 
 
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """peft 0.21 reads a transformers 5 property that warns of its own rename: nothing a user can act on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
 def add_lora(model: torch.nn.Module, targets: List[str], fan_in_fan_out: bool, rank: int, alpha: float,
              dropout: float, seed: int) -> torch.nn.Module:
     """The peft model with LoRA layers on `targets`; LoRA weights in fp32 (seeded), everything else frozen."""
@@ -160,8 +169,7 @@ def add_lora(model: torch.nn.Module, targets: List[str], fan_in_fan_out: bool, r
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                         fan_in_fan_out=fan_in_fan_out, bias="none", task_type="CAUSAL_LM")
     torch.manual_seed(seed)  # LoRA A matrices are initialised from the global RNG
-    with warnings.catch_warnings():  # peft 0.21 calls a transformers 5 property that warns of its own rename
-        warnings.simplefilter("ignore", FutureWarning)
+    with quiet_peft():
         peft_model = get_peft_model(model, config)
     for param in peft_model.parameters():
         if param.requires_grad:

@@ -68,9 +68,9 @@ def build_ui(backend: TrainerBackend, css: Optional[str] = None, js: Optional[st
     """The trainer's page. `css` is applied where gr.Blocks takes it (standalone passes the rest to
     launch); `js` (standalone only) is run on page load. Inside the WebUI neither is needed: the WebUI
     loads the extension's style.css and javascript/ itself."""
-    from .sections import captions, dataset, model, results, run, training
+    from .sections import captions, dataset, model, prompt_assistant, results, run, training
 
-    modules = (dataset, captions, model, training, run, results)
+    modules = (dataset, captions, model, training, run, results, prompt_assistant)
     ctx = PageContext(backend)
     demo = compat.blocks("LoRA Trainer", css)
     with demo:
