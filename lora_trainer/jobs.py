@@ -167,6 +167,8 @@ def list_loras(folder: Path) -> List[Dict[str, Any]]:
     from .formats.kohya import read_metadata
 
     out = []
+    if (Path(folder) / "adapter_config.json").is_file():
+        return out  # a text model's peft adapter (lora_trainer/text), not image LoRAs
     for path in sorted(Path(folder).glob("*.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True):
         try:
             meta = read_metadata(path)

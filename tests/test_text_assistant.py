@@ -83,6 +83,7 @@ def test_the_idea_of_a_prompt_skips_the_users_common_tags(tmp_path):
 
 
 def test_a_trained_assistant_writes_prompts_in_the_users_style(tmp_path):
+    from lora_trainer.jobs import list_loras
     from lora_trainer.text.assistant import PromptAssistant, assistant_config, write_training_data
     from lora_trainer.text.run import train_text
 
@@ -94,6 +95,7 @@ def test_a_trained_assistant_writes_prompts_in_the_users_style(tmp_path):
         assistant.expand("a red fox")
     result = train_text(assistant_config(str(model), folder, steps=80, learning_rate=1e-2, device="cpu"))
     assert result.adapter_dir == folder and result.losses[-1] < 0.5 * result.losses[0]
+    assert list_loras(folder) == []  # a peft adapter is not one of the image LoRAs the Results section lists
     style = ("masterpiece", "oil painting", "golden hour", "by greg rutkowski")
     for idea in ("a red fox", "a purple dragon"):  # one it saw, one it did not
         expanded = assistant.expand(idea, creativity=0)
