@@ -99,3 +99,10 @@ def test_plan_counts_what_a_real_forward_saves(setup, arch, capsys):
     assert estimate.lora_state == 16 * lora
     assert main(["plan", "--config", str(cfg_path)]) == 0
     assert "largest batch_size that fits" in capsys.readouterr().out or estimate.activations is None
+
+
+def test_the_commented_template_is_a_valid_text_config():
+    from lora_trainer.text.config import load_text_config
+
+    config = load_text_config(Path(__file__).resolve().parents[1] / "configs" / "text_template.yaml")
+    assert config.task == "text" and config.lora_rank == 16 and config.effective_alpha == 32

@@ -142,3 +142,20 @@ def test_a_finished_adapter_is_not_replaced_silently(models, text_file, tmp_path
     assert (out / "adapter_model.safetensors").read_bytes() == before
     train_text(text_config(models["gpt2"], text_file, out, max_steps=2, seed=1, overwrite=True))
     assert (out / "adapter_model.safetensors").read_bytes() != before
+
+
+def test_bf16_trains_with_bf16_base_weights_and_fp32_lora(models, text_file, tmp_path):
+    """mixed_precision bf16 (what auto picks on a CPU with AMX and on most GPUs)."""
+    from lora_trainer.text.run import TextRun
+
+    run = TextRun(text_config(models["llama"], text_file, tmp_path / "out", max_steps=3, mixed_precision="bf16"),
+                  tensorboard=False)
+    trainer = run.setup()
+    dtypes = {p.dtype for p in trainer.model.parameters() if not p.requires_grad}
+    assert dtypes == {torch.bfloat16}
+    assert {p.dtype for p in trainer.model.parameters() if p.requires_grad} == {torch.float32}
+    run.train()
+    result = run.save_final()
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    adapter = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    assert {t.dtype for t in adapter.values()} == {torch.float32}
