@@ -28,7 +28,7 @@ from .model import (ADAPTER_WEIGHTS, SpecialTokens, add_lora, check_model_folder
                     lora_targets, position_limit, read_model_config, resolve_max_seq_length, save_adapter, save_merged,
                     special_tokens)
 from .state import model_identity, restore_text_state, run_fingerprint, save_text_state
-from .trainer import TextTrainer
+from .trainer import TextTrainer, schedule_length
 
 MERGED_DIR = "merged"
 
@@ -68,8 +68,6 @@ def prepare_data(config: TextTrainConfig) -> TextData:
 
 def data_report(config: TextTrainConfig, data: TextData) -> List[str]:
     """What `check` prints and a run says at start."""
-    from .trainer import schedule_length
-
     s = data.train.stats
     sched = schedule_length(config, data.train)
     limit = f" (model limit {data.position_limit})" if data.position_limit else ""

@@ -8,15 +8,14 @@ change it. Dropout is seeded from (seed, step): a resumed run draws what an unin
 from __future__ import annotations
 
 import logging
-import math
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..engine.optim import build_optimizer, build_scheduler
+from ..engine.trainer import Progress, is_out_of_memory, schedule_length
 from ..errors import TrainingStopped
 from ..events import Events, LossesRead, RunStarted, StepEnded
 from ..utils.device import Precision
@@ -25,25 +24,6 @@ from .batches import IGNORE, ExampleSet, collate
 
 OOM_ADVICE = ("lower batch_size or max_seq_length, turn on gradient_checkpointing, or train on a device with more "
               "memory (python -m lora_trainer plan --config ... shows what fits)")
-
-
-@dataclass
-class Progress:
-    step: int = 0
-    epoch: int = 0
-    samples_seen: int = 0
-    losses: List[float] = field(default_factory=list)
-    nonfinite_steps: int = 0
-    consecutive_nonfinite: int = 0
-
-
-def schedule_length(config, examples: ExampleSet) -> Dict[str, int]:
-    """batches_per_epoch, steps_per_epoch, total_steps and epochs of a config on a set of examples."""
-    batches = examples.batches_per_epoch(config.batch_size)
-    steps_per_epoch = max(1, math.ceil(batches / config.gradient_accumulation_steps))
-    total = config.max_steps or config.epochs * steps_per_epoch
-    return {"batches_per_epoch": batches, "steps_per_epoch": steps_per_epoch, "total_steps": total,
-            "epochs": math.ceil(total / steps_per_epoch)}
 
 
 def token_loss_sum(model: torch.nn.Module, batch: Dict[str, torch.Tensor], use_cache: bool = False) -> torch.Tensor:
@@ -55,11 +35,6 @@ def token_loss_sum(model: torch.nn.Module, batch: Dict[str, torch.Tensor], use_c
     targets = batch["labels"][:, 1:]
     return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                            ignore_index=IGNORE, reduction="sum")
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or \
-        (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
 class TextTrainer:
