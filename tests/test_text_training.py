@@ -159,3 +159,32 @@ def test_bf16_trains_with_bf16_base_weights_and_fp32_lora(models, text_file, tmp
     assert all(torch.isfinite(torch.tensor(result.losses)))
     adapter = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
     assert {t.dtype for t in adapter.values()} == {torch.float32}
+
+
+def test_micro_batches_and_checkpointing_do_not_change_the_step(models, text_file, tmp_path, monkeypatch):
+    """The loss of a step is normalised by the step's learned tokens, so an out-of-memory retry with half the
+    micro-batch, and gradient checkpointing, give the same losses and LoRA weights (Llama: no dropout)."""
+    import lora_trainer.text.trainer as trainer_module
+    from lora_trainer.text.run import train_text
+
+    settings = dict(max_steps=3, batch_size=4)
+    plain = train_text(text_config(models["llama"], text_file, tmp_path / "plain", **settings))
+    checkpointed = train_text(text_config(models["llama"], text_file, tmp_path / "ckpt", gradient_checkpointing=True,
+                                          **settings))
+    real_loss = trainer_module.token_loss_sum
+    ooms = []
+
+    def tight_memory(model, batch, use_cache=False):
+        if batch["input_ids"].shape[0] > 2:
+            ooms.append(batch["input_ids"].shape[0])
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real_loss(model, batch, use_cache)
+
+    monkeypatch.setattr(trainer_module, "token_loss_sum", tight_memory)
+    retried = train_text(text_config(models["llama"], text_file, tmp_path / "oom", **settings))
+    assert ooms == [4]  # one retry, then micro-batches of 2 for the rest of the run
+    for other in (checkpointed, retried):
+        torch.testing.assert_close(torch.tensor(other.losses), torch.tensor(plain.losses), rtol=1e-5, atol=1e-6)
+        a = load_file(str(plain.adapter_dir / "adapter_model.safetensors"))
+        b = load_file(str(other.adapter_dir / "adapter_model.safetensors"))
+        assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)

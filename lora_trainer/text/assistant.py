@@ -19,6 +19,7 @@ import torch
 
 from ..errors import DatasetError, ModelLoadError
 from ..utils.atomic import atomic_write_text
+from ..utils.device import pick_device, pick_precision
 from .config import TextTrainConfig, text_config_from_dict
 from .model import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_model_folder, load_causal_lm, load_tokenizer,
                     position_limit, quiet_peft, read_model_config)
@@ -97,8 +98,6 @@ class PromptAssistant:
     def _load(self) -> LoadedAssistant:
         from peft import PeftModel
 
-        from ..utils.device import pick_device
-
         adapter = self.folder
         if not (adapter / ADAPTER_WEIGHTS).is_file():
             raise ModelLoadError("the prompt assistant is not trained yet: collect prompts, then press Train")
@@ -109,10 +108,17 @@ class PromptAssistant:
         base = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path", "")
         folder = check_model_folder(base)
         device = pick_device("auto")
+        dtype = pick_precision("auto", device).base_dtype  # bf16/fp16 on a GPU (beside the WebUI's model), else fp32
         with quiet_peft():
-            model = PeftModel.from_pretrained(load_causal_lm(folder, torch.float32), str(adapter)).to(device).eval()
+            model = PeftModel.from_pretrained(load_causal_lm(folder, dtype), str(adapter)).to(device).eval()
         self.loaded = LoadedAssistant(key, model, load_tokenizer(folder), device)
         return self.loaded
+
+    def unload(self) -> None:
+        """Free the loaded model (before the assistant is trained again, or to give its memory back)."""
+        self.loaded = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def expand(self, idea: str, creativity: float = 0.7, seed: int = 0, max_new_tokens: int = 96) -> str:
         """A prompt for `idea` in the user's style; creativity 0 always gives the same (most likely) prompt."""

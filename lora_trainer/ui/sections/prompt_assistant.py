@@ -117,6 +117,7 @@ def wire(ctx: PageContext) -> None:
     def on_train(model: Any, steps: Any, lr: Any) -> List[Any]:
         config = assistant_config(str(model or "").strip(), folder, steps=int(steps or 300),
                                   learning_rate=float(lr or 2e-4))
+        p["assistant"].unload()  # its memory goes to the training run
         status = ctx.backend.jobs.start(config, train_fn=train_text)
         return [assistant_status_html(status, folder), message_html("training the assistant", "info")]
 
