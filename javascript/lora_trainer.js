@@ -43,19 +43,34 @@
         }
     };
 
-    // Results -> "Send to txt2img" (WebUI only): append `<lora:name:weight>` and the trigger word to the
-    // txt2img prompt, tell gradio about the new value, and switch to the txt2img tab.
-    window.loraTrainerSendToTxt2img = function (text) {
+    // Put text into the WebUI's txt2img prompt (`combine(current, text)` gives the new value), tell gradio
+    // about it, and switch to the txt2img tab.
+    function intoTxt2imgPrompt(text, combine) {
         var box = appRoot().querySelector("#txt2img_prompt textarea");
         if (box && text) {
-            var current = box.value.replace(/[\s,]+$/, "");
-            box.value = current ? current + ", " + text : text;
+            box.value = combine(box.value, text);
             box.dispatchEvent(new Event("input", {bubbles: true}));
         }
         if (typeof switch_to_txt2img === "function") {
             switch_to_txt2img();
         }
         return [];
+    }
+
+    // Results -> "Send to txt2img" (WebUI only): append `<lora:name:weight>` and the trigger word.
+    window.loraTrainerSendToTxt2img = function (text) {
+        return intoTxt2imgPrompt(text, function (current, added) {
+            current = current.replace(/[\s,]+$/, "");
+            return current ? current + ", " + added : added;
+        });
+    };
+
+    // Prompt assistant -> "Send to txt2img" (WebUI only): the expanded prompt replaces the txt2img prompt, as
+    // the WebUI's own "Send to txt2img" buttons do.
+    window.loraTrainerSetTxt2imgPrompt = function (text) {
+        return intoTxt2imgPrompt(text, function (current, added) {
+            return added;
+        });
     };
 
     if (typeof onUiLoaded === "function") {

@@ -7,77 +7,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
 from .errors import LoraTrainerError
-from .events import Callback, CheckpointSaved, Message, RunStarted, StepEnded
+from .terminal import StopOnSignal, TerminalProgress
+from .text.task import text_command
 from .utils.quiet import quiet_libraries
-
-
-class TerminalProgress(Callback):
-    """A tqdm progress bar with step, loss, it/s and ETA; messages above it."""
-
-    def __init__(self) -> None:
-        self.bar = None
-        self.last_loss: Optional[float] = None
-
-    def on_event(self, event: Any) -> None:
-        from tqdm import tqdm
-
-        if isinstance(event, RunStarted):
-            self.bar = tqdm(total=event.total_steps, initial=event.start_step, unit="step", dynamic_ncols=True)
-        elif isinstance(event, StepEnded) and self.bar is not None:
-            if event.loss is not None:
-                self.last_loss = event.loss
-            self.bar.set_postfix(epoch=event.epoch, loss=f"{self.last_loss:.4f}" if self.last_loss is not None else "-",
-                                 lr=f"{event.lr:.2e}", refresh=False)
-            self.bar.update(event.step - self.bar.n)
-        elif isinstance(event, CheckpointSaved):
-            self._write(f"saved {event.path}")
-        elif isinstance(event, Message) and event.level >= logging.INFO:
-            self._write(event.text if event.level < logging.WARNING else f"warning: {event.text}")
-
-    def _write(self, text: str) -> None:
-        from tqdm import tqdm
-
-        if self.bar is not None:
-            tqdm.write(text)
-        else:
-            print(text, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-class StopOnSignal(Callback):
-    """Ctrl-C / SIGTERM: finish the current step, save the LoRA and the state, exit 0. A second one quits at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = {}
-
-    def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            self.uninstall()
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nstopping after this step and saving (press Ctrl-C again to quit at once)", file=sys.stderr,
-              flush=True)
-
-    def should_stop(self) -> bool:
-        return self.requested
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -346,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("keys", help="list every config key with its default and help")
+    p.add_argument("--task", choices=("image", "text"), default="image",
+                   help="text: the keys of text-model configs (task: text)")
     p.set_defaults(func=cmd_keys)
 
     lora_help = "a LoRA file, optionally with its weight: a.safetensors:0.8 (repeatable)"
@@ -386,7 +325,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for handler in logging.getLogger().handlers:  # the terminal shows engine messages once, above its progress bar
         handler.addFilter(lambda record: not getattr(record, "lora_trainer_event", False))
     try:
-        return int(args.func(args) or 0)
+        func = text_command(args) or args.func  # `task: text` configs: the text-model trainer (lora_trainer/text)
+        return int(func(args) or 0)
     except LoraTrainerError as exc:
         if args.verbose:
             raise

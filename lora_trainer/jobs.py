@@ -105,8 +105,10 @@ class JobManager:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
-    def start(self, config: TrainConfig, callbacks: Sequence[Callback] = ()) -> JobStatus:
-        """Start training `config`; raises JobBusy if a job is running."""
+    def start(self, config: TrainConfig, callbacks: Sequence[Callback] = (),
+              train_fn: Optional[Callable[[Any, Sequence[Callback]], Any]] = None) -> JobStatus:
+        """Start training `config` with `train_fn` (default: this manager's, the image trainer; the prompt
+        assistant passes the text trainer's); raises JobBusy if a job is running."""
         with self._lock:
             if self._status.active:
                 raise JobBusy(f"a training job is already running ({self._status.name}, step "
@@ -115,14 +117,15 @@ class JobManager:
             self._status = JobStatus(state="running", name=config.effective_output_name, started_at=time.time())
             status = self._status
         recorder = JobRecorder(status, self._lock, self._stop)
-        self._thread = threading.Thread(target=self._body, args=(config, [recorder, *callbacks], status),
+        self._thread = threading.Thread(target=self._body, args=(config, [recorder, *callbacks], status,
+                                                                 train_fn or self.train_fn),
                                         name="lora-trainer-job", daemon=True)
         self._thread.start()
         return self.status()
 
-    def _body(self, config: TrainConfig, callbacks: List[Callback], status: JobStatus) -> None:
+    def _body(self, config: TrainConfig, callbacks: List[Callback], status: JobStatus, train_fn: Callable) -> None:
         try:
-            result = self.runner(lambda: self.train_fn(config, callbacks))
+            result = self.runner(lambda: train_fn(config, callbacks))
             with self._lock:
                 path = getattr(result, "lora_path", None)
                 status.lora_path = str(path) if path else status.lora_path
@@ -169,6 +172,8 @@ def list_loras(folder: Path) -> List[Dict[str, Any]]:
     from .formats.kohya import read_metadata
 
     out = []
+    if (Path(folder) / "adapter_config.json").is_file():
+        return out  # a text model's peft adapter (lora_trainer/text), not image LoRAs
     for path in sorted(Path(folder).glob("*.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True):
         try:
             meta = read_metadata(path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .config import TrainConfig, config_from_dict
 from .data.editor import caption_store
@@ -121,6 +121,10 @@ class TrainerService:
         """The text to paste into a prompt: `<lora:name:weight>` plus the trigger word."""
         text = f"<lora:{name}:{weight:g}>"
         return f"{trigger}, {text}" if trigger else text
+
+    def prompt_sources(self) -> Tuple[List[str], List[str]]:
+        """(image folders, styles files) the prompt assistant offers: none outside a host."""
+        return [], []
 
     # ------------------------------------------------------------------ the Results section's tools
     def check_idle(self, what: str) -> None:
@@ -280,6 +284,9 @@ class HostedService(TrainerService):
 
     def checkpoint_folder(self, lora: Path) -> Path:
         return self.host.checkpoint_dir()
+
+    def prompt_sources(self) -> Tuple[List[str], List[str]]:
+        return self.host.prompt_sources()
 
     def check_may_write(self, path: Path) -> None:
         if not self.host.output_dir_anywhere():

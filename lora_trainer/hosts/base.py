@@ -4,8 +4,8 @@ A host says whether it is the one running (`detect`), where things go (`lora_dir
 `workspace`), which model is loaded and the bundle that trains it in place (`bundle`), how a job runs
 (`run_job` through its queue, `train` with its progress bar and Interrupt), how its LoRA list is
 cleared and re-read (`clear_loras`, `refresh_loras`, `refresh_checkpoints`), how a file is checked
-with its own loader (`verify_lora`), how grids are rendered (`render_grid`), and how the extension
-hooks into it (`register_extension`). Only host modules import the host's own code (`modules.*`).
+with its own loader (`verify_lora`), how grids are rendered (`render_grid`), where the user's prompts are
+(`prompt_sources`, for the prompt assistant), and how the extension hooks into it (`register_extension`). Only host modules import the host's own code (`modules.*`).
 
 The defaults below are a plain Python process's answers (no queue, no Lora list); a host overrides
 what differs. A new host is one file with a `Host` subclass plus one line in `hosts/__init__.py`.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import LoraTrainerError
 
@@ -99,6 +99,10 @@ class Host(ABC):
                     steps: int, cfg: float, negative: str):
         """A GridResult of LoRAs `names` (from the host's list) x `weights`, rendered by the host."""
         raise LoraTrainerError(f"{self.title or 'this program'} cannot render grids itself")
+
+    def prompt_sources(self) -> Tuple[List[str], List[str]]:
+        """(image folders, styles files) holding the user's prompts, offered by the prompt assistant."""
+        return [], []
 
     # ------------------------------------------------------------------ the extension
     def register_extension(self) -> None:

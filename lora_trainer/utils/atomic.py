@@ -7,10 +7,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import struct
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional, Union
+from typing import Callable, Dict, Iterator, Optional, Sequence, Union
 
 PathLike = Union[str, Path]
 # A temp file is named `.<target name>.<8 random characters>.tmp` (mkstemp): this many bytes longer.
@@ -91,3 +92,33 @@ def atomic_write_with(target: PathLike, writer: Callable[[Path], None]) -> Path:
     with atomic_path(target) as tmp:
         writer(tmp)
     return Path(target)
+
+
+@contextlib.contextmanager
+def atomic_folder(target: PathLike, last: Sequence[str] = (), scratch: Optional[PathLike] = None) -> Iterator[Path]:
+    """Yield an empty temp folder in `scratch` (default: beside `target`; same file system) to write into. On
+    success a new `target` appears whole (one rename); an existing one gets each written file by an atomic
+    rename, the names in `last` after the rest (e.g. a config that points at the weights). On error nothing
+    in `target` changes."""
+    target = Path(target)
+    scratch = Path(scratch) if scratch is not None else target.parent
+    scratch.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=scratch))
+    try:
+        yield tmp
+        files = sorted((p for p in tmp.rglob("*") if p.is_file()), key=lambda p: (p.name in last, str(p)))
+        for path in files:
+            with open(path, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(path, 0o666 & ~_umask())  # some writers make 0600 files, as mkstemp does
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            os.replace(tmp, target)
+            return
+        for path in files:
+            dest = target / path.relative_to(tmp)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -8,7 +8,7 @@ import importlib.util
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from ...errors import ModelLoadError
 from ..base import Host
@@ -177,6 +177,11 @@ class A1111Host(Host):
         return webui_grid(names, prompt, weights, seed=seed, size=size, steps=steps, cfg=cfg, negative=negative)
 
     # ------------------------------------------------------------------ the extension
+    def prompt_sources(self) -> Tuple[List[str], List[str]]:
+        from .prompt_sources import webui_prompt_sources
+
+        return webui_prompt_sources()
+
     def register_extension(self) -> None:
         from .extension import register
 
