@@ -181,6 +181,9 @@ def test_config_keys_are_checked(tmp_path):
     cfg = load_text_config(path, {"lora_r": 16})
     assert cfg.train_data == str(tmp_path / "data.txt")  # found beside the config file
     assert cfg.learning_rate == 1e-4 and cfg.lora_rank == 16
+    path.write_text("task: text\nbase_model: m\nlora_rank: 4\nlora_rank: 8\n")
+    with pytest.raises(ConfigError, match="'lora_rank' appears twice, on line 3 and line 4"):
+        load_text_config(path)
 
 
 def test_target_modules_per_architecture(gpt2, tmp_path):

@@ -144,6 +144,19 @@ def test_a_finished_adapter_is_not_replaced_silently(models, text_file, tmp_path
     assert (out / "adapter_model.safetensors").read_bytes() != before
 
 
+def test_a_folder_a_live_run_holds_is_refused_at_once(models, text_file, tmp_path):
+    """One run per output folder, as for images: the engine's OS lock; free again once that run ends."""
+    from lora_trainer.engine.output_folder import FolderBusy, FolderLock
+    from lora_trainer.text.run import train_text
+
+    out = tmp_path / "out"
+    with FolderLock(out):
+        with pytest.raises(FolderBusy, match="in use by another training run"):
+            train_text(text_config(models["gpt2"], text_file, out, max_steps=1))
+    assert not (out / "adapter_model.safetensors").exists()
+    assert train_text(text_config(models["gpt2"], text_file, out, max_steps=1)).steps == 1
+
+
 def test_bf16_trains_with_bf16_base_weights_and_fp32_lora(models, text_file, tmp_path):
     """mixed_precision bf16 (what auto picks on a CPU with AMX and on most GPUs)."""
     from lora_trainer.text.run import TextRun

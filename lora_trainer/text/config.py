@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Union
 import yaml
 
 from ..errors import ConfigError
+from ..utils.yaml_files import read_yaml_file
 
 CONFIG_VERSION = 1
 TASK = "text"
@@ -214,14 +215,10 @@ def text_config_from_dict(raw: Dict[str, Any], check_required: bool = True) -> T
 
 
 def read_yaml(path: Union[str, Path]) -> Dict[str, Any]:
-    """The key: value mapping of a YAML config file, or ConfigError naming the file."""
+    """The key: value mapping of a YAML config file, or ConfigError naming the file (and the line, a key given
+    twice, text that is not UTF-8: the image configs' reader)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config error: config file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config error: {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    raw = read_yaml_file(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config error: {path} must contain key: value pairs")
     return raw

@@ -16,6 +16,7 @@ import torch
 
 from ..engine.checkpoint import STATE_DIR, STATE_FILE, load_state, state_path
 from ..engine.optim import bitsandbytes_available
+from ..engine.output_folder import FolderLock, check_not_locked
 from ..engine.preflight import check_output_dir
 from ..engine.run import TensorBoardLogger
 from ..errors import ConfigError, DatasetError
@@ -108,6 +109,7 @@ def preflight(config: TextTrainConfig) -> None:
                           f"resume: true to continue that run, overwrite: true to replace it, or choose another "
                           f"output_dir")
     check_output_dir(out)
+    check_not_locked(out)  # a live run (text or image) in this folder
 
 
 @dataclass
@@ -138,10 +140,12 @@ class TextRun:
         self.trainer: Optional[TextTrainer] = None
         self.data: Optional[TextData] = None
         self.validation_loss: Optional[float] = None
+        self.lock: Optional[FolderLock] = None
 
     def setup(self) -> TextTrainer:
         cfg = self.config
         preflight(cfg)
+        self.lock = FolderLock(self.output_dir).acquire()  # held to close(): one run per folder, as for images
         self.data = data = prepare_data(cfg)
         for line in data_report(cfg, data):
             self.events.say(line)
@@ -231,6 +235,9 @@ class TextRun:
         self.trainer = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def train_text(config: TextTrainConfig, callbacks: Sequence[Callback] = ()) -> TextTrainResult:

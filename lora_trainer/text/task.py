@@ -3,24 +3,25 @@ dispatch point asks `text_command`; everything heavy is imported only when a tex
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Callable, List, Optional
 
-import yaml
+from ..errors import ConfigError
+from ..utils.yaml_files import read_yaml_file
 
 TEXT_COMMANDS = ("train", "check", "plan")
 
 
 def config_task(config_path: str, sets: Optional[List[str]] = None) -> Optional[str]:
     """The `task` a config asks for (a `--set task=...` wins), or None; unreadable files give None (the
-    normal loader reports them)."""
+    normal loader reports them, with the same reader)."""
     for pair in reversed(sets or []):
         key, _, value = pair.partition("=")
         if key.strip() == "task":
             return value.strip() or None
     try:
-        with open(config_path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh)
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        raw = read_yaml_file(Path(config_path))
+    except ConfigError:
         return None
     task = raw.get("task") if isinstance(raw, dict) else None
     return str(task) if task is not None else None
