@@ -5,7 +5,8 @@ A host says whether it is the one running (`detect`), where things go (`lora_dir
 (`run_job` through its queue, `train` with its progress bar and Interrupt), how its LoRA list is
 cleared and re-read (`clear_loras`, `refresh_loras`, `refresh_checkpoints`), how a file is checked
 with its own loader (`verify_lora`), how grids are rendered (`render_grid`), where the user's prompts are
-(`prompt_sources`, for the prompt assistant), and how the extension hooks into it (`register_extension`). Only host modules import the host's own code (`modules.*`).
+(`prompt_sources`, for the prompt assistant), and how the extension hooks into it (`register_extension`).
+Only host modules import the host's own code (`modules.*`).
 
 The defaults below are a plain Python process's answers (no queue, no Lora list); a host overrides
 what differs. A new host is one file with a `Host` subclass plus one line in `hosts/__init__.py`.
