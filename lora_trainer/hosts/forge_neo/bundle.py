@@ -28,12 +28,20 @@ from ...models.family import ModelFamily
 from ...models.frozen_layers import FrozenLayerForwards, WeightFetch, own_weights
 from ...network.kohya_names import kohya_name, ldm_to_diffusers_unet_path
 from ...network.network import NetworkComponent
-from ...network.targets import unet_targets
+from ...network.targets import find_targets
 from ..a1111.bundle import clip_component
 from .blocks import BlockForwards
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 TEXT_ENCODERS = ("clip_l", "clip_g")  # SD1: clip_l; SDXL: clip_l (lora_te1), clip_g (lora_te2)
+
+
+def unet_targets(unet: nn.Module) -> List[str]:
+    """kohya's UNet targets (every Linear / 1x1 Conv2d) inside the spatial transformers, recognised by their
+    layout (`proj_in`, `transformer_blocks`, `proj_out`) like blocks.py recognises the blocks."""
+    containers = {type(m).__name__ for m in unet.modules()
+                  if all(hasattr(m, name) for name in ("proj_in", "transformer_blocks", "proj_out"))}
+    return find_targets(unet, containers)
 
 
 def quantised_layers(model: nn.Module, limit: int = 3) -> List[str]:
