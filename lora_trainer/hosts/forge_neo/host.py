@@ -54,6 +54,13 @@ class ForgeNeoHost(A1111Host):
             raise ModelLoadError(NOT_LOADED)
         return sd_model
 
+    def model_digest(self) -> Dict[str, Any]:
+        from ...utils.weights_digest import weights_digest
+
+        objects = self.loaded_model().forge_objects
+        return weights_digest({"unet": objects.unet.model.diffusion_model, "text_encoders": objects.clip.cond_stage_model,
+                               "vae": objects.vae.first_stage_model})
+
     def bundle(self):
         """The in-place bundle of Forge's SD1.5 / SDXL model (hosts/forge_neo/bundle.py), samples by txt2img."""
         from ...models import default_families
