@@ -226,6 +226,15 @@ class StandInIntegratedCLIP(nn.Module):
         self.transformer = transformer
 
 
+class StandInJointTextEncoder(nn.Module):
+    """Forge's JointTextEncoder: a plain module holding clip_l / clip_g (not an nn.ModuleDict)."""
+
+    def __init__(self, encoders):
+        super().__init__()
+        for name, module in encoders.items():
+            self.add_module(name, module)
+
+
 class StandInVAE(nn.Module):
     def __init__(self):
         super().__init__()
@@ -250,7 +259,7 @@ class StandInForgeEngine:
         self.vae = as_inference_weights(StandInVAE())
         self.forge_objects = SimpleNamespace(
             unet=SimpleNamespace(model=kmodel, load_device=torch.device("cpu")),
-            clip=SimpleNamespace(cond_stage_model=nn.ModuleDict(clips), patcher=None),
+            clip=SimpleNamespace(cond_stage_model=StandInJointTextEncoder(clips), patcher=None),
             vae=SimpleNamespace(first_stage_model=self.vae))
         engines = [StandInTextEngine(clip, tokenizer, return_pooled=key == "clip_g") for key, clip in clips.items()]
         if sdxl:

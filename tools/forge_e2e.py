@@ -95,7 +95,8 @@ def main() -> int:
           f"loss {status['loss']}, file {status['lora_path']}, error {status['error']}")
     name = Path(status["lora_path"]).stem if status["lora_path"] else a.name
     listed = [lora["name"] for lora in call(a.url, "/sdapi/v1/loras")]
-    verify = call(a.url, f"/lora_trainer/v1/verify/{name}")
+    verify = safe_call(a.url, f"/lora_trainer/v1/verify/{name}",
+                       {"modules_in_file": 0, "modules_matched": 0, "unmatched": [], "patches_refused": []})
     digest_after = call(a.url, "/lora_trainer/v1/model_digest")
     t = time.time()
     after = txt2img(a.url, prompt, a.image_size)
@@ -128,6 +129,15 @@ def main() -> int:
     for text, ok in checks.items():
         print(f"{'ok  ' if ok else 'FAIL'} {text}")
     return 0 if all(checks.values()) else 1
+
+
+def safe_call(url: str, path: str, fallback: dict) -> dict:
+    """`call`, or `fallback` plus the error when the route answers with an error."""
+    try:
+        return call(url, path)
+    except Exception as exc:  # noqa: BLE001 - reported as a failed check, the other checks still run
+        print(f"GET {path}: {exc}: {getattr(exc, 'read', lambda: b'')().decode()[:500]}")
+        return {**fallback, "error": str(exc)}
 
 
 def call_text(url: str) -> str:

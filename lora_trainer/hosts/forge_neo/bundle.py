@@ -69,8 +69,8 @@ class ForgeBundle(ModelBundle):
         self.kmodel = objects.unet.model
         self.unet = self.kmodel.diffusion_model
         self.text_module = objects.clip.cond_stage_model
-        self.text_encoders = [getattr(self.text_module, key).transformer for key in TEXT_ENCODERS
-                              if key in self.text_module][:len(family.text_encoder_prefixes)]
+        encoders = [getattr(self.text_module, key, None) for key in TEXT_ENCODERS]  # Forge's JointTextEncoder
+        self.text_encoders = [e.transformer for e in encoders if e is not None][:len(family.text_encoder_prefixes)]
         self.text_encoder = self.text_encoders[0]
         self.vae = objects.vae.first_stage_model
         predictor = self.kmodel.predictor
