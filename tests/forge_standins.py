@@ -193,12 +193,13 @@ class StandInUNet(nn.Module):
 
 
 def as_inference_weights(module: nn.Module, dtype: Optional[torch.dtype] = None) -> nn.Module:
-    """Every parameter replaced by a frozen copy made under torch.inference_mode (as Forge's loader makes them)."""
+    """Every parameter replaced by a copy made under torch.inference_mode (as Forge's loader makes them; they
+    keep requires_grad=True, as Forge's text encoders do, until someone sets it off)."""
     with torch.inference_mode():
         for m in module.modules():
             for name, p in list(m._parameters.items()):
                 if p is not None:
-                    m._parameters[name] = nn.Parameter(p.detach().to(dtype or p.dtype).clone(), requires_grad=False)
+                    m._parameters[name] = nn.Parameter(p.detach().to(dtype or p.dtype).clone(), p.requires_grad)
     return module
 
 
@@ -254,6 +255,7 @@ class StandInForgeEngine:
                                     torch.float16)
         betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2
         predictor = SimpleNamespace(alphas_cumprod=torch.cumprod(1 - betas, 0), prediction_type="epsilon")
+        unet.requires_grad_(False)  # as Forge's KModel does; the text encoders keep requires_grad=True
         kmodel = SimpleNamespace(diffusion_model=unet, predictor=predictor, computation_dtype=torch.float32)
         clips = {key: StandInIntegratedCLIP(as_inference_weights(te)) for key, te in zip(("clip_l", "clip_g"), text_encoders)}
         self.vae = as_inference_weights(StandInVAE())

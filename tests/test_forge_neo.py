@@ -39,22 +39,24 @@ def engine(tokenizer, sdxl: bool = False) -> StandInForgeEngine:
 
 
 def state(sd_model):
-    """Every weight of the UNet and text encoders (values and storage), module modes and instance forwards."""
+    """Every weight of the UNet and text encoders (values, storage, inference-ness), module modes, instance
+    forwards, peft layers and requires_grad flags."""
     parts = {"unet": sd_model.forge_objects.unet.model.diffusion_model,
              "text": sd_model.forge_objects.clip.cond_stage_model}
     return {name: ({k: (v.clone(), v.data_ptr(), v.is_inference()) for k, v in m.state_dict().items()},
                    {n: x.training for n, x in m.named_modules()},
-                   [n for n, x in m.named_modules() if "forward" in x.__dict__], peft_layers(m))
+                   [n for n, x in m.named_modules() if "forward" in x.__dict__], peft_layers(m),
+                   {n: p.requires_grad for n, p in m.named_parameters()})
             for name, m in parts.items()}
 
 
 def assert_same_state(before, after):
     for part in before:
-        (w0, modes0, fw0, peft0), (w1, modes1, fw1, peft1) = before[part], after[part]
+        (w0, modes0, fw0, peft0, grad0), (w1, modes1, fw1, peft1, grad1) = before[part], after[part]
         assert w0.keys() == w1.keys()
         for k, (value, ptr, inference) in w0.items():
             assert torch.equal(value, w1[k][0]) and ptr == w1[k][1] and inference == w1[k][2], f"{part}: {k}"
-        assert modes0 == modes1 and fw0 == fw1 == [] and peft0 == peft1 == []
+        assert modes0 == modes1 and fw0 == fw1 == [] and peft0 == peft1 == [] and grad0 == grad1
 
 
 def unet_output(sd_model, seed: int = 1):

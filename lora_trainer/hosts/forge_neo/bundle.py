@@ -148,8 +148,9 @@ class ForgeBundle(ModelBundle):
         saved, self._saved = self._saved, None
         if not saved:
             return
-        for p, flag in saved["requires_grad"]:
-            p.requires_grad_(flag)
+        with torch.inference_mode():  # Forge's text encoders hold inference tensors with requires_grad=True:
+            for p, flag in saved["requires_grad"]:  # setting that back is allowed in inference mode only
+                p.requires_grad_(flag)
         for m, training in saved["training"]:
             m.training = training
 
