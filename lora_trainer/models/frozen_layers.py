@@ -93,7 +93,7 @@ class FrozenLayer(LayerForward):
         self.fetch = fetch
         conv_formula = isinstance(module, nn.Conv2d) and module.padding_mode == "zeros" \
             and not isinstance(module.padding, str)
-        self.recomputes = not (conv_formula or isinstance(module, nn.Linear) and not isinstance(module, nn.Conv2d))
+        self.recomputes = not (isinstance(module, nn.Linear) or conv_formula)
         super().__init__(module)
 
     def class_forward(self, x: torch.Tensor) -> torch.Tensor:
