@@ -76,20 +76,20 @@ def render_grid(bundle, loras: Sequence[Path], prompt: str, weights: Sequence[fl
     from .formats.kohya import load_kohya_lora
     from .network.network import AdapterNetwork
 
-    spec = SamplePrompt(prompt, negative=negative, width=size, height=size, steps=steps, cfg=cfg, seed=seed)
+    sample = SamplePrompt(prompt, negative=negative, width=size, height=size, steps=steps, cfg=cfg, seed=seed)
     rows = []
     for path in loras:
         tensors, _ = load_kohya_lora(path)
-        spec = default_adapter_kinds().file_spec(tensors, str(path))
+        adapter = default_adapter_kinds().file_spec(tensors, str(path))
         te = any(k.startswith("lora_te") for k in tensors)
-        network = AdapterNetwork.inject(bundle.network_components(te), spec)
+        network = AdapterNetwork.inject(bundle.network_components(te), adapter)
         try:
             network.load_kohya_state_dict(tensors)
             network.train(False)
             row = []
             for weight in weights:
                 network.set_multiplier(weight)
-                row.append(bundle.sample([spec])[0])
+                row.append(bundle.sample([sample])[0])
             rows.append(row)
         finally:
             network.remove()
