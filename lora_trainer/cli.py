@@ -81,22 +81,46 @@ class StopOnSignal(Callback):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config, parse_overrides
+    from .engine import distributed
     from .engine.run import train
 
+    if args.nproc and args.nproc > 1 and not distributed.launched_by_torchrun():
+        return _relaunch_with_torchrun(args)
     config = load_config(args.config, parse_overrides(args.set or []))
-    progress, stopper = TerminalProgress(), StopOnSignal()
-    stopper.install()
-    try:
-        result = train(config, [progress, stopper])
-    finally:
-        stopper.uninstall()
-        progress.close()
+    with distributed.session(config.device) as dist:
+        progress, stopper = TerminalProgress() if dist.is_main else Callback(), StopOnSignal()
+        stopper.install()
+        try:
+            result = train(config, [progress, stopper], dist=dist)
+        finally:
+            stopper.uninstall()
+            if isinstance(progress, TerminalProgress):
+                progress.close()
+    if not dist.is_main:
+        return 0
     name = result.lora_path.stem
     print(f"LoRA written to {result.lora_path}")
     if result.stopped_early:
         print(f"stopped at step {result.steps}; continue with: python -m lora_trainer train --config {args.config} "
               f"--set resume=true")
     print(f"use it with <lora:{name}:{config.preferred_weight:g}>")
+    return 0
+
+
+def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
+    """`train --nproc N`: the same command under torchrun on this machine (N processes, one per GPU)."""
+    from torch.distributed.run import main as torchrun
+
+    argv = ["--standalone", f"--nproc_per_node={args.nproc}", "-m", "lora_trainer"]
+    argv += (["--verbose"] if args.verbose else []) + ["train", "--config", args.config]
+    for item in args.set or []:
+        argv += ["--set", item]
+    print("running: torchrun " + " ".join(argv), flush=True)
+    try:
+        torchrun(argv)
+    except Exception as exc:  # noqa: BLE001 - torchrun reports a failed rank by raising ChildFailedError
+        raise LoraTrainerError(f"{args.nproc}-process training failed (see the ranks' messages above): "
+                               f"{type(exc).__name__}") from None
     return 0
 
 
@@ -277,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a LoRA from a YAML config")
     p.add_argument("--config", required=True, help="YAML config file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--nproc", type=int, default=0,
+                   help="train data-parallel in N processes on this machine (one per GPU; runs torchrun); "
+                        "batch_size is per process")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("check", help="report on the dataset of a config (exit 0: can train, 1: cannot)")

@@ -31,6 +31,7 @@ from ..utils.atomic import atomic_write_text, atomic_write_with
 from ..utils.device import pick_device, pick_precision, precision_for_weights
 from ..utils.seeding import seed_everything
 from .checkpoint import load_state, model_identity, restore_trainer, run_fingerprint, save_state, state_path
+from .distributed import SINGLE, Distributed
 from .optim import bitsandbytes_available
 from .sampling import isolated_rng, sample_path, sample_prompts_from_config
 from .validation import OverfitDetector, Validator, as_metadata, split_validation
@@ -51,8 +52,9 @@ class TrainResult:
     report: Optional[DatasetReport] = None
 
 
-def preflight(config: TrainConfig, check_model: bool = True) -> None:
-    """Cheap checks before anything is loaded: folders, model path, output folder, optional packages."""
+def preflight(config: TrainConfig, check_model: bool = True, check_output: bool = True) -> None:
+    """Cheap checks before anything is loaded: folders, model path, output folder (`check_output`: it is
+    written to), optional packages."""
     from ..models.loading import check_base_model_path
 
     root = Path(config.train_data_dir)
@@ -66,7 +68,8 @@ def preflight(config: TrainConfig, check_model: bool = True) -> None:
     if config.optimizer == "adamw8bit" and not bitsandbytes_available():
         raise ConfigError("config error: optimizer: adamw8bit needs bitsandbytes (pip install bitsandbytes), "
                           "or use optimizer: adamw")
-    check_output_dir(Path(config.output_dir))
+    if check_output:
+        check_output_dir(Path(config.output_dir))
 
 
 def check_output_dir(out: Path) -> None:
@@ -156,11 +159,13 @@ class TensorBoardLogger(Callback):
 
 
 class LoraRun:
-    """One training run, step by step: `setup()`, `train()`, `save_final()`, `close()`."""
+    """One training run, step by step: `setup()`, `train()`, `save_final()`, `close()`. In a data-parallel
+    run (`dist`) every rank computes the same; only rank 0 writes files."""
 
     def __init__(self, config: TrainConfig, callbacks: Sequence[Callback] = (), bundle: Optional[ModelBundle] = None,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, dist: Distributed = SINGLE):
         self.config = config
+        self.dist = dist
         self.events = Events(callbacks)
         self.bundle = bundle
         self.output_dir = Path(config.output_dir)
@@ -180,10 +185,10 @@ class LoraRun:
     # ------------------------------------------------------------------ steps
     def setup(self) -> Trainer:
         cfg = self.config
-        preflight(cfg, check_model=self.bundle is None)
+        preflight(cfg, check_model=self.bundle is None, check_output=self.dist.is_main)
         seed_everything(cfg.seed)
         dataset, self.validation_set = split_datasets(cfg, build_training_set(cfg))
-        self.report = build_report(dataset, cfg.batch_size, cfg.gradient_accumulation_steps,
+        self.report = build_report(dataset, cfg.batch_size * self.dist.world_size, cfg.gradient_accumulation_steps,
                                    broken=dataset.scan.broken)
         for line in self.report.summary_lines():
             self.events.say(line)
@@ -197,15 +202,20 @@ class LoraRun:
             device = placement[0]
             precision = precision_for_weights(placement[1], device, cfg.mixed_precision)
         else:
-            device = pick_device(cfg.device)
+            device = self.dist.device(pick_device(cfg.device))
             precision = pick_precision(cfg.mixed_precision, device)
         self.events.say(f"device {device}, precision {precision.name}")
+        if self.dist.active:
+            self.events.say(f"data parallel: {self.dist.world_size} processes x batch_size {cfg.batch_size} x "
+                            f"gradient_accumulation_steps {cfg.gradient_accumulation_steps} = global batch "
+                            f"{self.global_batch_size}")
         if device.type == "cuda" and placement is None:
             self._memory_advice(device)
         self._warn_long_captions(dataset)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.output_dir / "config.yaml", dump_config(cfg))
-        self.trainer = Trainer(cfg, dataset, self.bundle, device, precision, self.events)
+        if self.dist.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.output_dir / "config.yaml", dump_config(cfg))
+        self.trainer = Trainer(cfg, dataset, self.bundle, device, precision, self.events, self.dist)
         init = self._read_init_lora()
         self.trainer.setup(default_adapter_kinds().file_spec(init, cfg.init_lora, cfg.lora_dropout) if init else None)
         if init:
@@ -214,17 +224,32 @@ class LoraRun:
                             f"{self.trainer.network.alpha:g}); optimizer and step counter start fresh")
         self.fingerprint = run_fingerprint(cfg, dataset, model_identity(cfg.base_model, self.bundle.name))
         if cfg.resume:
-            state = load_state(state_path(self.output_dir, cfg.resume))
-            restore_trainer(self.trainer, state, self.fingerprint)
-            self.events.say(f"resuming at step {self.trainer.progress.step} of {self.trainer.schedule['total_steps']}")
-        self._check_room()
+            self._resume()
+        if self.dist.is_main:
+            self._check_room()
         self.sample_prompts = sample_prompts_from_config(cfg)
         if self.validation_set is not None:
             self.validator = Validator(self.trainer, self.validation_set, seed=cfg.seed)
             self.events.say(f"validation: {len(self.validation_set)} held-out image(s), loss at every save")
-        if self.tensorboard:
+        if self.tensorboard and self.dist.is_main:
             self.events.add(TensorBoardLogger(self.output_dir / "logs", purge_step=self.trainer.progress.step + 1))
         return self.trainer
+
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per optimizer step over all ranks."""
+        return self.config.batch_size * self.dist.world_size * self.config.gradient_accumulation_steps
+
+    def _resume(self) -> None:
+        """Continue from the saved state: rank 0 reads it, every rank restores it."""
+        state = self.dist.from_main(lambda: load_state(state_path(self.output_dir, self.config.resume)))
+        restore_trainer(self.trainer, state, self.fingerprint)
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.dist.world_size:
+            self.events.say(f"resume: the state was saved by {saved_world} process(es) and this run has "
+                            f"{self.dist.world_size}: the global batch changed, so from here on the run is not "
+                            f"the one an unchanged run would have been", logging.WARNING)
+        self.events.say(f"resuming at step {self.trainer.progress.step} of {self.trainer.schedule['total_steps']}")
 
     def _memory_advice(self, device: torch.device) -> None:
         """The planner's verdict at start: say what to change when the config will not fit the GPU."""
@@ -290,6 +315,8 @@ class LoraRun:
             return []
         finally:
             network.train(was_training)
+        if not self.dist.is_main:  # every rank renders (no rank waits on another), rank 0 writes
+            return []
         folder = self.output_dir / "samples"
         paths = []
         for i, image in enumerate(images):
@@ -319,6 +346,7 @@ class LoraRun:
         return self.output_dir / f"{self.config.effective_output_name}.safetensors"
 
     def metadata(self, step: int, epoch: int, extra: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+        extra = {"ss_total_batch_size": str(self.global_batch_size), **(extra or {})}
         return training_metadata(config=self.config, family=self.bundle.family,
                                  prediction_type=self.bundle.prediction_type, base_model_name=self.bundle.name,
                                  started_at=self.started_at, steps=step, epoch=epoch,
@@ -332,16 +360,21 @@ class LoraRun:
         """A LoRA file (`<name>-stepNNNNNNNN` or the final `<name>`) plus the training state for resuming."""
         name = self.config.effective_output_name
         path = self.lora_path if final else self.output_dir / f"{name}-step{step:08d}.safetensors"
-        self.save_lora(path, step, epoch, self.validate(step))
-        save_state(state_path(self.output_dir), self.trainer, self.fingerprint)
+        validation = self.validate(step)
         self.checkpoints.append(path)
         self.checkpoint_steps[step] = path
+        if not self.dist.is_main:
+            return path
+        self.save_lora(path, step, epoch, validation)
+        save_state(state_path(self.output_dir), self.trainer, self.fingerprint)
         self.events.emit(CheckpointSaved(path, step, final))
         return path
 
     def save_final(self) -> Path:
         p = self.trainer.progress
         path = self.save_checkpoint(p.step, p.epoch + 1, final=True)
+        if not self.dist.is_main:
+            return path
         total = self.trainer.schedule["total_steps"]
         if p.step < total:
             self.events.say(f"stopped at step {p.step} of {total}; the LoRA so far is {path}. To finish this run, "
@@ -375,9 +408,10 @@ class LoraRun:
 
 
 def train(config: TrainConfig, callbacks: Sequence[Callback] = (), bundle: Optional[ModelBundle] = None,
-          on_ready: Optional[Callable[[LoraRun], None]] = None) -> TrainResult:
-    """Train a LoRA as described by `config`; returns where it was written."""
-    run = LoraRun(config, callbacks, bundle)
+          on_ready: Optional[Callable[[LoraRun], None]] = None, dist: Distributed = SINGLE) -> TrainResult:
+    """Train a LoRA as described by `config`; returns where it was written (`dist`: this process's rank in a
+    data-parallel run, engine/distributed)."""
+    run = LoraRun(config, callbacks, bundle, dist=dist)
     path = None
     try:
         run.setup()
