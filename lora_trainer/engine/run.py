@@ -21,7 +21,7 @@ from ..data.dataset import CaptionSettings, TrainingSet
 from ..data.doctor import DatasetReport, build_report
 from ..data.scan import scan_dataset
 from ..errors import ConfigError, DatasetError, LoraTrainerError
-from ..events import Callback, CheckpointSaved, Events, LossesRead, RunEnded, SampleImages, ValidationLoss
+from ..events import Callback, CheckpointSaved, Events, RunEnded, SampleImages, ValidationLoss
 from ..formats.kohya import load_kohya_lora, save_kohya_lora
 from ..formats.metadata import training_metadata
 from ..formats.sidecar import write_preview, write_sidecar
@@ -35,6 +35,7 @@ from .distributed import SINGLE, Distributed
 from .optim import bitsandbytes_available
 from .sampling import isolated_rng, sample_path, sample_prompts_from_config
 from .validation import OverfitDetector, Validator, as_metadata, split_validation
+from .tensorboard import TensorBoardLogger
 from .trainer import Trainer
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -117,45 +118,6 @@ def load_model(config: TrainConfig) -> ModelBundle:
 
     return load_bundle(config.base_model, default_families(), config.tokenizer_path, config.base_model_config,
                        config.clip_skip, config.prediction_type)
-
-
-class TensorBoardLogger(Callback):
-    """loss and learning rate to `output_dir/logs` (skipped with a warning if tensorboard is missing)."""
-
-    def __init__(self, log_dir: Path, purge_step: Optional[int] = None):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except Exception as exc:  # noqa: BLE001 - tensorboard missing or broken
-            logging.getLogger("lora_trainer").warning("TensorBoard logging off: %s", exc)
-            self.writer = None
-            return
-        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
-
-    def on_event(self, event: Any) -> None:
-        from ..events import StepEnded
-
-        if self.writer is None:
-            return
-        if isinstance(event, LossesRead):
-            for step, loss in event.pairs:
-                self.writer.add_scalar("loss", loss, step)
-        elif isinstance(event, StepEnded):
-            self.writer.add_scalar("lr", event.lr, event.step)
-        elif isinstance(event, ValidationLoss):
-            self.writer.add_scalar("validation_loss", event.loss, event.step)
-        elif isinstance(event, SampleImages):
-            import numpy as np
-            from PIL import Image
-
-            for i, path in enumerate(event.paths):
-                with Image.open(path) as im:
-                    self.writer.add_image(f"sample_{i:02d}", np.asarray(im.convert("RGB")), event.step,
-                                          dataformats="HWC")
-        elif isinstance(event, CheckpointSaved):
-            self.writer.flush()  # a resumed run continues from here: everything up to it is on disk
-        elif isinstance(event, RunEnded):
-            self.writer.flush()
-            self.writer.close()
 
 
 class LoraRun:
