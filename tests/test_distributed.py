@@ -22,6 +22,7 @@ from lora_trainer.engine.distributed import Distributed
 from lora_trainer.engine.run import LoraRun
 
 from conftest import make_config
+from dist_workers import stuck_peer
 from tiny_data import make_color_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,3 +166,18 @@ def test_a_killed_rank_stops_the_other_quickly_and_resume_works(tmp_path, tiny_m
     final = torch.load(str(state_file), weights_only=True)
     assert final["step"] == step + 2
     assert (tmp_path / "out" / "ddp.safetensors").exists()
+
+
+def test_a_hung_rank_times_out_with_a_message_instead_of_hanging():
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    results, port = ctx.Queue(), _free_port()
+    procs = [ctx.Process(target=stuck_peer, args=(rank, port, results), daemon=True) for rank in (0, 1)]
+    for p in procs:
+        p.start()
+    message, seconds = results.get(timeout=60)
+    for p in procs:
+        p.kill()
+    assert message.startswith("rank 0 of 2 lost the other ranks while summing gradients"), message
+    assert 2.5 < seconds < 15
