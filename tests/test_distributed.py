@@ -3,6 +3,7 @@ process at batch_size N*B, only rank 0 writes, two "nodes" meet through c10d ren
 stops the others quickly with a message while the saved files stay usable for resume."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -19,10 +20,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lora_trainer.engine.distributed import Distributed
-from lora_trainer.engine.run import LoraRun
+from lora_trainer.engine.run import LoraRun, train
+from lora_trainer.events import Message
 
 from conftest import make_config
 from dist_workers import stuck_peer
+from recording import EventRecorder
 from tiny_data import make_color_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,6 +169,13 @@ def test_a_killed_rank_stops_the_other_quickly_and_resume_works(tmp_path, tiny_m
     final = torch.load(str(state_file), weights_only=True)
     assert final["step"] == step + 2
     assert (tmp_path / "out" / "ddp.safetensors").exists()
+
+    # one process can continue what two saved: it says that the global batch, and so the run, changed
+    said = EventRecorder()
+    train(make_config(tiny_model_dir, five_images, tmp_path / "out", **{**DDP, "max_steps": step + 3,
+                                                                        "resume": True}), [said])
+    warnings = [m.text for m in said.of_type(Message) if m.level == logging.WARNING]
+    assert any("saved by 2 process(es) and this run has 1" in w for w in warnings), warnings
 
 
 def test_a_hung_rank_times_out_with_a_message_instead_of_hanging():
