@@ -1,8 +1,9 @@
 """Data-parallel scaling: images/s of one process against N processes under torchrun (not a test).
 
-Each pair trains the same LoRA on the same data at the same global batch: one process at `batch_size N*B`
-with all the threads, then `torchrun --nproc_per_node N` at `batch_size B` per process with threads / N each
-(on a GPU machine: one GPU per process). Images/s are timed from the end of the warm-up steps to the last
+Each variant trains the same LoRA on the same data at the same global batch: one process at `batch_size N*B`
+with all the CPU threads, the same with threads / N (what one rank of the next gets), and `torchrun
+--nproc_per_node N` at `batch_size B` per process with threads / N each (on a GPU machine: one GPU per
+process; the thread rows then only say how much the host side matters). Images/s are timed from the end of the warm-up steps to the last
 step, read by rank 0 (every rank steps together). Model: the tiny random SD1 (`--model tiny`, the CI one) or
 a diffusers folder (`--model PATH`).
 
@@ -65,10 +66,9 @@ def worker(args: argparse.Namespace) -> None:
                                                  "seconds": seconds, "images": images}))
 
 
-def launch(args: argparse.Namespace, nproc: int, data: Path, model: str, work: Path) -> Dict[str, Any]:
-    result = work / f"result-{nproc}.json"
-    threads = max(1, (os.cpu_count() or 1) // nproc)
-    common = ["--worker", "--data", str(data), "--model", model, "--out", str(work / f"out-{nproc}"),
+def launch(args: argparse.Namespace, nproc: int, threads: int, data: Path, model: str, work: Path) -> Dict[str, Any]:
+    result = work / f"result-{nproc}x{threads}.json"
+    common = ["--worker", "--data", str(data), "--model", model, "--out", str(work / f"out-{nproc}x{threads}"),
               "--result", str(result), "--resolution", str(args.resolution), "--steps", str(args.steps),
               "--warmup", str(args.warmup), "--device", args.device, "--precision", args.precision,
               "--per-process-batch", str(args.batch * args.nproc // nproc)]
@@ -77,7 +77,7 @@ def launch(args: argparse.Namespace, nproc: int, data: Path, model: str, work: P
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": f"{ROOT}:{HERE}"}
     subprocess.run(cmd + common, check=True, env=env, cwd=str(HERE), stdout=subprocess.DEVNULL)
-    return {**json.loads(result.read_text()), "threads_per_process": threads,
+    return {**json.loads(result.read_text()), "threads_per_process": threads, "processes": nproc,
             "batch_per_process": args.batch * args.nproc // nproc}
 
 
@@ -112,19 +112,24 @@ def main() -> None:
         work = Path(tmp)
         model = str(build_tiny_sd1(work / "tiny-sd1")) if args.model == "tiny" else args.model
         data = make_shapes_dataset(work / "data", n=args.images, size=args.resolution)
-        runs: Dict[int, List[Dict[str, Any]]] = {1: [], args.nproc: []}
-        for _ in range(args.repeats):
-            for nproc in (1, args.nproc):
-                runs[nproc].append(launch(args, nproc, data, model, work))
+        cpus = os.cpu_count() or 1
+        variants = [(1, cpus), (1, max(1, cpus // args.nproc)), (args.nproc, max(1, cpus // args.nproc))]
+        runs: Dict[str, List[Dict[str, Any]]] = {f"{n}x{t}": [] for n, t in variants}
+        for _ in range(args.repeats):  # alternating, so a noisy neighbour hits every variant alike
+            for nproc, threads in variants:
+                runs[f"{nproc}x{threads}"].append(launch(args, nproc, threads, data, model, work))
     print(f"global batch {args.batch * args.nproc}, {args.steps} timed steps after {args.warmup}, "
-          f"{args.resolution} px, model {args.model}, device {args.device}, median of {args.repeats}")
+          f"{args.resolution} px, model {args.model}, device {args.device}, {cpus} CPUs, median of {args.repeats}")
     print("processes  batch/process  threads/process  images/s (each run)")
-    for nproc, results in runs.items():
+    rate = {}
+    for key, results in runs.items():
         rates = [r["images_per_s"] for r in results]
-        print(f"{nproc:9d}  {results[0]['batch_per_process']:13d}  {results[0]['threads_per_process']:15d}  "
-              f"{median(rates):8.2f} ({', '.join(f'{x:.2f}' for x in rates)})")
-    one, many = (median(r["images_per_s"] for r in runs[n]) for n in (1, args.nproc))
-    print(f"scaling {args.nproc} processes / 1: {many / one:.2f}x")
+        rate[key] = median(rates)
+        print(f"{results[0]['processes']:9d}  {results[0]['batch_per_process']:13d}  "
+              f"{results[0]['threads_per_process']:15d}  {rate[key]:8.2f} ({', '.join(f'{x:.2f}' for x in rates)})")
+    keys = list(runs)
+    print(f"{args.nproc} processes / 1 process with all threads: {rate[keys[2]] / rate[keys[0]]:.2f}x; "
+          f"/ 1 process with {variants[1][1]} thread(s): {rate[keys[2]] / rate[keys[1]]:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
 
