@@ -49,12 +49,15 @@ def _config_file(path: Path, model, data, out, **over) -> Path:
     return path
 
 
-def _torchrun(launcher_args: List[str], config: Path, *extra: str) -> subprocess.Popen:
+def _launch(cmd: List[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "LORA_TRAINER_DIST_TIMEOUT": "20"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher_args, "-m", "lora_trainer", "train",
-           "--config", str(config), *extra]
     return subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
+
+
+def _torchrun(launcher_args: List[str], config: Path, *extra: str) -> subprocess.Popen:
+    return _launch([sys.executable, "-m", "torch.distributed.run", *launcher_args, "-m", "lora_trainer", "train",
+                    "--config", str(config), *extra])
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 240):
@@ -95,9 +98,10 @@ def test_two_processes_train_the_lora_of_one_process_with_twice_the_batch(tmp_pa
     finally:
         torch.set_num_threads(threads)
     config = _config_file(tmp_path / "ddp.yaml", tiny_model_dir, five_images, tmp_path / "two")
-    code, out = _finish(_torchrun(["--standalone", "--nproc_per_node=2"], config))
+    code, out = _finish(_launch([sys.executable, "-m", "lora_trainer", "train", "--config", str(config),
+                                 "--nproc", "2"]))  # the convenience: it runs torchrun --standalone
     assert code == 0, out
-    assert "global batch 2" in out
+    assert "running: torchrun --standalone --nproc_per_node=2" in out and "global batch 2" in out
 
     a, b = load_file(str(single)), load_file(str(tmp_path / "two" / "ddp.safetensors"))
     assert a.keys() == b.keys()

@@ -3,7 +3,8 @@ noise, timesteps, noisy latents, prediction, loss, backward, clip, step.
 
 Randomness is counter-based (see utils/seeding): the noise and timesteps of step N depend only on
 (seed, N), the data order of epoch E only on (seed, E). A resumed run therefore sees exactly what an
-uninterrupted run sees, and nothing outside the loop (samples, evaluations) can shift it.
+uninterrupted run sees, and nothing outside the loop (samples, evaluations) can shift it. Data-parallel
+ranks (engine/distributed) all compute the same global batches and each trains on its slice of them.
 """
 from __future__ import annotations
 
