@@ -79,9 +79,10 @@ class TextCache:
         self.outputs: Dict[str, Dict[str, torch.Tensor]] = {}
 
     def build(self, captions: Sequence[str], encode: Callable[[Sequence[str]], Dict[str, torch.Tensor]],
-              batch_size: int = 16) -> None:
+              batch_size: int = 16, part: Tuple[int, int] = (0, 1)) -> None:
+        """Encode the captions not held yet; `part` (k, n): only the k-th of every n batches (as LatentCache)."""
         unique = sorted(set(captions) - set(self.outputs))
-        for k in range(0, len(unique), batch_size):
+        for k in range(part[0] * batch_size, len(unique), part[1] * batch_size):
             chunk = unique[k:k + batch_size]
             with torch.no_grad():
                 out = encode(chunk)

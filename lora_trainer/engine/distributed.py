@@ -12,7 +12,7 @@ import os
 import re
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Sequence, TypeVar
 
 import torch
 
@@ -107,14 +107,15 @@ class Distributed:
             raise value
         return value
 
-    def share_tensors(self, mine: Dict[Any, torch.Tensor], device: Optional[torch.device]) -> Dict[Any, torch.Tensor]:
-        """Every rank's tensors on every rank (each rank computed a disjoint part, e.g. of the latent cache)."""
+    def share_tensors(self, mine: Dict[Any, Any], device: torch.device) -> Dict[Any, Any]:
+        """Every rank's entries on every rank (each rank computed a disjoint part of a cache); the values are
+        tensors or dicts of tensors."""
         if not self.active:
             return mine
         parts: List[Any] = [None] * self.world_size
-        with self._collective("sharing cached latents"):
-            torch.distributed.all_gather_object(parts, {k: v.cpu() for k, v in mine.items()})
-        return {k: v.to(device) if device is not None else v for part in parts for k, v in part.items()}
+        with self._collective("sharing the cached latents and captions"):
+            torch.distributed.all_gather_object(parts, _moved(mine, torch.device("cpu")))
+        return {k: v for part in parts for k, v in _moved(part, device).items()}
 
     @contextmanager
     def _collective(self, what: str) -> Iterator[None]:
@@ -135,6 +136,11 @@ class Distributed:
 
 
 SINGLE = Distributed()
+
+
+def _moved(values: Dict[Any, Any], device: torch.device) -> Dict[Any, Any]:
+    """A dict of tensors (or of dicts of tensors) on `device`."""
+    return {k: _moved(v, device) if isinstance(v, dict) else v.to(device) for k, v in values.items()}
 
 
 def _seconds(env: str, default: float) -> float:

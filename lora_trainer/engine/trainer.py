@@ -187,7 +187,10 @@ class Trainer:
         if use_text_cache and not cfg.train_text_encoder:
             self.text_cache = TextCache()
             captions = [self.dataset.fixed_caption(i) for i in range(len(self.dataset))]
-            with self.autocast():
+            with self.autocast():  # shared out like the latents
+                self.text_cache.build(captions, self.bundle.encode_captions, part=(self.dist.rank,
+                                                                                  self.dist.world_size))
+                self.text_cache.outputs = self.dist.share_tensors(self.text_cache.outputs, self.device)
                 self.text_cache.build(captions, self.bundle.encode_captions)
             self.bundle.offload_text_encoder()
 
