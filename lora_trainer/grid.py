@@ -80,9 +80,9 @@ def render_grid(bundle, loras: Sequence[Path], prompt: str, weights: Sequence[fl
     rows = []
     for path in loras:
         tensors, _ = load_kohya_lora(path)
-        spec = default_adapter_kinds().file_spec(tensors, str(path))
+        adapter = default_adapter_kinds().file_spec(tensors, str(path))
         te = any(k.startswith("lora_te") for k in tensors)
-        network = AdapterNetwork.inject(bundle.network_components(te), spec)
+        network = AdapterNetwork.inject(bundle.network_components(te), adapter)
         try:
             network.load_kohya_state_dict(tensors)
             network.train(False)
