@@ -84,9 +84,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine import distributed
     from .engine.run import train
 
+    config = load_config(args.config, parse_overrides(args.set or []))  # a bad config stops here, before any rank
     if args.nproc and args.nproc > 1 and not distributed.launched_by_torchrun():
         return _relaunch_with_torchrun(args)
-    config = load_config(args.config, parse_overrides(args.set or []))
     with distributed.session(config.device) as dist:
         progress, stopper = TerminalProgress() if dist.is_main else Callback(), StopOnSignal()
         stopper.install()

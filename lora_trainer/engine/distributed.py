@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Iterator, List, Sequence, TypeVar
 
 import torch
 
-from ..errors import LoraTrainerError, TrainingStopped
+from ..errors import ConfigError, LoraTrainerError, TrainingStopped
 
 T = TypeVar("T")
 STEP_TIMEOUT_ENV = "LORA_TRAINER_DIST_TIMEOUT"  # seconds a rank waits for the others during training
@@ -164,6 +164,10 @@ def start(device: torch.device) -> Distributed:
         return Distributed(rank, world, local_rank)
     backend = "gloo"
     if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"config error: torchrun started more processes on this machine than it has GPUs "
+                              f"({torch.cuda.device_count()}): use --nproc_per_node {torch.cuda.device_count()} "
+                              f"(or device: cpu)")
         torch.cuda.set_device(local_rank)
         backend = "cpu:gloo,cuda:nccl"
     dist.init_process_group(backend, timeout=timedelta(seconds=_seconds(SETUP_TIMEOUT_ENV, SETUP_TIMEOUT_S)))
