@@ -7,121 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
+from .cli_train import TerminalProgress, cmd_train
 from .errors import LoraTrainerError
-from .events import Callback, CheckpointSaved, Message, RunStarted, StepEnded
-
-
-class TerminalProgress(Callback):
-    """A tqdm progress bar with step, loss, it/s and ETA; messages above it."""
-
-    def __init__(self) -> None:
-        self.bar = None
-        self.last_loss: Optional[float] = None
-
-    def on_event(self, event: Any) -> None:
-        from tqdm import tqdm
-
-        if isinstance(event, RunStarted):
-            self.bar = tqdm(total=event.total_steps, initial=event.start_step, unit="step", dynamic_ncols=True)
-        elif isinstance(event, StepEnded) and self.bar is not None:
-            if event.loss is not None:
-                self.last_loss = event.loss
-            self.bar.set_postfix(epoch=event.epoch, loss=f"{self.last_loss:.4f}" if self.last_loss is not None else "-",
-                                 lr=f"{event.lr:.2e}", refresh=False)
-            self.bar.update(event.step - self.bar.n)
-        elif isinstance(event, CheckpointSaved):
-            self._write(f"saved {event.path}")
-        elif isinstance(event, Message) and event.level >= logging.INFO:
-            self._write(event.text if event.level < logging.WARNING else f"warning: {event.text}")
-
-    def _write(self, text: str) -> None:
-        from tqdm import tqdm
-
-        if self.bar is not None:
-            tqdm.write(text)
-        else:
-            print(text, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-class StopOnSignal(Callback):
-    """Ctrl-C / SIGTERM: finish the current step, save the LoRA and the state, exit 0. A second one quits at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = {}
-
-    def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            self.uninstall()
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nstopping after this step and saving (press Ctrl-C again to quit at once)", file=sys.stderr,
-              flush=True)
-
-    def should_stop(self) -> bool:
-        return self.requested
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config, parse_overrides
-    from .engine import distributed
-    from .engine.run import train
-
-    config = load_config(args.config, parse_overrides(args.set or []))  # a bad config stops here, before any rank
-    if args.nproc and args.nproc > 1 and not distributed.launched_by_torchrun():
-        return _relaunch_with_torchrun(args)
-    with distributed.session(config.device) as dist:
-        progress, stopper = TerminalProgress() if dist.is_main else Callback(), StopOnSignal()
-        stopper.install()
-        try:
-            result = train(config, [progress, stopper], dist=dist)
-        finally:
-            stopper.uninstall()
-            if isinstance(progress, TerminalProgress):
-                progress.close()
-    if not dist.is_main:
-        return 0
-    name = result.lora_path.stem
-    print(f"LoRA written to {result.lora_path}")
-    if result.stopped_early:
-        print(f"stopped at step {result.steps}; continue with: python -m lora_trainer train --config {args.config} "
-              f"--set resume=true")
-    print(f"use it with <lora:{name}:{config.preferred_weight:g}>")
-    return 0
-
-
-def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
-    """`train --nproc N`: the same command under torchrun on this machine (N processes, one per GPU)."""
-    from torch.distributed.run import main as torchrun
-
-    argv = ["--standalone", f"--nproc_per_node={args.nproc}", "-m", "lora_trainer"]
-    argv += (["--verbose"] if args.verbose else []) + ["train", "--config", args.config]
-    for item in args.set or []:
-        argv += ["--set", item]
-    print("running: torchrun " + " ".join(argv), flush=True)
-    try:
-        torchrun(argv)
-    except Exception as exc:  # noqa: BLE001 - torchrun reports a failed rank by raising ChildFailedError
-        raise LoraTrainerError(f"{args.nproc}-process training failed (see the ranks' messages above): "
-                               f"{type(exc).__name__}") from None
-    return 0
+from .utils.quiet import quiet_libraries
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -233,11 +125,12 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     try:
-        from .ui.app import launch
+        from .ui.app import check_port_free, launch
     except ImportError as exc:
         raise LoraTrainerError(f"the web page needs gradio ({exc}): pip install gradio") from None
     from .service import StandaloneService
 
+    check_port_free(args.host, args.port)
     print(f"LoRA Trainer page: http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
     launch(args.host, args.port, StandaloneService(args.output_root), block=True, quiet=True)
     return 0
@@ -301,9 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a LoRA from a YAML config")
     p.add_argument("--config", required=True, help="YAML config file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in output_dir (its LoRA, checkpoints, state, samples and logs are "
+                        "deleted when this run starts); without it such a run is refused")
     p.add_argument("--nproc", type=int, default=0,
                    help="train data-parallel in N processes on this machine (one per GPU; runs torchrun); "
                         "batch_size is per process")
+
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("check", help="report on the dataset of a config (exit 0: can train, 1: cannot)")
@@ -400,7 +297,11 @@ def _add_output_args(p: argparse.ArgumentParser, precision_default: str) -> None
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.verbose:
+        quiet_libraries()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:  # the terminal shows engine messages once, above its progress bar
+        handler.addFilter(lambda record: not getattr(record, "lora_trainer_event", False))
     try:
         return int(args.func(args) or 0)
     except LoraTrainerError as exc:

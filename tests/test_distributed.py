@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lora_trainer.engine.distributed import Distributed
+from lora_trainer.engine.output_folder import FolderBusy, check_not_locked
 from lora_trainer.engine.run import LoraRun, train
 from lora_trainer.events import Message
 
@@ -128,7 +129,8 @@ def test_two_nodes_meet_through_c10d_rendezvous_and_save_one_file(tmp_path, tiny
     for code, out in results:
         assert code == 0, out
     assert sum("LoRA written to" in out for _, out in results) == 1  # rank 0 reports, rank 1 stays quiet
-    assert _files(tmp_path / "out") == ["config.yaml", "ddp.json", "ddp.safetensors", "state/training_state.pt"]
+    assert _files(tmp_path / "out") == [".lora_trainer.lock", "config.yaml", "ddp.json", "ddp.safetensors",
+                                        "state/training_state.pt"]
     assert load_file(str(tmp_path / "out" / "ddp.safetensors"))
 
 
@@ -151,13 +153,16 @@ def test_a_killed_rank_stops_the_other_quickly_and_resume_works(tmp_path, tiny_m
     while not state_file.exists():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
         time.sleep(0.05)
+    # rank 0 alone owns the folder: a third run is refused naming it (rank 1 neither locked nor was refused)
+    with pytest.raises(FolderBusy, match=f"pid {_rank_pid(proc.pid, 0)}"):
+        check_not_locked(tmp_path / "out")
     os.kill(_rank_pid(proc.pid, 1), signal.SIGKILL)
     killed = time.time()
     code, out = _finish(proc, timeout=90)
     assert time.time() - killed < 60
     assert code != 0
     message = [line for line in out.splitlines() if line.startswith("error: rank 0 of 2 lost the other ranks")]
-    assert message and "--set resume=true" in message[0], out
+    assert message and message[0].endswith("--set resume=true --nproc 2"), out  # how to go on, as many ranks
     assert "lora_trainer/engine" not in out  # one line from our rank, no traceback (torchrun adds its own)
 
     # what was saved is whole: the state and the checkpoint of the same step load

@@ -33,11 +33,17 @@ def launched_by_torchrun() -> bool:
 class Distributed:
     """This process's place in a data-parallel run (rank 0 of 1 for a single process)."""
 
-    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, step_group: Any = None):
+    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, step_group: Any = None,
+                 local_world_size: int = 0):
         self.rank = rank
         self.world_size = world_size
         self.local_rank = local_rank
         self.step_group = step_group
+        self.local_world_size = local_world_size or world_size  # the ranks on this machine
+
+    @property
+    def several_machines(self) -> bool:
+        return self.local_world_size < self.world_size
 
     @property
     def is_main(self) -> bool:
@@ -127,8 +133,7 @@ class Distributed:
             first = text.splitlines()[0].split(". ")[0][:160] if text else type(exc).__name__
             raise TrainingStopped(
                 f"rank {self.rank} of {self.world_size} lost the other ranks while {what} ({first}); another "
-                f"rank stopped, died or hangs. Files saved so far are intact: to continue, run the same command "
-                f"with --set resume=true") from None
+                f"rank stopped, died or hangs. Files saved so far are intact.") from None
 
     def close(self) -> None:
         if self.active and torch.distributed.is_initialized():
@@ -159,7 +164,7 @@ def start(device: torch.device) -> Distributed:
     import torch.distributed as dist
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", world))
     if world == 1:
         return Distributed(rank, world, local_rank)
     backend = "gloo"
@@ -173,7 +178,7 @@ def start(device: torch.device) -> Distributed:
     dist.init_process_group(backend, timeout=timedelta(seconds=_seconds(SETUP_TIMEOUT_ENV, SETUP_TIMEOUT_S)))
     step_group = dist.new_group(backend=backend, timeout=timedelta(seconds=_seconds(STEP_TIMEOUT_ENV,
                                                                                     STEP_TIMEOUT_S)))
-    return Distributed(rank, world, local_rank, step_group)
+    return Distributed(rank, world, local_rank, step_group, local_world)
 
 
 @contextmanager

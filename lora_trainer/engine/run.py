@@ -6,11 +6,10 @@ one (setup, train, save, close) for callers that need the live model in between 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -20,7 +19,7 @@ from ..data.buckets import BucketSettings
 from ..data.dataset import CaptionSettings, TrainingSet
 from ..data.doctor import DatasetReport, build_report
 from ..data.scan import scan_dataset
-from ..errors import ConfigError, DatasetError, LoraTrainerError
+from ..errors import LoraTrainerError, TrainingStopped
 from ..events import Callback, CheckpointSaved, Events, RunEnded, SampleImages, ValidationLoss
 from ..formats.kohya import load_kohya_lora, save_kohya_lora
 from ..formats.metadata import training_metadata
@@ -28,18 +27,21 @@ from ..formats.sidecar import write_preview, write_sidecar
 from ..models import default_families
 from ..models.bundle import ModelBundle
 from ..utils.atomic import atomic_write_text, atomic_write_with
-from ..utils.device import pick_device, pick_precision, precision_for_weights
+from ..utils.device import Precision, pick_device, pick_precision, precision_for_weights
 from ..utils.seeding import seed_everything
+from .advice import long_caption_warning, memory_advice, rank_limit_warning
 from .checkpoint import load_state, model_identity, restore_trainer, run_fingerprint, save_state, state_path
+from .disk_room import check_room_for_run
 from .distributed import SINGLE, Distributed
-from .optim import bitsandbytes_available
+from .output_folder import (FolderLock, check_no_earlier_run, delete_earlier_run, describe, effective_config,
+                            resume_command, step_checkpoint_name)
+from .preflight import preflight
 from .sampling import isolated_rng, sample_path, sample_prompts_from_config
 from .validation import OverfitDetector, Validator, as_metadata, split_validation
 from .tensorboard import TensorBoardLogger
 from .trainer import Trainer
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-MIN_FREE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -51,40 +53,6 @@ class TrainResult:
     checkpoints: List[Path] = field(default_factory=list)
     stopped_early: bool = False
     report: Optional[DatasetReport] = None
-
-
-def preflight(config: TrainConfig, check_model: bool = True, check_output: bool = True) -> None:
-    """Cheap checks before anything is loaded: folders, model path, output folder (`check_output`: it is
-    written to), optional packages."""
-    from ..models.loading import check_base_model_path
-
-    root = Path(config.train_data_dir)
-    if not root.exists():
-        raise DatasetError(f"train_data_dir {config.train_data_dir!r} does not exist")
-    if not root.is_dir():
-        raise DatasetError(f"train_data_dir {config.train_data_dir!r} is not a folder")
-    if check_model:
-        check_base_model_path(config.base_model)
-    default_adapter_kinds().spec_for(config)  # the adapter kind takes the config's network_args
-    if config.optimizer == "adamw8bit" and not bitsandbytes_available():
-        raise ConfigError("config error: optimizer: adamw8bit needs bitsandbytes (pip install bitsandbytes), "
-                          "or use optimizer: adamw")
-    if check_output:
-        check_output_dir(Path(config.output_dir))
-
-
-def check_output_dir(out: Path) -> None:
-    """The output folder can be created, written, and has some room."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
-        raise LoraTrainerError(f"output_dir {str(out)!r} is not writable ({exc.strerror or exc})") from None
-    free = shutil.disk_usage(out).free
-    if free < MIN_FREE_BYTES:
-        raise LoraTrainerError(f"output_dir {str(out)!r} has only {free // 2**20} MiB free; checkpoints need more")
 
 
 def build_training_set(config: TrainConfig, require_captions: bool = True) -> TrainingSet:
@@ -143,11 +111,16 @@ class LoraRun:
         self.sample_prompts: List = []
         self.latest_sample: Optional[Path] = None
         self.checkpoint_steps: Dict[int, Path] = {}
+        self.lock: Optional[FolderLock] = None
+        self.resumed_step: Optional[int] = None
+        self.replaced: List[Path] = []  # an earlier run's files that overwrite deletes (rank 0)
 
     # ------------------------------------------------------------------ steps
     def setup(self) -> Trainer:
         cfg = self.config
-        preflight(cfg, check_model=self.bundle is None, check_output=self.dist.is_main)
+        self.dist.from_main(self._claim_output)  # rank 0 checks and locks the folder; every rank hears its verdict
+        if not self.dist.is_main:
+            preflight(cfg, check_model=self.bundle is None, check_output=False)
         seed_everything(cfg.seed)
         dataset, self.validation_set = split_datasets(cfg, build_training_set(cfg))
         self.report = build_report(dataset, cfg.batch_size * self.dist.world_size, cfg.gradient_accumulation_steps,
@@ -159,27 +132,14 @@ class LoraRun:
         if self.bundle is None:
             self.events.say(f"loading {cfg.base_model}")
             self.bundle = load_model(cfg)
-        placement = self.bundle.fixed_placement
-        if placement is not None:
-            device = placement[0]
-            precision = precision_for_weights(placement[1], device, cfg.mixed_precision)
-        else:
-            device = self.dist.device(pick_device(cfg.device))
-            precision = pick_precision(cfg.mixed_precision, device)
-        self.events.say(f"device {device}, precision {precision.name}")
-        if self.dist.active:
-            self.events.say(f"data parallel: {self.dist.world_size} processes x batch_size {cfg.batch_size} x "
-                            f"gradient_accumulation_steps {cfg.gradient_accumulation_steps} = global batch "
-                            f"{self.global_batch_size}")
-        if device.type == "cuda" and placement is None:
-            self._memory_advice(device)
-        self._warn_long_captions(dataset)
+        device, precision = self._place()
+        self._say_warning(long_caption_warning(dataset, self.bundle))
         if self.dist.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.output_dir / "config.yaml", dump_config(cfg))
+            self._start_output()
         self.trainer = Trainer(cfg, dataset, self.bundle, device, precision, self.events, self.dist)
         init = self._read_init_lora()
         self.trainer.setup(default_adapter_kinds().file_spec(init, cfg.init_lora, cfg.lora_dropout) if init else None)
+        self._say_warning(rank_limit_warning(self.trainer.network, cfg.lora_rank))
         if init:
             self.trainer.network.load_kohya_state_dict(init)
             self.events.say(f"continuing from {cfg.init_lora} (rank {self.trainer.network.rank}, alpha "
@@ -197,6 +157,42 @@ class LoraRun:
             self.events.add(TensorBoardLogger(self.output_dir / "logs", purge_step=self.trainer.progress.step + 1))
         return self.trainer
 
+    def _claim_output(self) -> None:
+        """The checks of the one process that writes (rank 0), output folder included; then it takes the
+        folder lock and notes what an overwrite will delete. Other ranks never lock nor check the folder."""
+        cfg = self.config
+        preflight(cfg, check_model=self.bundle is None, warn=lambda text: self.events.say(text, logging.WARNING))
+        self.lock = FolderLock(self.output_dir).acquire()
+        self.replaced = check_no_earlier_run(self.output_dir, cfg.effective_output_name, cfg.resume, cfg.overwrite)
+
+    def _start_output(self) -> None:
+        """The run's first writes (rank 0): delete what overwrite replaces, then the effective config.yaml."""
+        if self.replaced:
+            self.events.say(f"overwrite: deleting the earlier run's {describe(self.replaced)} in {self.output_dir}",
+                            logging.WARNING)
+            delete_earlier_run(self.replaced)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.output_dir / "config.yaml", dump_config(effective_config(self.config)))
+
+    def _place(self) -> Tuple[torch.device, Precision]:
+        """The device and precision of this run (this rank's GPU in a data-parallel run), said at start."""
+        cfg = self.config
+        placement = self.bundle.fixed_placement
+        if placement is not None:
+            device = placement[0]
+            precision = precision_for_weights(placement[1], device, cfg.mixed_precision)
+        else:
+            device = self.dist.device(pick_device(cfg.device))
+            precision = pick_precision(cfg.mixed_precision, device)
+        self.events.say(f"device {device}, precision {precision.name}")
+        if self.dist.active:
+            self.events.say(f"data parallel: {self.dist.world_size} processes x batch_size {cfg.batch_size} x "
+                            f"gradient_accumulation_steps {cfg.gradient_accumulation_steps} = global batch "
+                            f"{self.global_batch_size}")
+        if device.type == "cuda" and placement is None:
+            self.events.say(*memory_advice(cfg))
+        return device, precision
+
     @property
     def global_batch_size(self) -> int:
         """Samples per optimizer step over all ranks."""
@@ -206,25 +202,13 @@ class LoraRun:
         """Continue from the saved state: rank 0 reads it, every rank restores it."""
         state = self.dist.from_main(lambda: load_state(state_path(self.output_dir, self.config.resume)))
         restore_trainer(self.trainer, state, self.fingerprint)
+        self.resumed_step = self.trainer.progress.step
         saved_world = int(state.get("world_size", 1))
         if saved_world != self.dist.world_size:
             self.events.say(f"resume: the state was saved by {saved_world} process(es) and this run has "
                             f"{self.dist.world_size}: the global batch changed, so from here on the run is not "
                             f"the one an unchanged run would have been", logging.WARNING)
         self.events.say(f"resuming at step {self.trainer.progress.step} of {self.trainer.schedule['total_steps']}")
-
-    def _memory_advice(self, device: torch.device) -> None:
-        """The planner's verdict at start: say what to change when the config will not fit the GPU."""
-        try:
-            from ..planner import plan
-
-            verdict = plan(self.config)
-        except Exception as exc:  # noqa: BLE001 - advice only; never stops a run
-            self.events.say(f"memory plan unavailable: {exc}", logging.DEBUG)
-            return
-        level = logging.WARNING if verdict.fits is False else logging.INFO
-        self.events.say(f"memory plan: peak about {verdict.peak / 2**30:.1f} GiB of "
-                        f"{(verdict.capacity or 0) / 2**30:.1f} GiB" + "".join(f"; {a}" for a in verdict.advice), level)
 
     def _read_init_lora(self) -> Optional[Dict[str, torch.Tensor]]:
         if not self.config.init_lora:
@@ -234,34 +218,36 @@ class LoraRun:
 
     def _check_room(self) -> None:
         """Enough free disk for every checkpoint and the training state, before any step is spent."""
-        lora_bytes = sum(p.numel() for p in self.trainer.network.parameters()) * \
-            SAVE_DTYPES[self.config.save_precision].itemsize
-        total = self.trainer.schedule["total_steps"]
-        saves = 1 + (total // self.config.save_steps if self.config.save_steps else 0)
-        state_bytes = 4 * lora_bytes * 4 // SAVE_DTYPES[self.config.save_precision].itemsize
-        need = saves * lora_bytes + state_bytes
-        free = shutil.disk_usage(self.output_dir).free
-        if free < need:
-            raise LoraTrainerError(f"output_dir {str(self.output_dir)!r} has {free / 2**20:.0f} MiB free but the "
-                                   f"checkpoints and training state need about {need / 2**20:.0f} MiB; free some "
-                                   f"space, raise save_steps, or pick another output_dir")
+        total, every = self.trainer.schedule["total_steps"], self.config.save_steps
+        check_room_for_run(self.output_dir, sum(p.numel() for p in self.trainer.network.parameters()),
+                           SAVE_DTYPES[self.config.save_precision].itemsize, 1 + (total // every if every else 0))
 
-    def _warn_long_captions(self, dataset: TrainingSet) -> None:
-        from ..data.doctor import MAX_TOKENS
-
-        long = []
-        for i, r in enumerate(dataset.records):
-            n = self.bundle.count_tokens(dataset.fixed_caption(i))
-            if n is not None and n > MAX_TOKENS:
-                long.append(f"{r.rel} ({n})")
-        if long:
-            self.events.say(f"{len(long)} caption(s) are longer than the text encoder's {MAX_TOKENS}-token window "
-                            f"and will be cut: {', '.join(long[:10])}", logging.WARNING)
+    def _say_warning(self, text: Optional[str]) -> None:
+        if text:
+            self.events.say(text, logging.WARNING)
 
     def train(self) -> None:
         assert self.trainer is not None, "call setup() first"
-        self.trainer.run(on_checkpoint=self.save_checkpoint,
-                         on_sample=self.take_samples if self.sample_prompts else None)
+        try:
+            self.trainer.run(on_checkpoint=self.save_checkpoint,
+                             on_sample=self.take_samples if self.sample_prompts else None)
+        except TrainingStopped as exc:
+            raise TrainingStopped(f"{exc} {self.kept()}") from None
+
+    def kept(self) -> str:
+        """What of this run is on disk, and how to go on from it (for messages after a failure)."""
+        if self.checkpoint_steps:
+            step = max(self.checkpoint_steps)
+            what = f"{self.checkpoint_steps[step]} and the training state of step {step}"
+        elif self.resumed_step is not None:
+            what = f"the training state of step {self.resumed_step} that this run resumed from"
+        else:
+            return "No checkpoint of this run was saved (save_steps saves them along the way)."
+        return f"Kept: {what}; continue with: {self.resume_hint()}"
+
+    def resume_hint(self) -> str:
+        """The command that continues this run (with as many processes as it had)."""
+        return resume_command(self.output_dir, self.dist.world_size, self.dist.several_machines)
 
     # ------------------------------------------------------------------ samples and validation
     def take_samples(self, step: int) -> List[Path]:
@@ -319,18 +305,30 @@ class LoraRun:
         return save_kohya_lora(path, tensors, self.metadata(step, epoch, extra))
 
     def save_checkpoint(self, step: int, epoch: int, final: bool = False) -> Path:
-        """A LoRA file (`<name>-stepNNNNNNNN` or the final `<name>`) plus the training state for resuming."""
+        """A LoRA file (`<name>-stepNNNNNNNN` or the final `<name>`) plus the training state for resuming
+        (written by rank 0 alone)."""
         name = self.config.effective_output_name
-        path = self.lora_path if final else self.output_dir / f"{name}-step{step:08d}.safetensors"
-        validation = self.validate(step)
+        path = self.lora_path if final else self.output_dir / step_checkpoint_name(name, step)
+        extra = self.validate(step)
+        if self.dist.is_main:
+            self._write_checkpoint(path, step, epoch, extra)
         self.checkpoints.append(path)
         self.checkpoint_steps[step] = path
-        if not self.dist.is_main:
-            return path
-        self.save_lora(path, step, epoch, validation)
-        save_state(state_path(self.output_dir), self.trainer, self.fingerprint)
-        self.events.emit(CheckpointSaved(path, step, final))
+        if self.dist.is_main:
+            self.events.emit(CheckpointSaved(path, step, final))
         return path
+
+    def _write_checkpoint(self, path: Path, step: int, epoch: int, extra: Optional[Dict[str, str]]) -> None:
+        try:
+            self.save_lora(path, step, epoch, extra)
+        except OSError as exc:
+            raise LoraTrainerError(f"could not write {path} at step {step} ({exc.strerror or exc}). "
+                                   f"{self.kept()}") from None
+        try:
+            save_state(state_path(self.output_dir), self.trainer, self.fingerprint)
+        except OSError as exc:
+            raise LoraTrainerError(f"{path} was written, but the training state of step {step} could not be "
+                                   f"({exc.strerror or exc}). {self.kept()}") from None
 
     def save_final(self) -> Path:
         p = self.trainer.progress
@@ -339,8 +337,8 @@ class LoraRun:
             return path
         total = self.trainer.schedule["total_steps"]
         if p.step < total:
-            self.events.say(f"stopped at step {p.step} of {total}; the LoRA so far is {path}. To finish this run, "
-                            f"train again with the same config and resume: true (--set resume=true)")
+            self.events.say(f"stopped at step {p.step} of {total}; the LoRA so far is {path}. To finish this run: "
+                            f"{self.resume_hint()}")
         if self.latest_sample is not None:
             from PIL import Image
 
@@ -357,11 +355,16 @@ class LoraRun:
         return path
 
     def close(self) -> None:
-        """Remove the LoRA layers and let the bundle restore itself."""
-        if self.trainer is not None and self.trainer.network is not None:
-            self.trainer.network.remove()
-        if self.bundle is not None:
-            self.bundle.restore()
+        """Remove the LoRA layers, let the bundle restore itself, and release the output folder."""
+        try:
+            if self.trainer is not None and self.trainer.network is not None:
+                self.trainer.network.remove()
+            if self.bundle is not None:
+                self.bundle.restore()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
 
     def result(self, path: Path, stopped_early: bool) -> TrainResult:
         p = self.trainer.progress
