@@ -112,6 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _relaunch_with_torchrun(args: argparse.Namespace, config: TrainConfig) -> int:
     """`train --nproc N`: the same command under torchrun on this machine (N processes, one per GPU), after
     the checks before loading (a bad input is one message here, not one per rank)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.run import main as torchrun
 
     from .engine.preflight import preflight
@@ -125,6 +126,10 @@ def _relaunch_with_torchrun(args: argparse.Namespace, config: TrainConfig) -> in
     print("running: torchrun " + " ".join(argv), flush=True)
     try:
         torchrun(argv)
+    except SignalException as exc:  # Ctrl-C reaches this process only; torchrun passes it on to every rank
+        print(f"torchrun: {exc.sigval.name}: the ranks were asked to stop after the same step and save; their "
+              f"messages above say what was saved", file=sys.stderr, flush=True)
+        return 130
     except Exception as exc:  # noqa: BLE001 - torchrun reports a failed rank by raising ChildFailedError
         raise LoraTrainerError(f"{args.nproc}-process training failed (see the ranks' messages above): "
                                f"{type(exc).__name__}") from None

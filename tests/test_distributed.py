@@ -187,6 +187,29 @@ def test_a_killed_rank_stops_the_other_quickly_and_resume_works(tmp_path, tiny_m
     assert any("saved by 2 process(es) and this run has 1" in w for w in warnings), warnings
 
 
+def test_ctrl_c_stops_every_rank_after_the_same_step_and_saves(tmp_path, tiny_model_dir, five_images):
+    """Ctrl-C in the terminal reaches `train --nproc 2` (torchrun's agent, whose workers run in their own
+    sessions); the agent passes it to each rank once: they agree on the step, rank 0 saves, all exit."""
+    config = _config_file(tmp_path / "stop.yaml", tiny_model_dir, five_images, tmp_path / "out", max_steps=500,
+                          save_steps=3)
+    state_file = tmp_path / "out" / "state" / "training_state.pt"
+    proc = _launch([sys.executable, "-m", "lora_trainer", "train", "--config", str(config), "--nproc", "2"])
+    deadline = time.time() + 180
+    while not state_file.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does: the foreground process group
+    stopped = time.time()
+    code, out = _finish(proc, timeout=90)
+    assert time.time() - stopped < 30, out  # before torchrun's shutdown timeout would SIGKILL the ranks
+    assert code == 130 and "the ranks were asked to stop after the same step and save" in out, out
+    assert "LoRA written to" in out and "--nproc 2" in out.split("continue with:")[-1], out
+    state = torch.load(str(state_file), weights_only=True)
+    with safe_open(str(tmp_path / "out" / "ddp.safetensors"), "pt") as f:
+        assert int(f.metadata()["ss_steps"]) == state["step"] < 500  # the final LoRA and its state agree
+    assert "Traceback" not in out
+
+
 def test_a_hung_rank_times_out_with_a_message_instead_of_hanging():
     import multiprocessing
 
