@@ -190,7 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lora_trainer", description="Train kohya-format LoRAs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_training_commands(sub)
+    _add_other_commands(sub)
+    _add_lora_tools(sub)
+    return parser
 
+
+def _add_training_commands(sub) -> None:
+    """train, check."""
     p = sub.add_parser("train", help="train a LoRA from a YAML config")
     p.add_argument("--config", required=True, help="YAML config file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
@@ -208,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_check)
 
+
+def _add_other_commands(sub) -> None:
+    """caption, demo, plan, grid, ui, keys."""
     p = sub.add_parser("caption", help="caption a folder of images (BLIP, CLIP tags, ...) into metadata.csv or .txt")
     p.add_argument("--input", required=True, help="folder of images (subfolders included)")
     p.add_argument("--output", help="CSV to write (default: INPUT/metadata.csv); not used with --format txt")
@@ -265,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keys", help="list every config key with its default and help")
     p.set_defaults(func=cmd_keys)
 
+
+def _add_lora_tools(sub) -> None:
+    """merge, combine, resize."""
     lora_help = "a LoRA file, optionally with its weight: a.safetensors:0.8 (repeatable)"
     p = sub.add_parser("merge", help="bake LoRAs into a single-file checkpoint")
     p.add_argument("--base", required=True, help="the checkpoint (.safetensors or .ckpt)")
@@ -286,7 +299,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the resized LoRA (.safetensors)")
     _add_output_args(p, "default: the LoRA's dtype")
     p.set_defaults(func=cmd_resize)
-    return parser
 
 
 def _add_output_args(p: argparse.ArgumentParser, precision_default: str) -> None:
