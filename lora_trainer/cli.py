@@ -11,33 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
+from .cli_train import cmd_train
 from .errors import LoraTrainerError
-from .terminal import StopOnSignal, TerminalProgress
+from .terminal import TerminalProgress
 from .text.task import text_command
 from .utils.quiet import quiet_libraries
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config, parse_overrides
-    from .engine.run import resume_command, train
-
-    overrides = parse_overrides(args.set or [])
-    if args.overwrite:
-        overrides["overwrite"] = True
-    config = load_config(args.config, overrides)
-    progress, stopper = TerminalProgress(), StopOnSignal()
-    stopper.install()
-    try:
-        result = train(config, [progress, stopper])
-    finally:
-        stopper.uninstall()
-        progress.close()
-    name = result.lora_path.stem
-    print(f"LoRA written to {result.lora_path}")
-    if result.stopped_early:
-        print(f"stopped at step {result.steps}; continue with: {resume_command(result.output_dir)}")
-    print(f"use it with <lora:{name}:{config.preferred_weight:g}>")
-    return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -214,13 +192,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lora_trainer", description="Train kohya-format LoRAs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_training_commands(sub)
+    _add_caption_command(sub)
+    _add_other_commands(sub)
+    _add_lora_tools(sub)
+    return parser
 
+
+def _add_training_commands(sub) -> None:
+    """train, check."""
     p = sub.add_parser("train", help="train a LoRA from a YAML config")
     p.add_argument("--config", required=True, help="YAML config file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier run in output_dir (its LoRA, checkpoints, state, samples and logs are "
                         "deleted when this run starts); without it such a run is refused")
+    p.add_argument("--nproc", type=int, default=0,
+                   help="train data-parallel in N processes on this machine (one per GPU; runs torchrun); "
+                        "batch_size is per process")
+
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("check", help="report on the dataset of a config (exit 0: can train, 1: cannot)")
@@ -228,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_check)
 
+
+def _add_caption_command(sub) -> None:
+    """caption."""
     p = sub.add_parser("caption", help="caption a folder of images (BLIP, CLIP tags, ...) into metadata.csv or .txt")
     p.add_argument("--input", required=True, help="folder of images (subfolders included)")
     p.add_argument("--output", help="CSV to write (default: INPUT/metadata.csv); not used with --format txt")
@@ -251,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CLIP tags: keep a phrase whose share of its category is at least this (0: always the best)")
     p.set_defaults(func=cmd_caption)
 
+
+def _add_other_commands(sub) -> None:
+    """demo, plan, grid, ui, keys."""
     p = sub.add_parser("demo", help="train a tiny random model on generated images (CPU, about a minute)")
     p.add_argument("--output", default="demo_output", help="folder for the demo model, data and LoRA")
     p.add_argument("--steps", type=int, default=200)
@@ -287,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text: the keys of text-model configs (task: text)")
     p.set_defaults(func=cmd_keys)
 
+
+def _add_lora_tools(sub) -> None:
+    """merge, combine, resize."""
     lora_help = "a LoRA file, optionally with its weight: a.safetensors:0.8 (repeatable)"
     p = sub.add_parser("merge", help="bake LoRAs into a single-file checkpoint")
     p.add_argument("--base", required=True, help="the checkpoint (.safetensors or .ckpt)")
@@ -308,7 +307,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the resized LoRA (.safetensors)")
     _add_output_args(p, "default: the LoRA's dtype")
     p.set_defaults(func=cmd_resize)
-    return parser
 
 
 def _add_output_args(p: argparse.ArgumentParser, precision_default: str) -> None:

@@ -20,7 +20,6 @@ peak growth during the job next to the size of the UNet's weights. Exit code 0 w
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from webui_e2e import call, txt2img
+from webui_e2e import call, run_options, txt2img
 
 GIB = 1024 ** 3
 
@@ -64,15 +63,7 @@ def train(url: str, config: dict) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--url", default="http://127.0.0.1:7860")
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--name", default=f"forge_e2e_{int(time.time())}")
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--resolution", type=int, default=128)
-    ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-2)
-    ap.add_argument("--no-text-encoder", action="store_true")
+    ap = run_options("forge_e2e")
     ap.add_argument("--pid", type=int, default=None)
     a = ap.parse_args()
     prompt = "shpz, a red circle"

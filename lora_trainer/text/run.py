@@ -18,7 +18,8 @@ from ..engine.checkpoint import STATE_DIR, STATE_FILE, load_state, state_path
 from ..engine.optim import bitsandbytes_available
 from ..engine.output_folder import FolderLock, check_not_locked
 from ..engine.preflight import check_output_dir
-from ..engine.run import TensorBoardLogger
+from ..engine.schedule import schedule_length
+from ..engine.tensorboard import TensorBoardLogger
 from ..errors import ConfigError, DatasetError
 from ..events import Callback, CheckpointSaved, Events, RunEnded, ValidationLoss
 from ..utils.atomic import atomic_write_text
@@ -30,7 +31,7 @@ from .model import (ADAPTER_WEIGHTS, SpecialTokens, add_lora, check_model_folder
                     lora_targets, position_limit, read_model_config, resolve_max_seq_length, save_adapter, save_merged,
                     special_tokens)
 from .state import model_identity, restore_text_state, run_fingerprint, save_text_state
-from .trainer import TextTrainer, schedule_length
+from .trainer import TextTrainer
 
 MERGED_DIR = "merged"
 

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.optim import build_optimizer, build_scheduler
-from ..engine.trainer import Progress, is_out_of_memory, schedule_length
+from ..engine.schedule import Progress, schedule_length
 from ..errors import TrainingStopped
 from ..events import Events, LossesRead, RunStarted, StepEnded
-from ..utils.device import Precision
+from ..utils.device import Precision, is_out_of_memory
 from ..utils.seeding import derive_seed
 from .batches import IGNORE, ExampleSet, collate
 

@@ -7,7 +7,7 @@ import sys
 from typing import Any, Dict
 
 from ...errors import LoraTrainerError
-from ..a1111.lora_extension import file_module_names
+from ..a1111.lora_extension import file_module_names, network_on_disk
 
 
 def _networks() -> Any:
@@ -39,11 +39,7 @@ def _file_for(name: str) -> str:
     networks = _networks()
     if networks is None:
         raise LoraTrainerError("Forge's built-in LoRA extension (sd_forge_lora) is not loaded")
-    networks.list_available_networks()
-    on_disk = networks.available_network_aliases.get(name) or networks.available_networks.get(name)
-    if on_disk is None:
-        raise LoraTrainerError(f"no LoRA named {name!r} in {networks.shared.cmd_opts.lora_dir}")
-    return on_disk.filename
+    return network_on_disk(networks, name).filename
 
 
 def verify_lora(name: str, sd_model: Any) -> Dict[str, Any]:
