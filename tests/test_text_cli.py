@@ -57,6 +57,23 @@ def test_set_task_text_routes_an_override(setup, capsys):
     assert "ready to train" in capsys.readouterr().out
 
 
+def test_train_flags_overwrite_and_nproc(setup, capsys):
+    """`train --overwrite` replaces a finished adapter as it does a LoRA; `--nproc 2` (data-parallel, image
+    configs only) is refused in one line before anything is written."""
+    root, gpt2, _ = setup
+    cfg = write_config(root / "flags.yaml", **{**base_values(root, gpt2, "flags-out"), "max_steps": 1})
+    assert main(["train", "--config", str(cfg), "--nproc", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--nproc 2: text-model training runs in one process" in err and "Traceback" not in err
+    assert not (root / "flags-out").exists()
+    assert main(["train", "--config", str(cfg)]) == 0
+    first = (root / "flags-out" / "adapter_model.safetensors").stat().st_mtime_ns
+    assert main(["train", "--config", str(cfg)]) == 2
+    assert "already holds an adapter" in capsys.readouterr().err
+    assert main(["train", "--config", str(cfg), "--overwrite"]) == 0
+    assert (root / "flags-out" / "adapter_model.safetensors").stat().st_mtime_ns != first
+
+
 @pytest.mark.parametrize("change, code, message", [
     ({"lora_rnak": 4}, 2, "unknown key 'lora_rnak' (did you mean 'lora_rank'?)"),
     ({"max_seq_length": 999}, 2, "max_seq_length: 999 is over the model's limit of 128"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import parse_overrides
+from ..errors import ConfigError
 from ..terminal import StopOnSignal, TerminalProgress
 from .config import describe_text_keys, load_text_config
 
@@ -13,7 +14,13 @@ from .config import describe_text_keys, load_text_config
 def cmd_train(args: argparse.Namespace) -> int:
     from .run import train_text
 
-    config = load_text_config(args.config, parse_overrides(args.set or []))
+    if getattr(args, "nproc", 0) and args.nproc > 1:
+        raise ConfigError(f"config error: --nproc {args.nproc}: text-model training runs in one process; "
+                          "drop --nproc (data-parallel training is for image configs)")
+    overrides = parse_overrides(args.set or [])
+    if getattr(args, "overwrite", False):
+        overrides["overwrite"] = True
+    config = load_text_config(args.config, overrides)
     progress, stopper = TerminalProgress(), StopOnSignal()
     stopper.install()
     try:
