@@ -9,7 +9,8 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 stacks=${1:-all}; shift || true
 [ "$stacks" = all ] && stacks="current webui forge"
-forge_tests="tests/test_ui_browser.py tests/test_ui_build.py tests/test_ui_handlers.py tests/test_forge_neo.py"
+forge_tests="tests/test_ui_browser.py tests/test_ui_browser_assistant.py tests/test_ui_build.py tests/test_ui_handlers.py
+  tests/test_forge_neo.py"
 for stack in $stacks; do
   venv="$root/.venv-test-$stack"
   echo "=== $stack stack: setting up $venv"
