@@ -5,6 +5,10 @@ every step) on the same model and batches. The memory plan's estimate is printed
 
 Not a test. Run from the repository root:
     python benchmarks/bench_text.py [--models tiny,gpt2-124m,llama-110m] [--device cpu] [--steps 6]
+                                    [--seq N] [--batch N]   (the same batch shape for every model; printed per row)
+                                    [--threads N] [--repeat K]   (torch threads per loop; K alternating runs, medians)
+On a shared CPU, `--threads 1 --repeat 2` is steadier: a 2-thread loop stalls whenever one of its threads waits
+for a core, and alternating the loops spreads the other load over both.
 """
 from __future__ import annotations
 
@@ -126,6 +130,8 @@ def reference_loop(config, warmup: int) -> dict:
 
 def child(args) -> None:
     """One loop on one model in this process (a fresh process per loop: its peak memory is its own)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = text_config(Path(args.model_dir), Path(args.data), Path(args.model_dir).parent / f"out-{args.child}",
                          args.batch, args.seq, args.steps + 2, args.device, args.precision)
     result = (trainer_loop if args.child == "trainer" else reference_loop)(config, 2)
@@ -135,7 +141,7 @@ def child(args) -> None:
 def run_child(loop: str, model: Path, data: Path, batch: int, seq: int, args) -> dict:
     command = [sys.executable, __file__, "--child", loop, "--model-dir", str(model), "--data", str(data),
                "--batch", str(batch), "--seq", str(seq), "--steps", str(args.steps), "--device", args.device,
-               "--precision", args.precision]
+               "--precision", args.precision, "--threads", str(args.threads or 0)]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -146,13 +152,18 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="no", help="mixed_precision of both loops (no | bf16 | fp16 | auto)")
     parser.add_argument("--steps", type=int, default=6, help="timed steps (after 2 warm-up steps)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads of each loop (default: torch's)")
+    parser.add_argument("--repeat", type=int, default=1, help="run trainer and reference alternately K times; "
+                        "the rows show medians and every run's tokens/s")
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--child", choices=("trainer", "reference"), help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--seq", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=None, help="batch size of every model (default: the model's, "
+                        "tiny 8, the 100M models 4)")
+    parser.add_argument("--seq", type=int, default=None, help="sequence length of every model (default: the model's, "
+                        "tiny 64, the 100M models 256)")
     args = parser.parse_args()
     if args.child:
         return child(args)
@@ -162,27 +173,42 @@ def main() -> None:
 
     rows = []
     with open("/proc/loadavg") as fh:
-        print(f"load average at start: {' '.join(fh.read().split()[:3])}; torch threads {torch.get_num_threads()}")
+        print(f"load average at start: {' '.join(fh.read().split()[:3])}; torch threads "
+              f"{args.threads or torch.get_num_threads()}; {args.steps} timed steps after 2 warm-up steps; "
+              f"{args.repeat} run(s) of each loop")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = root / "data.txt"
         data.write_text(learnable_text(400), encoding="utf-8")
         for name in args.models.split(","):
             spec, batch, seq = MODELS[name]
+            batch, seq = args.batch or batch, args.seq or seq
             model = build_model(root / name, spec, seq)
             params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(str(model)).parameters())
             estimate = plan_text(text_config(model, data, root / "plan", batch, seq, 1, args.device, args.precision))
             row = {"model": name, "params_m": round(params / 1e6, 1), "batch": batch, "seq": seq,
                    "plan_peak_gib": round(estimate.peak / 2**30, 3) if estimate.activations is not None else None,
-                   "trainer": run_child("trainer", model, data, batch, seq, args)}
-            if not args.no_reference:
-                row["reference"] = run_child("reference", model, data, batch, seq, args)
+                   "runs": {}}
+            loops = ["trainer"] + ([] if args.no_reference else ["reference"])
+            for _ in range(args.repeat):
+                for loop in loops:
+                    row["runs"].setdefault(loop, []).append(run_child(loop, model, data, batch, seq, args))
+            row.update({loop: medians(row["runs"][loop]) for loop in loops})
             rows.append(row)
             print_row(row)
     with open("/proc/loadavg") as fh:
         print(f"load average at end: {' '.join(fh.read().split()[:3])}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+def medians(runs: list) -> dict:
+    """The median tokens/s and s/step of a loop's runs, their largest peak, and every run's tokens/s."""
+    from statistics import median
+
+    return {"tokens_per_s": median(r["tokens_per_s"] for r in runs), "step_s": median(r["step_s"] for r in runs),
+            "peak": max(r["peak"] for r in runs), "growth": max(r["growth"] for r in runs),
+            "each": [round(r["tokens_per_s"]) for r in runs]}
 
 
 def print_row(row: dict) -> None:
@@ -192,7 +218,8 @@ def print_row(row: dict) -> None:
         if loop in row:
             r = row[loop]
             print(f"  {loop:9} {r['tokens_per_s']:10.0f} tokens/s  {r['step_s']:7.3f} s/step  peak "
-                  f"{r['peak'] / 2**30:6.2f} GiB (+{r['growth'] / 2**30:.2f} GiB while training)")
+                  f"{r['peak'] / 2**30:6.2f} GiB (+{r['growth'] / 2**30:.2f} GiB while training)"
+                  + (f"  runs: {r['each']}" if len(r["each"]) > 1 else ""))
     if "reference" in row:
         print(f"  trainer / reference: {row['trainer']['tokens_per_s'] / row['reference']['tokens_per_s']:.2f}x")
 
