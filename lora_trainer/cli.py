@@ -369,6 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the resized LoRA (.safetensors)")
     _add_output_args(p, "default: the LoRA's dtype")
     p.set_defaults(func=cmd_resize)
+
+    from .queue.cli import add_parser as add_queue_parser  # the queue's own commands live beside it
+
+    add_queue_parser(sub)
     return parser
 
 
