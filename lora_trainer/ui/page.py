@@ -14,14 +14,14 @@ import gradio as gr
 from ..service import TrainerService
 from . import compat
 from .context import ROOT_ID, PageContext
-from .sections import captions, dataset, model, results, run, training
+from .sections import captions, dataset, model, queue, results, run, training
 
 
 def build_ui(service: TrainerService, css: Optional[str] = None, js: Optional[str] = None) -> gr.Blocks:
     """The trainer's page. `css` is applied where gr.Blocks takes it (standalone passes the rest to
     launch); `js` (standalone only) is run on page load. Inside the WebUI neither is needed: the WebUI
     loads the extension's style.css and javascript/ itself."""
-    modules = (dataset, captions, model, training, run, results)
+    modules = (dataset, captions, model, training, run, queue, results)
     ctx = PageContext(service)
     demo = compat.blocks("LoRA Trainer", css)
     with demo:
