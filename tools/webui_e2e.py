@@ -17,6 +17,11 @@ LoRA on the loaded checkpoint through the extension's HTTP API (POST /lora_train
   WebUI still has it applied) finishes, txt2img without a LoRA is still unchanged, and the second LoRA
   changes the image.
 
+With `--queue` it checks the persistent job queue instead: two trainings queued through POST
+/lora_trainer/v1/jobs run one after the other while txt2img requests in between are answered, then a
+merge job (the first LoRA into the loaded checkpoint) and a grid job (the LoRA x two weights, rendered
+by the WebUI) run against the real loaded model.
+
 Exit code 0 when every check holds. Timings of the txt2img calls and of the job are printed.
 
     python tools/webui_e2e.py --data DIR [--url http://127.0.0.1:7860] [--name NAME] [--steps 6]
@@ -74,6 +79,60 @@ def train(a, name: str, prompt: str) -> dict:
     return status
 
 
+def training_config(a, name: str) -> dict:
+    return dict(train_data_dir=a.data, output_name=name, resolution=a.resolution, min_bucket_reso=64,
+                max_bucket_reso=max(256, a.resolution), lora_rank=4, batch_size=1, max_steps=a.steps,
+                learning_rate=a.lr, trigger_word="shpz", train_text_encoder=not a.no_text_encoder)
+
+
+def wait_jobs(a, ids, prompt: str) -> tuple:
+    """Poll the queue until jobs `ids` have finished, asking for a txt2img between polls; returns
+    (the jobs by id, [(seconds a txt2img took, the states of the jobs while it ran)])."""
+    answered = []
+    while True:
+        jobs = {j["id"]: j for j in call(a.url, "/lora_trainer/v1/jobs")["jobs"] if j["id"] in ids}
+        if all(j["state"] not in ("queued", "running") for j in jobs.values()):
+            return jobs, answered
+        t = time.time()
+        txt2img(a.url, prompt, a.image_size)
+        answered.append((time.time() - t, sorted(j["state"] for j in jobs.values())))
+        time.sleep(1)
+
+
+def queue_round(a, prompt: str) -> dict:
+    """Two trainings queued, txt2img between; then a merge and a grid job on the loaded model."""
+    t0 = time.time()
+    ids = [call(a.url, "/lora_trainer/v1/jobs", {"kind": "train", "config": training_config(a, f"{a.name}_q{i}")})["id"]
+           for i in (1, 2)]
+    jobs, answered = wait_jobs(a, ids, prompt)
+    first, second = jobs[ids[0]], jobs[ids[1]]
+    for job in (first, second):
+        print(f"job {job['id']} {job['state']}: {job['step']}/{job['total']} steps, loss {job['loss']}, "
+              f"{job['result']}, error {job['error']}")
+    print(f"two queued trainings: {time.time() - t0:.0f} s; txt2img answered while jobs ran: "
+          f"{[(round(s), st) for s, st in answered]}")
+    lora = first["result"].get("lora_path", "")
+    extra, _ = wait_jobs(a, [call(a.url, "/lora_trainer/v1/jobs", body)["id"] for body in (
+        {"kind": "merge", "config": {"lora": lora, "weight": 0.5, "out_name": f"{a.name}_merged"}},
+        {"kind": "grid", "config": {"loras": [lora], "prompt": prompt, "weights": [0, 1], "size": a.image_size,
+                                    "steps": 4}})], prompt)
+    merge, grid = sorted(extra.values(), key=lambda j: j["id"])
+    print(f"merge job: {merge['state']} {merge['result']} {merge['error']}; grid job: {grid['state']} "
+          f"{grid['result']} {grid['error']}")
+    loras = {x["name"] for x in call(a.url, "/sdapi/v1/loras")}
+    return {
+        "both queued trainings finished": first["state"] == second["state"] == "done",
+        "they ran one after the other": (second["started_at"] or 0) >= (first["finished_at"] or 1e30),
+        "txt2img requests were answered while queued jobs waited or ran":
+            any("queued" in st or "running" in st for _, st in answered),
+        "GET /sdapi/v1/loras lists both LoRAs": {f"{a.name}_q1", f"{a.name}_q2"} <= loras,
+        "a merge job into the loaded checkpoint wrote its file":
+            merge["state"] == "done" and Path(merge["result"].get("path", "")).is_file(),
+        "a grid job rendered by the WebUI wrote its image":
+            grid["state"] == "done" and Path(grid["result"].get("path", "")).is_file(),
+    }
+
+
 def lora_name(status: dict, fallback: str) -> str:
     return status["lora_path"].rsplit("/", 1)[-1].rsplit(".", 1)[0] if status["lora_path"] else fallback
 
@@ -111,8 +170,14 @@ def main() -> int:
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--no-text-encoder", action="store_true")
+    ap.add_argument("--queue", action="store_true", help="check the job queue (see the module docstring)")
     a = ap.parse_args()
     prompt = "shpz, a red circle"
+    if a.queue:
+        checks = queue_round(a, prompt)
+        for text, ok in checks.items():
+            print(f"{'ok  ' if ok else 'FAIL'} {text}")
+        return 0 if all(checks.values()) else 1
     started = time.time()
     before = txt2img(a.url, prompt, a.image_size)
     print(f"txt2img before training: {time.time() - started:.0f} s")
