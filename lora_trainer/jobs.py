@@ -108,9 +108,7 @@ class JobManager:
     def start(self, config: TrainConfig, callbacks: Sequence[Callback] = ()) -> JobStatus:
         """Start training `config`; raises JobBusy if a job is running."""
         with self._lock:
-            if self._status.active:
-                raise JobBusy(f"a training job is already running ({self._status.name}, step "
-                              f"{self._status.step}/{self._status.total_steps}); stop it or wait")
+            self._refuse_if_busy()
             self._stop.clear()
             self._status = JobStatus(state="running", name=config.effective_output_name, started_at=time.time())
             status = self._status
@@ -119,6 +117,16 @@ class JobManager:
                                         name="lora-trainer-job", daemon=True)
         self._thread.start()
         return self.status()
+
+    def refuse_if_busy(self) -> None:
+        """Raise JobBusy if a job is running (checked before anything else looks at its folder)."""
+        with self._lock:
+            self._refuse_if_busy()
+
+    def _refuse_if_busy(self) -> None:
+        if self._status.active:
+            raise JobBusy(f"a training job is already running ({self._status.name}, step "
+                          f"{self._status.step}/{self._status.total_steps}); stop it or wait")
 
     def _body(self, config: TrainConfig, callbacks: List[Callback], status: JobStatus) -> None:
         try:

@@ -75,7 +75,9 @@ class TrainerService:
     def start(self, config: TrainConfig) -> JobStatus:
         """Start a training job, after the checks that would otherwise fail it at once (no images, an unusable
         model path, an output folder that is busy, full or holds an earlier run): those raise here, so the
-        page and the API refuse the request instead of accepting a job that fails."""
+        page and the API refuse the request instead of accepting a job that fails. A running job is named
+        first: its own folder lock would otherwise answer as if another process held the folder."""
+        self.jobs.refuse_if_busy()
         self.check_before_start(config)
         return self.jobs.start(config)
 

@@ -116,3 +116,29 @@ def test_bucket_limits_follow_the_resolution(resolution):
     if resolution == 512:
         assert (config.min_bucket_reso, config.max_bucket_reso) == (256, 1024)  # kohya's defaults, as before
     assert json.dumps(config.to_dict())  # written as plain numbers in config.yaml
+
+
+def test_a_second_start_while_a_job_runs_names_the_job_not_a_stranger(tmp_path, tiny_model_dir, color_data):
+    """The page's second Start: the running job holds the folder lock, but the answer is 'already running'."""
+    import threading
+
+    from lora_trainer.engine.output_folder import FolderLock
+    from lora_trainer.jobs import JobBusy, JobManager
+    from lora_trainer.service import StandaloneService
+
+    release, holding = threading.Event(), threading.Event()
+
+    def hold_the_folder(config, callbacks):
+        with FolderLock(Path(config.output_dir)):
+            holding.set()
+            release.wait(60)
+
+    service = StandaloneService(str(tmp_path / "runs"), jobs=JobManager(train_fn=hold_the_folder))
+    config = make_config(tiny_model_dir, color_data, tmp_path / "out", max_steps=2, output_name="run")
+    service.start(config)
+    try:
+        assert holding.wait(30)
+        with pytest.raises(JobBusy, match="already running"):
+            service.start(config)
+    finally:
+        release.set()
