@@ -109,6 +109,13 @@ class Page:
         self.d.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
         button.click()
 
+    def tick(self, elem_id: str) -> None:
+        """Click a gr.Checkbox's box itself: its block's centre is empty space in gradio 3.41 (the label sits
+        at the top of a block as tall as the row's buttons), so `click` there toggles nothing."""
+        box = self.el(f"#{elem_id} input[type=checkbox]")
+        self.d.execute_script("arguments[0].scrollIntoView({block: 'center'});", box)
+        box.click()
+
     def open_accordion(self, elem_id: str) -> None:
         """Open a closed gr.Accordion by clicking its label row (`.label-wrap` in gradio 3.41 and later)."""
         label = self.el(f"#{elem_id} .label-wrap")
@@ -307,7 +314,8 @@ def test_the_queue_panel_runs_two_jobs_with_live_progress_and_cancels_one(tmp_pa
     page = Page(browser, tmp_path)
     browser.get(url)
     page.wait(lambda: page.d.find_elements(By.CSS_SELECTOR, "#lora_trainer_queue .lt-queue"), 60, "queue panel")
-    page.click("lora_trainer_queue_pause")  # hold the queue until both jobs are in
+    page.tick("lora_trainer_queue_pause")  # hold the queue until both jobs are in
+    page.wait(lambda: "queue paused" in page.text("#lora_trainer_queue_msg"), 30, "queue paused")
     page.type("lora_trainer_config_path", str(config_file))
     page.click("lora_trainer_load_config")
     page.wait(lambda: "loaded" in page.text("#lora_trainer_config_msg"), 30, "config loaded")
@@ -320,7 +328,8 @@ def test_the_queue_panel_runs_two_jobs_with_live_progress_and_cancels_one(tmp_pa
     page.wait(lambda: "job 2 " in page.text("#lora_trainer_run_msg"), 30, "second job added")
     page.wait(lambda: len(_jobs(page)) == 2, 30, "two jobs listed")
     assert set(s for s, _ in _jobs(page).values()) == {"queued"}
-    page.click("lora_trainer_queue_pause")
+    page.tick("lora_trainer_queue_pause")
+    page.wait(lambda: "queue running" in page.text("#lora_trainer_queue_msg"), 30, "queue running again")
 
     page.wait(lambda: _jobs(page)[1] == ("running", _jobs(page)[1][1]) and _jobs(page)[1][1] >= 1, 120, "job 1 runs")
     seen = _jobs(page)[1][1]

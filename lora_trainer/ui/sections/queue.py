@@ -60,8 +60,11 @@ def wire(ctx: PageContext) -> None:
         return ctx.service.job_queue().start()
 
     @guarded(1)
-    def on_add(*values: Any) -> List[Any]:
-        job = queue().add("train", raw_from_form(ctx.field_names, list(values)))
+    def on_add(*args: Any) -> List[Any]:
+        values, (paused,) = ctx.split(args)
+        if paused:  # the box the user sees decides, even if its own change event has not been handled yet
+            queue().pause(True)
+        job = queue().add("train", raw_from_form(ctx.field_names, values))
         return message_html(f"job {job.id} ({job.name}) added to the queue", "ok")
 
     def action(name: str):
@@ -87,7 +90,7 @@ def wire(ctx: PageContext) -> None:
             return [compat.no_change(), previous]
         return [compat.no_change(), previous] if text == previous else [text, text]
 
-    p["enqueue"].click(on_add, ctx.field_inputs, [p["run_msg"]])
+    p["enqueue"].click(on_add, [*ctx.field_inputs, p["queue_pause"]], [p["run_msg"]])
     p["queue_cancel"].click(action("cancel"), [p["queue_id"]], [p["queue_msg"]])
     p["queue_retry"].click(action("retry"), [p["queue_id"]], [p["queue_msg"]])
     p["queue_first"].click(action("move"), [p["queue_id"]], [p["queue_msg"]])
