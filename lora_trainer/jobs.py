@@ -20,6 +20,7 @@ from .events import Callback, CheckpointSaved, LossesRead, Message, RunEnded, Ru
 
 log = logging.getLogger("lora_trainer")
 Runner = Callable[[Callable[[], Any]], Any]
+Done = Callable[["JobStatus"], None]
 MAX_MESSAGES = 200
 
 
@@ -45,6 +46,7 @@ class JobStatus:
     checkpoints: List[str] = field(default_factory=list)
     lora_path: Optional[str] = None
     error: Optional[str] = None
+    stop_requested: bool = False  # Stop was pressed (a training stopped early without it was interrupted)
     started_at: float = 0.0
     finished_at: float = 0.0
 
@@ -105,15 +107,17 @@ class JobManager:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
-    def start(self, config: TrainConfig, callbacks: Sequence[Callback] = ()) -> JobStatus:
-        """Start training `config`; raises JobBusy if a job is running."""
+    def start(self, config: TrainConfig, callbacks: Sequence[Callback] = (), on_done: Optional[Done] = None
+              ) -> JobStatus:
+        """Start training `config`; raises JobBusy if a job is running. `on_done` gets the job's last status
+        when it has ended (the queue records it)."""
         with self._lock:
             self._refuse_if_busy()
             self._stop.clear()
             self._status = JobStatus(state="running", name=config.effective_output_name, started_at=time.time())
             status = self._status
         recorder = JobRecorder(status, self._lock, self._stop)
-        self._thread = threading.Thread(target=self._body, args=(config, [recorder, *callbacks], status),
+        self._thread = threading.Thread(target=self._body, args=(config, [recorder, *callbacks], status, on_done),
                                         name="lora-trainer-job", daemon=True)
         self._thread.start()
         return self.status()
@@ -126,9 +130,11 @@ class JobManager:
     def _refuse_if_busy(self) -> None:
         if self._status.active:
             raise JobBusy(f"a training job is already running ({self._status.name}, step "
-                          f"{self._status.step}/{self._status.total_steps}); stop it or wait")
+                          f"{self._status.step}/{self._status.total_steps}); stop it, wait, or add this one to the queue "
+                          f"to run after it")
 
-    def _body(self, config: TrainConfig, callbacks: List[Callback], status: JobStatus) -> None:
+    def _body(self, config: TrainConfig, callbacks: List[Callback], status: JobStatus, on_done: Optional[Done]
+              ) -> None:
         try:
             result = self.runner(lambda: self.train_fn(config, callbacks))
             with self._lock:
@@ -146,24 +152,30 @@ class JobManager:
         finally:
             with self._lock:
                 status.finished_at = time.time()
+                last = _copy(status)
+            if on_done is not None:
+                on_done(last)
 
     def stop(self) -> JobStatus:
         """Ask the running job to finish its current step, save, and stop."""
         with self._lock:
             if self._status.active:
-                self._status.state = "stopping"
+                self._status.state, self._status.stop_requested = "stopping", True
                 self._stop.set()
         return self.status()
 
     def status(self) -> JobStatus:
         with self._lock:
-            return JobStatus(**{k: (list(v) if isinstance(v, list) else v)
-                                for k, v in self._status.__dict__.items()})
+            return _copy(self._status)
 
     def wait(self, timeout: Optional[float] = None) -> JobStatus:
         if self._thread is not None:
             self._thread.join(timeout)
         return self.status()
+
+
+def _copy(status: JobStatus) -> JobStatus:
+    return JobStatus(**{k: (list(v) if isinstance(v, list) else v) for k, v in status.__dict__.items()})
 
 
 def _default_train(config: TrainConfig, callbacks: Sequence[Callback]):

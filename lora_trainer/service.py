@@ -76,10 +76,11 @@ class TrainerService:
         """Start a training job, after the checks that would otherwise fail it at once (no images, an unusable
         model path, an output folder that is busy, full or holds an earlier run): those raise here, so the
         page and the API refuse the request instead of accepting a job that fails. A running job is named
-        first: its own folder lock would otherwise answer as if another process held the folder."""
+        first: its own folder lock would otherwise answer as if another process held the folder. The job is
+        one of the queue (GET /jobs lists it); while another queue job runs it is refused, naming that job."""
         self.jobs.refuse_if_busy()
         self.check_before_start(config)
-        return self.jobs.start(config)
+        return self.job_queue().run_now(config)
 
     def check_before_start(self, config: TrainConfig) -> None:
         preflight(config, check_model=self.needs_base_model_path())

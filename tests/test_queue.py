@@ -127,6 +127,74 @@ def test_50_jobs_from_10_concurrent_http_clients_are_recorded_once_in_order(tmp_
     assert queued[0].id == move.json()["id"] == sent[9][4] and len(queued) == 49
 
 
+def _http(app):
+    """A blocking `call(method, path, json=None)` on the app's routes (an ASGI client, no server)."""
+    httpx = pytest.importorskip("httpx")
+
+    def call(method: str, path: str, json=None):
+        async def go():
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://page") as c:
+                return await c.request(method, f"/lora_trainer/v1/{path}", json=json)
+        return asyncio.run(go())
+    return call
+
+
+def _until(check, what: str, timeout: float = 120):
+    deadline = time.time() + timeout
+    while not check():
+        assert time.time() < deadline, what
+        time.sleep(0.05)
+
+
+def test_train_route_is_a_queue_job_and_a_second_start_is_refused(tmp_path, tiny_model_dir, color_data):
+    """/train (the tab's Start) runs at once as a job of the queue: GET /jobs lists it with live progress;
+    a second /train says 'already running' (a job added to the queue waits behind it instead); Stop saves
+    it and it is recorded cancelled; the queued one then runs and the Run status shows it."""
+    from fastapi import FastAPI
+
+    from lora_trainer.hosts.a1111.api import register_routes
+    from lora_trainer.hosts.standalone import StandaloneHost
+
+    app = FastAPI()
+    service = StandaloneService(str(tmp_path / "runs"))
+    register_routes(app, service, StandaloneHost())
+    call = _http(app)
+    first = _train_raw(tiny_model_dir, color_data, tmp_path / "first", output_name="first", max_steps=500,
+                       batch_size=1)
+    started = call("POST", "train", first)
+    assert started.status_code == 200 and started.json()["state"] == "running"
+    [job] = call("GET", "jobs").json()["jobs"]
+    assert (job["kind"], job["name"], job["state"]) == ("train", "first", "running")
+    _until(lambda: call("GET", f"jobs/{job['id']}").json()["step"] >= 2, "the started job's progress in /jobs")
+    second = _train_raw(tiny_model_dir, color_data, tmp_path / "second", output_name="second", max_steps=2,
+                        batch_size=1)
+    again = call("POST", "train", second)
+    assert again.status_code == 400 and "already running" in again.json()["detail"], again.text
+    queued = call("POST", "jobs", {"kind": "train", "config": second}).json()
+    time.sleep(1)  # the runner looks twice a second: it must not start the second job beside the first
+    assert call("GET", f"jobs/{queued['id']}").json()["state"] == "queued"
+    call("POST", "stop")
+    _until(lambda: call("GET", f"jobs/{job['id']}").json()["state"] != "running", "the first job stops")
+    _until(lambda: call("GET", f"jobs/{queued['id']}").json()["state"] == "done", "the queued job runs")
+    stopped, done = (call("GET", f"jobs/{i}").json() for i in (job["id"], queued["id"]))
+    assert stopped["state"] == "cancelled" and 2 <= stopped["step"] < 500 and Path(stopped["result"]["lora_path"]).is_file()
+    assert done["step"] == done["total"] == 2 and load_file(done["result"]["lora_path"])
+    status = call("GET", "status").json()  # the Run section shows a queued training as it shows Start's
+    assert (status["name"], status["state"], status["step"]) == ("second", "finished", 2)
+    service.job_queue().runner.close(60)
+
+
+def test_start_is_refused_while_another_kind_of_queue_job_runs(tmp_path, tiny_model_dir, color_data):
+    service = StandaloneService(str(tmp_path / "runs"))
+    store = service.job_queue().store
+    merge = store.add("merge", {"lora": "x.safetensors"}, "merging")
+    store.claim_next()  # as the runner does: the merge job is running
+    with pytest.raises(QueueError, match=f"queue job {merge.id} \\(merge merging\\) is running"):
+        service.start(make_config(tiny_model_dir, color_data, tmp_path / "o", max_steps=2))
+    assert [j.kind for j in store.list()] == ["merge"]  # nothing recorded for the refused start
+    assert not service.status().active
+
+
 # ---------------------------------------------------------------------------- running
 def test_jobs_run_in_order_and_a_bad_one_fails_alone(tmp_path, tiny_model_dir, color_data):
     queue = _queue(tmp_path)

@@ -6,6 +6,7 @@ the CLI use: it validates a job before it is stored and wakes the runner.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List
 
@@ -15,6 +16,7 @@ Service = Any  # a service.TrainerService (not imported: the service imports thi
 if TYPE_CHECKING:
     from .runner import QueueRunner
 
+log = logging.getLogger("lora_trainer")
 DB_NAME = "queue.sqlite"
 __all__ = ["DB_NAME", "KINDS", "Job", "JobQueue", "JobStore", "QueueError"]
 
@@ -42,6 +44,31 @@ class JobQueue:
         job = self.store.add(kind, config, name or kind)
         self.runner.wake()
         return job
+
+    def run_now(self, config: Any) -> Any:
+        """Start a training at once, as a job of the queue (listed, progress recorded): the page's Start and
+        the /train route. Refused (JobRunning) while another queue job runs, even with the queue paused: the
+        user asked for this one. Returns the JobManager's status, as Start always did."""
+        from .executors import train_outcome
+        from .progress import ProgressWriter, TrainRecorder
+
+        self.store.recover()
+        job = self.store.add_running("train", config.to_dict(), config.effective_output_name)
+        writer = ProgressWriter(self.store, job.id)
+
+        def done(status: Any) -> None:
+            try:
+                writer.flush()
+                self.store.finish(job.id, *train_outcome(status, writer))
+            except Exception as exc:  # noqa: BLE001 - the training's own result is on disk already
+                log.error("LoRA Trainer: recording the end of queue job %d failed: %s", job.id, exc)
+            self.runner.wake()
+
+        try:
+            return self.service.jobs.start(config, [TrainRecorder(writer)], on_done=done)
+        except Exception as exc:
+            self.store.finish(job.id, "failed", None, str(exc))
+            raise
 
     def list(self) -> List[Job]:
         return self.store.list()

@@ -1,16 +1,16 @@
 """What each job kind does: a function (service, job, progress writer) -> result dict.
 
-Training runs through the service's JobManager runner (the host's GPU queue) and train function (the
-host's in-place training); the other kinds call the service's own methods, which already take the
+Training runs through the service's JobManager (the host's GPU queue and in-place training, the Run
+section's status); the other kinds call the service's own methods, which already take the
 host's queue where they need the GPU. A result may carry `_state` ("cancelled", "interrupted") when the
 job ended early but cleanly.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LoraTrainerError
 
 Service = Any  # a service.TrainerService (not imported: the service imports this package)
 if TYPE_CHECKING:
@@ -26,10 +26,9 @@ def _need(config: Dict[str, Any], key: str) -> Any:
     return config[key]
 
 
-def run_train(service: Service, job: "Job", writer: "ProgressWriter") -> Dict[str, Any]:
-    """Train the job's config; a resumed job continues its run's saved state exactly (resume: true)."""
+def train_config(service: Service, job: "Job") -> Any:
+    """The job's TrainConfig; a resumed job continues its run's saved state exactly (resume: true)."""
     from ..engine.checkpoint import state_path
-    from .progress import TrainRecorder
 
     raw = dict(job.config)
     if job.resume:
@@ -38,15 +37,32 @@ def run_train(service: Service, job: "Job", writer: "ProgressWriter") -> Dict[st
             raw["resume"] = True
         else:  # stopped before its first save: nothing to continue, start the run again
             raw["overwrite"] = True
-    config = service.make_config(raw)
+    return service.make_config(raw)
+
+
+def train_outcome(status: Any, writer: "ProgressWriter") -> Tuple[str, Dict[str, Any], Optional[str]]:
+    """(state, result, error) of a training from the JobManager's last status: a stop asked by the user
+    (Stop, or Cancel in the queue) is `cancelled`, one the host asked for (Interrupt) `interrupted`."""
+    result: Dict[str, Any] = {"lora_path": status.lora_path, "steps": int(status.step)} if status.lora_path else {}
+    if status.state == "failed":
+        return "failed", result, status.error or "the training failed"
+    if status.state == "stopped":
+        return ("cancelled" if status.stop_requested or writer.stop_requested() else "interrupted"), result, None
+    return "done", result, None
+
+
+def run_train(service: Service, job: "Job", writer: "ProgressWriter") -> Dict[str, Any]:
+    """Train the job's config through the service's JobManager (the host's GPU queue and in-place training),
+    so the Run section shows it as it shows a training started with Start; waits for its end."""
+    from .progress import TrainRecorder
+
+    config = train_config(service, job)
     service.check_before_start(config)
-    recorder = TrainRecorder(writer)
-    manager = service.jobs
-    result = manager.runner(lambda: manager.train_fn(config, [recorder]))
-    out: Dict[str, Any] = {"lora_path": str(result.lora_path), "steps": int(result.steps)}
-    if getattr(result, "stopped_early", False):
-        out["_state"] = "cancelled" if writer.stop_requested() else "interrupted"
-    return out
+    service.jobs.start(config, [TrainRecorder(writer)])
+    state, result, error = train_outcome(service.jobs.wait(), writer)
+    if state == "failed":
+        raise LoraTrainerError(error)
+    return {**result, "_state": state}
 
 
 def run_caption(service: Service, job: "Job", writer: "ProgressWriter") -> Dict[str, Any]:

@@ -51,6 +51,10 @@ class QueueError(LoraTrainerError):
     """A queue request that cannot be done (unknown job, wrong state)."""
 
 
+class JobRunning(QueueError):
+    """A job of the queue runs, so a training cannot start at once."""
+
+
 @dataclass
 class Job:
     """One row of the queue, safe to send to a page."""
@@ -167,6 +171,20 @@ class JobStore:
             db.execute("UPDATE jobs SET state = 'running', started_at = ?, finished_at = NULL, error = NULL, "
                        "stop_requested = 0, owner_pid = ? WHERE id = ?", (time.time(), os.getpid(), row[0]))
             return self._get(db, row[0])
+
+    def add_running(self, kind: str, config: Dict[str, Any], name: str = "") -> Job:
+        """Append a job already running (owned by this process): a training started with Start or /train.
+        Refused, naming the running job, while another job runs."""
+        with self._tx() as db:
+            row = db.execute("SELECT id, kind, name FROM jobs WHERE state = 'running'").fetchone()
+            if row is not None:
+                raise JobRunning(f"queue job {row['id']} ({row['kind']} {row['name']}) is running: wait for it, or add "
+                                 f"this one to the queue to run after it")
+            last = db.execute("SELECT COALESCE(MAX(position), 0) FROM jobs").fetchone()[0]
+            cur = db.execute("INSERT INTO jobs (kind, name, config, state, position, created_at, started_at, owner_pid)"
+                             " VALUES (?, ?, ?, 'running', ?, ?, ?, ?)",
+                             (kind, name, json.dumps(config), last + 1, time.time(), time.time(), os.getpid()))
+            return self._get(db, cur.lastrowid)
 
     def progress(self, job_id: int, step: int, total: int, loss: Optional[float], eta_seconds: float,
                  result: Optional[Dict[str, Any]] = None) -> bool:

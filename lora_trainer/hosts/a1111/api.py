@@ -9,7 +9,8 @@ from ...errors import LoraTrainerError
 
 
 def register_routes(app, service, host) -> None:
-    """Add /lora_trainer/v1/* routes (train, status, stop, verify/{name}, model_digest) for the page's `service`."""
+    """Add /lora_trainer/v1/* routes (train, status, stop, verify/{name}, model_digest, jobs) for the page's
+    `service`. /train is the page's Start: a training run at once as a job of the queue (GET /jobs lists it)."""
     from fastapi import HTTPException
 
     def guard(fn, *args):
