@@ -17,10 +17,11 @@ LoRA on the loaded checkpoint through the extension's HTTP API (POST /lora_train
   WebUI still has it applied) finishes, txt2img without a LoRA is still unchanged, and the second LoRA
   changes the image.
 
-With `--queue` it checks the persistent job queue instead: two trainings queued through POST
-/lora_trainer/v1/jobs run one after the other while txt2img requests in between are answered, then a
-merge job (the first LoRA into the loaded checkpoint) and a grid job (the LoRA x two weights, rendered
-by the WebUI) run against the real loaded model.
+With `--queue` it checks the persistent job queue instead: a training started with POST /train (the tab's
+Start) is a queue job listed by GET /jobs, a second /train meanwhile is refused, a training queued through
+POST /jobs runs after it, a txt2img asked while the first ran is answered before the second finished, then
+a merge job (the first LoRA into the loaded checkpoint) and a grid job (the LoRA x two weights, rendered by
+the WebUI) run against the real loaded model.
 
 Exit code 0 when every check holds. Timings of the txt2img calls and of the job are printed.
 
@@ -39,6 +40,7 @@ import io
 import json
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -85,32 +87,52 @@ def training_config(a, name: str) -> dict:
                 learning_rate=a.lr, trigger_word="shpz", train_text_encoder=not a.no_text_encoder)
 
 
+def job_states(a, ids) -> dict:
+    return {j["id"]: j for j in call(a.url, "/lora_trainer/v1/jobs")["jobs"] if j["id"] in ids}
+
+
 def wait_jobs(a, ids, prompt: str) -> tuple:
     """Poll the queue until jobs `ids` have finished, asking for a txt2img between polls; returns
-    (the jobs by id, [(seconds a txt2img took, the states of the jobs while it ran)])."""
+    (the jobs by id, [(seconds a txt2img took, {id: state} when it was asked, {id: state} when answered)])."""
     answered = []
     while True:
-        jobs = {j["id"]: j for j in call(a.url, "/lora_trainer/v1/jobs")["jobs"] if j["id"] in ids}
+        jobs = job_states(a, ids)
         if all(j["state"] not in ("queued", "running") for j in jobs.values()):
             return jobs, answered
         t = time.time()
         txt2img(a.url, prompt, a.image_size)
-        answered.append((time.time() - t, sorted(j["state"] for j in jobs.values())))
+        after = job_states(a, ids)
+        answered.append((time.time() - t, {i: j["state"] for i, j in jobs.items()},
+                         {i: j["state"] for i, j in after.items()}))
         time.sleep(1)
 
 
+def start_two(a) -> tuple:
+    """The first training through /train (the tab's Start: a queue job run at once), the second queued
+    through POST /jobs behind it; returns (their ids, the answer of a second /train meanwhile)."""
+    first = call(a.url, "/lora_trainer/v1/train", training_config(a, f"{a.name}_q1"))
+    running = [j for j in call(a.url, "/lora_trainer/v1/jobs")["jobs"] if j["state"] == "running"]
+    second = call(a.url, "/lora_trainer/v1/jobs", {"kind": "train", "config": training_config(a, f"{a.name}_q2")})
+    try:
+        refused = call(a.url, "/lora_trainer/v1/train", training_config(a, f"{a.name}_q3"))
+    except urllib.error.HTTPError as exc:
+        refused = {"status": exc.code, **json.loads(exc.read() or b"{}")}
+    print(f"/train: {first['state']} {first['name']}; listed running: {[(j['id'], j['name']) for j in running]}; "
+          f"a second /train: {refused}")
+    return [running[0]["id"] if running else -1, second["id"]], refused
+
+
 def queue_round(a, prompt: str) -> dict:
-    """Two trainings queued, txt2img between; then a merge and a grid job on the loaded model."""
+    """Two trainings (one started, one queued), txt2img between; then a merge and a grid job on the loaded model."""
     t0 = time.time()
-    ids = [call(a.url, "/lora_trainer/v1/jobs", {"kind": "train", "config": training_config(a, f"{a.name}_q{i}")})["id"]
-           for i in (1, 2)]
+    ids, refused = start_two(a)
     jobs, answered = wait_jobs(a, ids, prompt)
-    first, second = jobs[ids[0]], jobs[ids[1]]
+    first, second = jobs.get(ids[0], {"state": "missing"}), jobs[ids[1]]
     for job in (first, second):
-        print(f"job {job['id']} {job['state']}: {job['step']}/{job['total']} steps, loss {job['loss']}, "
-              f"{job['result']}, error {job['error']}")
-    print(f"two queued trainings: {time.time() - t0:.0f} s; txt2img answered while jobs ran: "
-          f"{[(round(s), st) for s, st in answered]}")
+        print(f"job {job.get('id')} {job['name']} {job['state']}: {job['step']}/{job['total']} steps, "
+              f"loss {job['loss']}, {job['result']}, error {job['error']}")
+    print(f"two trainings: {time.time() - t0:.0f} s; txt2img (seconds, states asked, states answered): "
+          f"{[(round(s), list(b.values()), list(e.values())) for s, b, e in answered]}")
     lora = first["result"].get("lora_path", "")
     extra, _ = wait_jobs(a, [call(a.url, "/lora_trainer/v1/jobs", body)["id"] for body in (
         {"kind": "merge", "config": {"lora": lora, "weight": 0.5, "out_name": f"{a.name}_merged"}},
@@ -120,11 +142,15 @@ def queue_round(a, prompt: str) -> dict:
     print(f"merge job: {merge['state']} {merge['result']} {merge['error']}; grid job: {grid['state']} "
           f"{grid['result']} {grid['error']}")
     loras = {x["name"] for x in call(a.url, "/sdapi/v1/loras")}
+    a1, a2 = ids
     return {
-        "both queued trainings finished": first["state"] == second["state"] == "done",
+        "/train started a job listed by GET /jobs": first["name"] == f"{a.name}_q1",
+        "a second /train while it ran was refused with 'already running'":
+            refused.get("status") == 400 and "already running" in str(refused.get("detail")),
+        "both trainings finished": first["state"] == second["state"] == "done",
         "they ran one after the other": (second["started_at"] or 0) >= (first["finished_at"] or 1e30),
-        "txt2img requests were answered while queued jobs waited or ran":
-            any("queued" in st or "running" in st for _, st in answered),
+        "a txt2img asked while the first ran was answered before the second finished":
+            any(b.get(a1) == "running" and e.get(a2) in ("queued", "running") for _, b, e in answered),
         "GET /sdapi/v1/loras lists both LoRAs": {f"{a.name}_q1", f"{a.name}_q2"} <= loras,
         "a merge job into the loaded checkpoint wrote its file":
             merge["state"] == "done" and Path(merge["result"].get("path", "")).is_file(),
