@@ -107,6 +107,19 @@ def wait_jobs(a, ids, prompt: str) -> tuple:
         time.sleep(1)
 
 
+def wait_for_routes(url: str, timeout: float = 300) -> None:
+    """The WebUI answers /sdapi/* before its app_started callbacks add the extension's routes: wait for them."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            call(url, "/lora_trainer/v1/jobs")
+            return
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404 or time.time() > deadline:
+                raise
+        time.sleep(2)
+
+
 def start_two(a) -> tuple:
     """The first training through /train (the tab's Start: a queue job run at once), the second queued
     through POST /jobs behind it; returns (their ids, the answer of a second /train meanwhile)."""
@@ -124,6 +137,7 @@ def start_two(a) -> tuple:
 
 def queue_round(a, prompt: str) -> dict:
     """Two trainings (one started, one queued), txt2img between; then a merge and a grid job on the loaded model."""
+    wait_for_routes(a.url)
     t0 = time.time()
     ids, refused = start_two(a)
     jobs, answered = wait_jobs(a, ids, prompt)
