@@ -4,7 +4,7 @@
     if (window.loraTrainerStartPolling) {
         return; // already loaded
     }
-    var FAST_MS = 1000; // while a job runs
+    var FAST_MS = 1000; // while a job (or a queued job) runs
     var SLOW_MS = 4000; // otherwise
 
     function appRoot() {
@@ -28,7 +28,9 @@
         if (page.getClientRects().length > 0 && !document.hidden) {
             button.click();
         }
-        return root.querySelector('#lora_trainer_run_status [data-active="1"]') ? FAST_MS : SLOW_MS;
+        var busy = root.querySelector('#lora_trainer_run_status [data-active="1"]') ||
+            root.querySelector('#lora_trainer_queue tr[data-state="running"]');
+        return busy ? FAST_MS : SLOW_MS;
     }
 
     function tick() {

@@ -196,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_caption_command(sub)
     _add_other_commands(sub)
     _add_lora_tools(sub)
+    from .queue.cli import add_parser as add_queue_parser  # the queue's own commands live beside it
+
+    add_queue_parser(sub)
     return parser
 
 

@@ -20,6 +20,7 @@ from .events import Callback, CheckpointSaved, LossesRead, Message, RunEnded, Ru
 
 log = logging.getLogger("lora_trainer")
 Runner = Callable[[Callable[[], Any]], Any]
+Done = Callable[["JobStatus"], None]
 MAX_MESSAGES = 200
 
 
@@ -45,6 +46,7 @@ class JobStatus:
     checkpoints: List[str] = field(default_factory=list)
     lora_path: Optional[str] = None
     error: Optional[str] = None
+    stop_requested: bool = False  # Stop was pressed (a training stopped early without it was interrupted)
     started_at: float = 0.0
     finished_at: float = 0.0
 
@@ -106,9 +108,11 @@ class JobManager:
         self._thread: Optional[threading.Thread] = None
 
     def start(self, config: TrainConfig, callbacks: Sequence[Callback] = (),
-              train_fn: Optional[Callable[[Any, Sequence[Callback]], Any]] = None) -> JobStatus:
+              train_fn: Optional[Callable[[Any, Sequence[Callback]], Any]] = None,
+              on_done: Optional[Done] = None) -> JobStatus:
         """Start training `config` with `train_fn` (default: this manager's, the image trainer; the prompt
-        assistant passes the text trainer's); raises JobBusy if a job is running."""
+        assistant passes the text trainer's); raises JobBusy if a job is running. `on_done` gets the job's
+        last status when it has ended (the queue records it)."""
         with self._lock:
             self._refuse_if_busy()
             self._stop.clear()
@@ -116,7 +120,7 @@ class JobManager:
             status = self._status
         recorder = JobRecorder(status, self._lock, self._stop)
         self._thread = threading.Thread(target=self._body, args=(config, [recorder, *callbacks], status,
-                                                                 train_fn or self.train_fn),
+                                                                 train_fn or self.train_fn, on_done),
                                         name="lora-trainer-job", daemon=True)
         self._thread.start()
         return self.status()
@@ -129,9 +133,11 @@ class JobManager:
     def _refuse_if_busy(self) -> None:
         if self._status.active:
             raise JobBusy(f"a training job is already running ({self._status.name}, step "
-                          f"{self._status.step}/{self._status.total_steps}); stop it or wait")
+                          f"{self._status.step}/{self._status.total_steps}); stop it, wait, or add this one to the queue "
+                          f"to run after it")
 
-    def _body(self, config: TrainConfig, callbacks: List[Callback], status: JobStatus, train_fn: Callable) -> None:
+    def _body(self, config: TrainConfig, callbacks: List[Callback], status: JobStatus, train_fn: Callable,
+              on_done: Optional[Done]) -> None:
         try:
             result = self.runner(lambda: train_fn(config, callbacks))
             with self._lock:
@@ -149,24 +155,30 @@ class JobManager:
         finally:
             with self._lock:
                 status.finished_at = time.time()
+                last = _copy(status)
+            if on_done is not None:
+                on_done(last)
 
     def stop(self) -> JobStatus:
         """Ask the running job to finish its current step, save, and stop."""
         with self._lock:
             if self._status.active:
-                self._status.state = "stopping"
+                self._status.state, self._status.stop_requested = "stopping", True
                 self._stop.set()
         return self.status()
 
     def status(self) -> JobStatus:
         with self._lock:
-            return JobStatus(**{k: (list(v) if isinstance(v, list) else v)
-                                for k, v in self._status.__dict__.items()})
+            return _copy(self._status)
 
     def wait(self, timeout: Optional[float] = None) -> JobStatus:
         if self._thread is not None:
             self._thread.join(timeout)
         return self.status()
+
+
+def _copy(status: JobStatus) -> JobStatus:
+    return JobStatus(**{k: (list(v) if isinstance(v, list) else v) for k, v in status.__dict__.items()})
 
 
 def _default_train(config: TrainConfig, callbacks: Sequence[Callback]):

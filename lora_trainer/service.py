@@ -8,6 +8,7 @@ host for everything that differs, so one class serves every host.
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -20,8 +21,10 @@ from .utils.names import name_problem
 
 if TYPE_CHECKING:
     from .hosts.base import Host
+    from .queue import JobQueue
     from .tools import MergeResult, ResizeResult
 
+_QUEUE_LOCK = threading.Lock()
 MERGED_FOLDER = "merged"  # standalone: merged checkpoints go to <run folder>/merged/ (not listed as LoRAs)
 
 
@@ -33,6 +36,7 @@ class TrainerService:
     def __init__(self, jobs: Optional[JobManager] = None, results_dir: Optional[str] = None):
         self.jobs = jobs or JobManager()
         self._results_dir = results_dir
+        self._queue: Optional["JobQueue"] = None
 
     # ------------------------------------------------------------------ model and paths
     def model_description(self) -> str:
@@ -72,13 +76,28 @@ class TrainerService:
         """Start a training job, after the checks that would otherwise fail it at once (no images, an unusable
         model path, an output folder that is busy, full or holds an earlier run): those raise here, so the
         page and the API refuse the request instead of accepting a job that fails. A running job is named
-        first: its own folder lock would otherwise answer as if another process held the folder."""
+        first: its own folder lock would otherwise answer as if another process held the folder. The job is
+        one of the queue (GET /jobs lists it); while another queue job runs it is refused, naming that job."""
         self.jobs.refuse_if_busy()
         self.check_before_start(config)
-        return self.jobs.start(config)
+        return self.job_queue().run_now(config)
 
     def check_before_start(self, config: TrainConfig) -> None:
         preflight(config, check_model=self.needs_base_model_path())
+
+    def queue_path(self) -> Path:
+        """The job queue's SQLite file (in the folder of runs, so it survives a restart)."""
+        return Path(self.default_output_dir("queue")).parent / "queue.sqlite"
+
+    def job_queue(self) -> "JobQueue":
+        """The persistent queue of long jobs (lora_trainer/queue), created on first use; call its start()
+        to run jobs in the background."""
+        with _QUEUE_LOCK:
+            if self._queue is None:
+                from .queue import JobQueue
+
+                self._queue = JobQueue(self, self.queue_path())
+            return self._queue
 
     def stop(self) -> JobStatus:
         return self.jobs.stop()

@@ -200,3 +200,60 @@ def test_clearing_loras_uses_forges_signature_and_memory_manager(monkeypatch, to
 
     clear_active_loras(engine(tokenizer))
     assert calls == [("load_networks", []), ("load_models_gpu", 2)]
+
+
+def test_queued_trainings_run_one_by_one_on_forges_main_thread_in_its_gpu_queue(monkeypatch, tmp_path,
+                                                                                  tiny_model_dir, color_data):
+    """The job queue in Forge Neo, as far as the host seam goes: each queued training goes through the host's
+    run_job, so it runs inside Forge's GPU queue (a stand-in for `modules.call_queue.wrap_gradio_gpu_call`
+    holding one lock) on Forge's main thread (a stand-in for `modules_forge.main_thread`), one after the other."""
+    import queue as threads_queue
+    import threading
+
+    from lora_trainer.jobs import JobManager
+    from lora_trainer.service import StandaloneService
+
+    gpu, calls, runs = threading.Lock(), threads_queue.Queue(), []
+
+    def main_loop():  # Forge's main thread runs what it is handed, one at a time
+        while True:
+            fn, done = calls.get()
+            fn()
+            done.set()
+
+    threading.Thread(target=main_loop, name="standin-forge-main", daemon=True).start()
+
+    def run_and_wait_result(fn):
+        done = threading.Event()
+        calls.put((fn, done))
+        done.wait()
+
+    def wrap_gradio_gpu_call(func, extra_outputs=None):
+        def locked(*args):
+            with gpu:
+                return func(*args)
+        return locked
+
+    call_queue, main_thread = types.ModuleType("modules.call_queue"), types.ModuleType("modules_forge.main_thread")
+    call_queue.wrap_gradio_gpu_call, main_thread.run_and_wait_result = wrap_gradio_gpu_call, run_and_wait_result
+    for name, module in (("modules", types.ModuleType("modules")), ("modules.call_queue", call_queue),
+                         ("modules_forge", types.ModuleType("modules_forge")), ("modules_forge.main_thread", main_thread)):
+        monkeypatch.setitem(sys.modules, name, module)
+    sys.modules["modules_forge"].main_thread = main_thread
+
+    def recorded_train(config, callbacks):
+        runs.append((config.output_name, threading.current_thread().name, gpu.locked()))
+        return train(config, callbacks)
+
+    service = StandaloneService(str(tmp_path / "runs"), JobManager(runner=ForgeNeoHost().run_job,
+                                                                   train_fn=recorded_train))
+    queue = service.job_queue()
+    for name in ("a", "b"):
+        queue.add("train", make_config(tiny_model_dir, color_data, tmp_path / name, output_name=name, max_steps=2,
+                                       batch_size=1).to_dict())
+    assert queue.runner.run_until_empty() == 2
+    jobs = queue.list()
+    assert [(j.name, j.state, j.step) for j in jobs] == [("a", "done", 2), ("b", "done", 2)]
+    assert jobs[1].started_at >= jobs[0].finished_at
+    assert runs == [("a", "standin-forge-main", True), ("b", "standin-forge-main", True)]
+    assert all(load_kohya_lora(j.result["lora_path"])[0] for j in jobs)  # LoRAs another reader loads

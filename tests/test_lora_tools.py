@@ -154,7 +154,7 @@ def test_every_lora_target_maps_to_its_checkpoint_weight(tiny_ckpt, base_bundle)
     layers = runtime_layers(base_bundle)  # every Linear / Conv2d: also ResNet and sampler convs, conv_in/out
     assert set(layers) == set(targets)
     for name, module in layers.items():
-        assert torch.equal(sd[targets[name]].reshape(module.weight.shape), module.weight), name
+        assert torch.equal(sd[targets[name].key].reshape(module.weight.shape), module.weight), name
 
 
 def test_full_size_sd15_checkpoint_keys_cover_kohya_lora_and_locon_names():
@@ -188,7 +188,7 @@ def test_full_size_sd15_checkpoint_keys_cover_kohya_lora_and_locon_names():
                 if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
                     locon[kohya_name("lora_unet", f"{path}.{child}")] = tuple(layer.weight.shape)
     assert len(locon) == 86
-    assert all(shapes[targets[name]] == shape for name, shape in locon.items())
+    assert all(shapes[targets[name].key] == shape for name, shape in locon.items())
 
 
 # ---------------------------------------------------------------------------- merge

@@ -71,6 +71,8 @@ def app(tmp_path):
     try:
         yield f"http://127.0.0.1:{port}/", backend
     finally:
+        if backend._queue is not None:
+            backend.job_queue().runner.close(120)
         backend.stop()
         backend.jobs.wait(120)
         demo.close()
@@ -106,6 +108,13 @@ class Page:
         button = self.el(f"#{elem_id}")
         self.d.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
         button.click()
+
+    def tick(self, elem_id: str) -> None:
+        """Click a gr.Checkbox's box itself: its block's centre is empty space in gradio 3.41 (the label sits
+        at the top of a block as tall as the row's buttons), so `click` there toggles nothing."""
+        box = self.el(f"#{elem_id} input[type=checkbox]")
+        self.d.execute_script("arguments[0].scrollIntoView({block: 'center'});", box)
+        box.click()
 
     def open_accordion(self, elem_id: str) -> None:
         """Open a closed gr.Accordion by clicking its label row (`.label-wrap` in gradio 3.41 and later)."""
@@ -280,3 +289,58 @@ def test_page_script_polls_while_visible_and_sends_to_txt2img(tmp_path, browser)
     value = browser.execute_script("return document.querySelector('#txt2img_prompt textarea').value")
     assert value == "a cat, sks, <lora:mine:0.8>"
     assert browser.execute_script("return [window.switched, window.inputs]") == [True, 1]
+
+
+def _jobs(page: Page) -> dict:
+    """{job id: (state, step)} from the Queue panel."""
+    rows = page.d.find_elements(By.CSS_SELECTOR, "#lora_trainer_queue tr.lt-job")
+    return {int(r.get_attribute("data-id")): (r.get_attribute("data-state"), int(r.get_attribute("data-step")))
+            for r in rows}
+
+
+def test_the_queue_panel_runs_two_jobs_with_live_progress_and_cancels_one(tmp_path, tiny_model_dir, browser, app):
+    """'Add to queue' twice from the page: the first job's progress is seen live, Cancel stops it (it saves),
+    the second then runs, its progress is seen, and it finishes."""
+    from lora_trainer.tiny import make_shapes_dataset
+
+    url, backend = app
+    data = make_shapes_dataset(tmp_path / "data", n=4)
+    config_file = tmp_path / "queue.yaml"
+    config_file.write_text(yaml.safe_dump({
+        "train_data_dir": str(data), "base_model": str(tiny_model_dir), "output_name": "q1",
+        "output_dir": str(tmp_path / "runs" / "q1"),
+        "resolution": 64, "min_bucket_reso": 64, "max_bucket_reso": 128, "lora_rank": 4, "batch_size": 1,
+        "max_steps": STEPS, "learning_rate": 1e-3, "seed": 0, "device": "cpu"}))
+    page = Page(browser, tmp_path)
+    browser.get(url)
+    page.wait(lambda: page.d.find_elements(By.CSS_SELECTOR, "#lora_trainer_queue .lt-queue"), 60, "queue panel")
+    page.tick("lora_trainer_queue_pause")  # hold the queue until both jobs are in
+    page.wait(lambda: "queue paused" in page.text("#lora_trainer_queue_msg"), 30, "queue paused")
+    page.type("lora_trainer_config_path", str(config_file))
+    page.click("lora_trainer_load_config")
+    page.wait(lambda: "loaded" in page.text("#lora_trainer_config_msg"), 30, "config loaded")
+    page.type("lora_trainer_cfg_output_dir", "")  # empty: each job's own folder, runs/<output_name>
+    page.click("lora_trainer_enqueue")
+    page.wait(lambda: "job 1 " in page.text("#lora_trainer_run_msg"), 30, "first job added")
+    page.type("lora_trainer_cfg_output_name", "q2")
+    page.type("lora_trainer_cfg_max_steps", "6")
+    page.click("lora_trainer_enqueue")
+    page.wait(lambda: "job 2 " in page.text("#lora_trainer_run_msg"), 30, "second job added")
+    page.wait(lambda: len(_jobs(page)) == 2, 30, "two jobs listed")
+    assert set(s for s, _ in _jobs(page).values()) == {"queued"}
+    page.tick("lora_trainer_queue_pause")
+    page.wait(lambda: "queue running" in page.text("#lora_trainer_queue_msg"), 30, "queue running again")
+
+    page.wait(lambda: _jobs(page)[1] == ("running", _jobs(page)[1][1]) and _jobs(page)[1][1] >= 1, 120, "job 1 runs")
+    seen = _jobs(page)[1][1]
+    page.wait(lambda: _jobs(page)[1][1] > seen, 60, "job 1 progress is live")
+    assert _jobs(page)[2][0] == "queued"  # one at a time
+    page.type("lora_trainer_queue_id", "1")
+    page.click("lora_trainer_queue_cancel")
+    page.wait(lambda: _jobs(page)[1][0] == "cancelled", 120, "job 1 stopped")
+    page.wait(lambda: _jobs(page)[2][0] in ("running", "done") and _jobs(page)[2][1] >= 1, 120, "job 2 progress")
+    page.wait(lambda: _jobs(page)[2] == ("done", 6), 120, "job 2 done")
+    page.shot("queue")
+    q1, q2 = backend.job_queue().get(1), backend.job_queue().get(2)
+    assert 1 <= q1.step < STEPS and Path(q1.result["lora_path"]).is_file()
+    assert Path(q2.result["lora_path"]).name == "q2.safetensors" and Path(q2.result["lora_path"]).is_file()

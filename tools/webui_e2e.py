@@ -17,6 +17,12 @@ LoRA on the loaded checkpoint through the extension's HTTP API (POST /lora_train
   WebUI still has it applied) finishes, txt2img without a LoRA is still unchanged, and the second LoRA
   changes the image.
 
+With `--queue` it checks the persistent job queue instead: a training started with POST /train (the tab's
+Start) is a queue job listed by GET /jobs, a second /train meanwhile is refused, a training queued through
+POST /jobs runs after it, a txt2img asked while the first ran is answered before the second finished, then
+a merge job (the first LoRA into the loaded checkpoint) and a grid job (the LoRA x two weights, rendered by
+the WebUI) run against the real loaded model.
+
 Exit code 0 when every check holds. Timings of the txt2img calls and of the job are printed.
 
     python tools/webui_e2e.py --data DIR [--url http://127.0.0.1:7860] [--name NAME] [--steps 6]
@@ -34,6 +40,7 @@ import io
 import json
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -72,6 +79,98 @@ def train(a, name: str, prompt: str) -> dict:
     print(f"job {status['state']} after {time.time() - t0:.0f} s: {status['step']}/{status['total_steps']} steps, "
           f"loss {status['loss']}, file {status['lora_path']}, error {status['error']}")
     return status
+
+
+def training_config(a, name: str) -> dict:
+    return dict(train_data_dir=a.data, output_name=name, resolution=a.resolution, min_bucket_reso=64,
+                max_bucket_reso=max(256, a.resolution), lora_rank=4, batch_size=1, max_steps=a.steps,
+                learning_rate=a.lr, trigger_word="shpz", train_text_encoder=not a.no_text_encoder)
+
+
+def job_states(a, ids) -> dict:
+    return {j["id"]: j for j in call(a.url, "/lora_trainer/v1/jobs")["jobs"] if j["id"] in ids}
+
+
+def wait_jobs(a, ids, prompt: str) -> tuple:
+    """Poll the queue until jobs `ids` have finished, asking for a txt2img between polls; returns
+    (the jobs by id, [(seconds a txt2img took, {id: state} when it was asked, {id: state} when answered)])."""
+    answered = []
+    while True:
+        jobs = job_states(a, ids)
+        if all(j["state"] not in ("queued", "running") for j in jobs.values()):
+            return jobs, answered
+        t = time.time()
+        txt2img(a.url, prompt, a.image_size)
+        after = job_states(a, ids)
+        answered.append((time.time() - t, {i: j["state"] for i, j in jobs.items()},
+                         {i: j["state"] for i, j in after.items()}))
+        time.sleep(1)
+
+
+def wait_for_routes(url: str, timeout: float = 300) -> None:
+    """The WebUI answers /sdapi/* before its app_started callbacks add the extension's routes: wait for them."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            call(url, "/lora_trainer/v1/jobs")
+            return
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404 or time.time() > deadline:
+                raise
+        time.sleep(2)
+
+
+def start_two(a) -> tuple:
+    """The first training through /train (the tab's Start: a queue job run at once), the second queued
+    through POST /jobs behind it; returns (their ids, the answer of a second /train meanwhile)."""
+    first = call(a.url, "/lora_trainer/v1/train", training_config(a, f"{a.name}_q1"))
+    running = [j for j in call(a.url, "/lora_trainer/v1/jobs")["jobs"] if j["state"] == "running"]
+    second = call(a.url, "/lora_trainer/v1/jobs", {"kind": "train", "config": training_config(a, f"{a.name}_q2")})
+    try:
+        refused = call(a.url, "/lora_trainer/v1/train", training_config(a, f"{a.name}_q3"))
+    except urllib.error.HTTPError as exc:
+        refused = {"status": exc.code, **json.loads(exc.read() or b"{}")}
+    print(f"/train: {first['state']} {first['name']}; listed running: {[(j['id'], j['name']) for j in running]}; "
+          f"a second /train: {refused}")
+    return [running[0]["id"] if running else -1, second["id"]], refused
+
+
+def queue_round(a, prompt: str) -> dict:
+    """Two trainings (one started, one queued), txt2img between; then a merge and a grid job on the loaded model."""
+    wait_for_routes(a.url)
+    t0 = time.time()
+    ids, refused = start_two(a)
+    jobs, answered = wait_jobs(a, ids, prompt)
+    first, second = jobs.get(ids[0], {"state": "missing"}), jobs[ids[1]]
+    for job in (first, second):
+        print(f"job {job.get('id')} {job['name']} {job['state']}: {job['step']}/{job['total']} steps, "
+              f"loss {job['loss']}, {job['result']}, error {job['error']}")
+    print(f"two trainings: {time.time() - t0:.0f} s; txt2img (seconds, states asked, states answered): "
+          f"{[(round(s), list(b.values()), list(e.values())) for s, b, e in answered]}")
+    lora = first["result"].get("lora_path", "")
+    extra, _ = wait_jobs(a, [call(a.url, "/lora_trainer/v1/jobs", body)["id"] for body in (
+        {"kind": "merge", "config": {"lora": lora, "weight": 0.5, "out_name": f"{a.name}_merged"}},
+        {"kind": "grid", "config": {"loras": [lora], "prompt": prompt, "weights": [0, 1], "size": a.image_size,
+                                    "steps": 4}})], prompt)
+    merge, grid = sorted(extra.values(), key=lambda j: j["id"])
+    print(f"merge job: {merge['state']} {merge['result']} {merge['error']}; grid job: {grid['state']} "
+          f"{grid['result']} {grid['error']}")
+    loras = {x["name"] for x in call(a.url, "/sdapi/v1/loras")}
+    a1, a2 = ids
+    return {
+        "/train started a job listed by GET /jobs": first["name"] == f"{a.name}_q1",
+        "a second /train while it ran was refused with 'already running'":
+            refused.get("status") == 400 and "already running" in str(refused.get("detail")),
+        "both trainings finished": first["state"] == second["state"] == "done",
+        "they ran one after the other": (second["started_at"] or 0) >= (first["finished_at"] or 1e30),
+        "a txt2img asked while the first ran was answered before the second finished":
+            any(b.get(a1) == "running" and e.get(a2) in ("queued", "running") for _, b, e in answered),
+        "GET /sdapi/v1/loras lists both LoRAs": {f"{a.name}_q1", f"{a.name}_q2"} <= loras,
+        "a merge job into the loaded checkpoint wrote its file":
+            merge["state"] == "done" and Path(merge["result"].get("path", "")).is_file(),
+        "a grid job rendered by the WebUI wrote its image":
+            grid["state"] == "done" and Path(grid["result"].get("path", "")).is_file(),
+    }
 
 
 def lora_name(status: dict, fallback: str) -> str:
@@ -116,8 +215,15 @@ def run_options(name_prefix: str) -> argparse.ArgumentParser:
 
 
 def main() -> int:
-    a = run_options("e2e").parse_args()
+    ap = run_options("e2e")
+    ap.add_argument("--queue", action="store_true", help="check the job queue (see the module docstring)")
+    a = ap.parse_args()
     prompt = "shpz, a red circle"
+    if a.queue:
+        checks = queue_round(a, prompt)
+        for text, ok in checks.items():
+            print(f"{'ok  ' if ok else 'FAIL'} {text}")
+        return 0 if all(checks.values()) else 1
     started = time.time()
     before = txt2img(a.url, prompt, a.image_size)
     print(f"txt2img before training: {time.time() - started:.0f} s")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from ..errors import LoraTrainerError, ModelLoadError
+from ..network.checkpoint_keys import WeightRef
 
 
 # The KL-f8 VAE that SD1, SD2 and SDXL share, as the original configs describe it (the converters read it).
@@ -92,9 +93,9 @@ class ModelFamily:
         """Module path used in kohya names for a diffusers UNet module (SD1/SD2: unchanged)."""
         return diffusers_path
 
-    def checkpoint_lora_keys(self, shapes: Dict[str, Sequence[int]]) -> Dict[str, str]:
-        """{kohya module name: weight key} of a single-file checkpoint of this family, given its key shapes
-        (what merging a LoRA into the checkpoint patches)."""
+    def checkpoint_lora_keys(self, shapes: Dict[str, Sequence[int]]) -> Dict[str, WeightRef]:
+        """{kohya module name: weight (key, rows)} of a single-file checkpoint of this family, given its key
+        shapes (what merging a LoRA into the checkpoint patches)."""
         raise LoraTrainerError(f"merging LoRAs into {self.title} checkpoints is not supported yet")
 
 

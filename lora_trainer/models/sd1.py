@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict, Iterable, Sequence
 
-from ..network.checkpoint_keys import ldm_checkpoint_lora_keys
+from ..network.checkpoint_keys import WeightRef, ldm_checkpoint_lora_keys
 from .diffusers_bundle import DiffusersBundle
 from .family import KL_F8_VAE_CONFIG, ModelFamily, nested_get
 from .text_configs import clip_text_config
@@ -84,6 +84,6 @@ class SD1Family(ModelFamily):
 
         return {"text_encoder": CLIPTextModel(clip_text_config(original))}
 
-    def checkpoint_lora_keys(self, shapes: Dict[str, Sequence[int]]) -> Dict[str, str]:
+    def checkpoint_lora_keys(self, shapes: Dict[str, Sequence[int]]) -> Dict[str, WeightRef]:
         return ldm_checkpoint_lora_keys(shapes, UNET_PREFIX, self.unet_prefix, self.unet_kohya_path,
                                         [(TEXT_ENCODER_PREFIX, self.text_encoder_prefixes[0])])

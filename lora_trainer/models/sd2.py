@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterable, Optional, Sequence
 
 import torch
 
+from ..network.checkpoint_keys import WeightRef, ldm_checkpoint_lora_keys
 from .diffusers_bundle import DiffusersBundle
 from .family import KL_F8_VAE_CONFIG, ModelFamily, nested_get
 from .text_configs import OPEN_CLIP_H_PENULTIMATE, text_config
@@ -121,3 +122,7 @@ class SD2Family(ModelFamily):
         overrides: Optional[Dict[str, Any]] = nested_get(original, "model", "params", "cond_stage_config", "params",
                                                          "text_config", default={})
         return {"text_encoder": CLIPTextModel(text_config(OPEN_CLIP_H_PENULTIMATE, overrides))}
+
+    def checkpoint_lora_keys(self, shapes: Dict[str, Sequence[int]]) -> Dict[str, WeightRef]:
+        return ldm_checkpoint_lora_keys(shapes, UNET_PREFIX, self.unet_prefix, self.unet_kohya_path, [],
+                                        [(TEXT_ENCODER_PREFIX, self.text_encoder_prefixes[0])])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict, Iterable, List, Sequence
 
+from ..network.checkpoint_keys import WeightRef, ldm_checkpoint_lora_keys
 from ..network.kohya_names import diffusers_to_ldm_unet_path
 from .family import KL_F8_VAE_CONFIG, ModelFamily, nested_get
 from .sdxl_bundle import SDXLBundle
@@ -137,3 +138,9 @@ class SDXLFamily(ModelFamily):
         return {"text_encoder": CLIPTextModel(text_config(CLIP_L, embedder_params(original, 0).get("text_config"))),
                 "text_encoder_2": CLIPTextModelWithProjection(
                     text_config(OPEN_CLIP_BIGG, embedder_params(original, 1).get("text_config")))}
+
+    def checkpoint_lora_keys(self, shapes: Dict[str, Sequence[int]]) -> Dict[str, WeightRef]:
+        te1, te2 = self.text_encoder_prefixes
+        # kohya SDXL names are the checkpoint's own sgm paths
+        return ldm_checkpoint_lora_keys(shapes, UNET_PREFIX, self.unet_prefix, None,
+                                        [(TEXT_ENCODER_PREFIX, te1)], [(TEXT_ENCODER_2_PREFIX, te2)])

@@ -19,6 +19,7 @@ import torch
 from ..errors import LoraFormatError, ModelLoadError
 from ..models import FamilyRegistry, ModelFamily, default_families
 from ..models.loading import read_state_dict
+from ..network.checkpoint_keys import WeightRef
 from ..utils.atomic import atomic_path, atomic_save_safetensors
 from ..adapters import FileModule
 from .deltas import fits, merged_delta
@@ -72,33 +73,40 @@ def checkpoint_header(path: Path) -> Tuple[Shapes, Dict[str, str], Optional[Dict
         raise ModelLoadError(f"base checkpoint {str(path)!r} cannot be read: {exc}".splitlines()[0]) from None
 
 
-def plan_merge(loras: Sequence[LoadedLora], targets: Dict[str, str], shapes: Shapes, family: ModelFamily,
-               base_name: str) -> Dict[str, List[Tuple[FileModule, float]]]:
-    """{checkpoint key: [(module, weight), ...]}; refuses the first LoRA key that does not fit the base."""
-    plan: Dict[str, List[Tuple[FileModule, float]]] = {}
+Part = Tuple[FileModule, float, Optional[Tuple[int, int]]]  # (module, weight, rows of a packed weight)
+
+
+def plan_merge(loras: Sequence[LoadedLora], targets: Dict[str, WeightRef], shapes: Shapes, family: ModelFamily,
+               base_name: str) -> Dict[str, List[Part]]:
+    """{checkpoint key: [(module, weight, rows), ...]}; refuses the first LoRA key that does not fit the base."""
+    plan: Dict[str, List[Part]] = {}
     for lora in loras:
         for name, factors in sorted(lora.modules.items()):
-            key = targets.get(name)
-            if key is None:
+            ref = targets.get(name)
+            if ref is None:
                 raise LoraFormatError(f"{lora.name}: key {name}{factors.suffix} does not fit {base_name}: this "
                                       f"{family.title} checkpoint has no such module (a LoRA for another model "
                                       f"family?); nothing was written")
-            if not fits(factors.delta_shape, shapes[key]):
+            if not fits(factors.delta_shape, ref.shape(shapes)):
                 raise LoraFormatError(f"{lora.name}: key {name}{factors.suffix} does not fit {base_name}: it "
-                                      f"changes a {list(factors.delta_shape)} weight but {key} is "
-                                      f"{list(shapes[key])}; nothing was written")
-            plan.setdefault(key, []).append((factors, lora.source.weight))
+                                      f"changes a {list(factors.delta_shape)} weight but {ref.key} is "
+                                      f"{list(ref.shape(shapes))}; nothing was written")
+            plan.setdefault(ref.key, []).append((factors, lora.source.weight, ref.rows))
     return plan
 
 
-def apply_plan(state: Dict[str, torch.Tensor], plan: Dict[str, List[Tuple[FileModule, float]]],
-               dtype: Optional[torch.dtype]) -> None:
-    """Add the deltas in fp32 (all LoRAs of a weight in one product of their stacked factors), then cast
-    each weight back to its own dtype (or `dtype`), in place."""
+def apply_plan(state: Dict[str, torch.Tensor], plan: Dict[str, List[Part]], dtype: Optional[torch.dtype]) -> None:
+    """Add the deltas in fp32 (all LoRAs of a weight, or of one row block of a packed weight, in one product
+    of their stacked factors), then cast each weight back to its own dtype (or `dtype`), in place."""
     for key, parts in plan.items():
-        weight = state[key]
-        delta = merged_delta(parts, key)
-        state[key] = (weight.to(torch.float32) + delta.reshape(weight.shape)).to(dtype or weight.dtype)
+        weight = state[key].to(torch.float32, copy=True)
+        blocks: Dict[Optional[Tuple[int, int]], List[Tuple[FileModule, float]]] = {}
+        for module, scale, rows in parts:
+            blocks.setdefault(rows, []).append((module, scale))
+        for rows, block in blocks.items():
+            target = weight if rows is None else weight[rows[0]:rows[1]]
+            target += merged_delta(block, key).reshape(target.shape)
+        state[key] = weight.to(dtype or state[key].dtype)
     if dtype is not None:
         for key, value in state.items():
             if value.is_floating_point() and key not in plan:

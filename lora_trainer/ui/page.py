@@ -15,14 +15,14 @@ import gradio as gr
 from ..service import TrainerService
 from . import compat
 from .context import ROOT_ID, PageContext
-from .sections import captions, dataset, model, prompt_assistant, results, run, training
+from .sections import captions, dataset, model, prompt_assistant, queue, results, run, training
 
 
 def build_ui(service: TrainerService, css: Optional[str] = None, js: Optional[str] = None) -> gr.Blocks:
     """The trainer's page. `css` is applied where gr.Blocks takes it (standalone passes the rest to
     launch); `js` (standalone only) is run on page load. Inside the WebUI neither is needed: the WebUI
     loads the extension's style.css and javascript/ itself."""
-    modules = (dataset, captions, model, training, run, results, prompt_assistant)
+    modules = (dataset, captions, model, training, run, queue, results, prompt_assistant)
     ctx = PageContext(service)
     demo = compat.blocks("LoRA Trainer", css)
     with demo:

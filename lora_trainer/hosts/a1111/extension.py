@@ -55,6 +55,10 @@ class Extension:
             register_routes(app, self.service(), self.host)
         except Exception as exc:  # noqa: BLE001 - the WebUI starts without our routes
             print(f"[LoRA Trainer] API routes unavailable: {exc}")
+        try:  # jobs a restart interrupted are marked so; queued ones run again
+            self.service().job_queue().start()
+        except Exception as exc:  # noqa: BLE001 - the WebUI starts without the queue
+            print(f"[LoRA Trainer] job queue unavailable: {exc}")
 
 
 def register(host: Any) -> Extension:

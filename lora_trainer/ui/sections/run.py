@@ -28,6 +28,7 @@ def layout(ctx: PageContext) -> None:
         with gr.Row():
             p["start"] = gr.Button("Start training", variant="primary", elem_id="lora_trainer_start")
             p["stop"] = gr.Button("Stop and save", variant="stop", elem_id="lora_trainer_stop")
+            p["enqueue"] = gr.Button("Add to queue", elem_id="lora_trainer_enqueue")  # wired in sections/queue.py
         p["run_msg"] = gr.HTML(elem_id="lora_trainer_run_msg")
         p["status"] = gr.HTML(status_html(ctx.service.status()), elem_id="lora_trainer_run_status")
         p["loss"] = gr.HTML(loss_svg([]), elem_id="lora_trainer_loss")
