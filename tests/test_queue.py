@@ -218,6 +218,35 @@ def test_jobs_run_in_order_and_a_bad_one_fails_alone(tmp_path, tiny_model_dir, c
     assert Path(jobs[a.id].result["lora_path"]).name == "a.safetensors"
 
 
+def test_the_prompt_assistants_text_training_is_a_queue_job(tmp_path):
+    """The page's "Train the assistant" runs as a queue job of kind text (listed, progress recorded); a text
+    job added to the queue runs through the same trainer; a bad text config is refused when it is added."""
+    from lora_trainer.errors import ConfigError
+    from lora_trainer.text.assistant import assistant_config, write_training_data
+    from lora_trainer.text.run import train_text
+
+    from text_models import build_tiny_gpt2
+
+    prompts = [f"masterpiece, a {c} {a}, oil painting" for c in ("red", "blue", "green") for a in ("fox", "owl")]
+    folder = tmp_path / "assistant"
+    write_training_data(prompts, folder)
+    model = build_tiny_gpt2(tmp_path / "gpt2", corpus=prompts)
+    queue = _queue(tmp_path)
+    config = assistant_config(str(model), folder, steps=3, device="cpu")
+    queue.run_now(config, kind="text", train_fn=train_text)
+    assert queue.service.jobs.wait(120).state == "finished"
+    _until(lambda: queue.list()[0].state == "done", "the assistant's job recorded as done")
+    [job] = queue.list()
+    assert (job.kind, job.step, job.total) == ("text", 3, 3) and job.loss is not None
+    assert (folder / "adapter_model.safetensors").is_file()
+    queued = queue.add("text", {**config.to_dict(), "max_steps": 2})
+    assert queue.runner.run_until_empty() == 1
+    done = queue.get(queued.id)
+    assert (done.kind, done.state, done.step) == ("text", "done", 2), done.error
+    with pytest.raises(ConfigError, match="max_steps"):
+        queue.add("text", {**config.to_dict(), "max_steps": "many"})
+
+
 def test_stopping_the_running_job_saves_it(tmp_path, tiny_model_dir, color_data):
     queue = _queue(tmp_path)
     job = queue.add("train", _train_raw(tiny_model_dir, color_data, tmp_path / "long", output_name="long",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from .store import KINDS, Job, JobStore, QueueError
 
@@ -38,22 +38,23 @@ class JobQueue:
             raise QueueError(f"unknown job kind {kind!r}: one of {', '.join(KINDS)}")
         if not isinstance(config, dict):
             raise QueueError("a job's config must be a JSON object")
-        if kind == "train":
-            cfg = self.service.make_config(config)
+        if kind in ("train", "text"):
+            cfg = self.service.make_config(config) if kind == "train" else _text_config(config)
             config, name = cfg.to_dict(), name or cfg.effective_output_name
         job = self.store.add(kind, config, name or kind)
         self.runner.wake()
         return job
 
-    def run_now(self, config: Any) -> Any:
-        """Start a training at once, as a job of the queue (listed, progress recorded): the page's Start and
-        the /train route. Refused (JobRunning) while another queue job runs, even with the queue paused: the
-        user asked for this one. Returns the JobManager's status, as Start always did."""
+    def run_now(self, config: Any, kind: str = "train", train_fn: Optional[Callable[..., Any]] = None) -> Any:
+        """Start a training at once, as a job of the queue (listed, progress recorded): the page's Start, the
+        /train route, and the prompt assistant's text training (kind "text", its `train_fn`). Refused
+        (JobRunning) while another queue job runs, even with the queue paused: the user asked for this one.
+        Returns the JobManager's status, as Start always did."""
         from .executors import train_outcome
         from .progress import ProgressWriter, TrainRecorder
 
         self.store.recover()
-        job = self.store.add_running("train", config.to_dict(), config.effective_output_name)
+        job = self.store.add_running(kind, config.to_dict(), config.effective_output_name)
         writer = ProgressWriter(self.store, job.id)
 
         def done(status: Any) -> None:
@@ -65,7 +66,7 @@ class JobQueue:
             self.runner.wake()
 
         try:
-            return self.service.jobs.start(config, [TrainRecorder(writer)], on_done=done)
+            return self.service.jobs.start(config, [TrainRecorder(writer)], train_fn=train_fn, on_done=done)
         except Exception as exc:
             self.store.finish(job.id, "failed", None, str(exc))
             raise
@@ -100,3 +101,10 @@ class JobQueue:
     def snapshot(self) -> Dict[str, Any]:
         """The page's and the API's view: every job, and whether the queue is paused."""
         return {"paused": self.store.paused(), "jobs": [j.to_dict() for j in self.list()]}
+
+
+def _text_config(raw: Dict[str, Any]) -> Any:
+    """A text-model training config (task: text), checked as `train --config` checks it."""
+    from ..text.config import text_config_from_dict
+
+    return text_config_from_dict(raw)

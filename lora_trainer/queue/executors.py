@@ -65,6 +65,19 @@ def run_train(service: Service, job: "Job", writer: "ProgressWriter") -> Dict[st
     return {**result, "_state": state}
 
 
+def run_text(service: Service, job: "Job", writer: "ProgressWriter") -> Dict[str, Any]:
+    """Train a text-model LoRA (`task: text`, the prompt assistant's run) through the JobManager, as a training."""
+    from ..text.config import text_config_from_dict
+    from ..text.run import train_text
+    from .progress import TrainRecorder
+
+    service.jobs.start(text_config_from_dict(dict(job.config)), [TrainRecorder(writer)], train_fn=train_text)
+    state, result, error = train_outcome(service.jobs.wait(), writer)
+    if state == "failed":
+        raise LoraTrainerError(error)
+    return {**result, "_state": state}
+
+
 def run_caption(service: Service, job: "Job", writer: "ProgressWriter") -> Dict[str, Any]:
     c = job.config
     summary = service.run_captioner(_need(c, "folder"), _need(c, "captioner"), c.get("prefix", ""),
@@ -107,4 +120,4 @@ def run_grid(service: Service, job: "Job", writer: "ProgressWriter") -> Dict[str
 
 
 EXECUTORS: Dict[str, Executor] = {"train": run_train, "caption": run_caption, "merge": run_merge,
-                                  "combine": run_combine, "resize": run_resize, "grid": run_grid}
+                                  "combine": run_combine, "resize": run_resize, "grid": run_grid, "text": run_text}

@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from ..errors import LoraTrainerError
 
-KINDS = ("train", "caption", "merge", "combine", "resize", "grid")
+KINDS = ("train", "caption", "merge", "combine", "resize", "grid", "text")
 STATES = ("queued", "running", "done", "failed", "interrupted", "cancelled")
 FINISHED = ("done", "failed", "interrupted", "cancelled")
 SCHEMA = """

@@ -115,7 +115,8 @@ def wire(ctx: PageContext) -> None:
         config = assistant_config(str(model or "").strip(), folder, steps=int(steps or 300),
                                   learning_rate=float(lr or 2e-4))
         p["assistant"].unload()  # its memory goes to the training run
-        status = ctx.service.jobs.start(config, train_fn=train_text)
+        ctx.service.jobs.refuse_if_busy()
+        status = ctx.service.job_queue().run_now(config, kind="text", train_fn=train_text)  # listed in the Queue
         return [assistant_status_html(status, folder), message_html("training the assistant", "info")]
 
     @guarded(2, message_at=1)
