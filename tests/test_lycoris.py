@@ -1,0 +1,117 @@
+"""LoCon, LoHa, LoKr and their DoRA variant on tiny SD1, SD2 and SDXL models: after a few training steps,
+the host's formulas (tests/a1111_lyco_reference.py, A1111 v1.10.1 re-implemented) rebuild from the saved
+file exactly the change the trained model applies, every module is in the file, and the metadata says
+what it is."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from lora_trainer.engine.run import LoraRun
+from lora_trainer.tiny import build_tiny_sd1
+
+from a1111_lyco_reference import calc_updown
+from conftest import make_config
+from tiny_families import build_tiny_sd2, build_tiny_sdxl
+
+KINDS = {
+    "locon": {"network_type": "locon", "network_args": {"conv_dim": 2, "conv_alpha": 1}},
+    "loha": {"network_type": "loha", "network_args": {"conv_dim": 2}},
+    "lokr": {"network_type": "lokr", "network_args": {"conv_dim": 2}},
+    "locon-dora": {"network_type": "locon", "network_args": {"use_dora": True}},
+    "loha-dora": {"network_type": "loha", "network_args": {"use_dora": True, "conv_dim": 2}},
+    "lokr-dora": {"network_type": "lokr", "network_args": {"use_dora": True, "factor": 4}},
+}
+BUILDERS = {"sd1": build_tiny_sd1, "sd2": build_tiny_sd2, "sdxl": build_tiny_sdxl}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {family: build(root / family, seed=0) for family, build in BUILDERS.items()}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_the_hosts_formulas_rebuild_what_was_trained(tmp_path, models, color_data, family, kind):
+    cfg = make_config(models[family], color_data, tmp_path / "out", max_steps=3, lora_rank=4, lora_alpha=2,
+                      learning_rate=2e-2, train_text_encoder=True, batch_size=1, **KINDS[kind])
+    run = LoraRun(cfg, tensorboard=False)
+    trainer = run.setup()
+    run.train()
+    path = run.save_final()
+    tensors = load_file(str(path))
+    network = trainer.network
+    names = {m.name for m in network.layers}
+    assert {k.split(".", 1)[0] for k in tensors} == names  # no module dropped, none extra
+    assert any(getattr(m.layer.base_layer, "kernel_size", None) == (3, 3) for m in network.layers)  # LoCon targets
+    changed = 0
+    for m in network.layers:
+        parts = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == m.name}
+        base = m.layer.base_layer.weight.detach().float()
+        ours = network.kind.layer_delta(m.layer).detach()
+        host = calc_updown(parts, base)
+        assert host.shape == base.shape, m.name
+        assert rel_err(host, ours) < 1e-5 or (ours.norm() == 0 and host.norm() == 0), m.name
+        changed += int(ours.norm() > 0)
+        if "dora" in kind:
+            assert tuple(parts["dora_scale"].shape) == (1, base.shape[1]) + (1,) * (base.dim() - 2)
+    assert changed > len(network.layers) // 2  # the steps trained most modules
+    meta = safe_open(str(path), "pt").metadata()
+    assert meta["ss_network_module"] == "lycoris.kohya"
+    args = json.loads(meta["ss_network_args"])
+    assert args["algo"] == KINDS[kind]["network_type"]
+    assert ("dora_wd" in args) == ("dora" in kind)
+    run.close()
+
+
+@pytest.mark.parametrize("kind", ["locon", "loha", "lokr-dora"])
+def test_each_layer_applies_exactly_its_change(tmp_path, models, color_data, kind):
+    """The model's forward adds the change `layer_delta` reports (the one compared with the host above)."""
+    cfg = make_config(models["sd1"], color_data, tmp_path / "out", max_steps=2, lora_rank=4, learning_rate=2e-2,
+                      batch_size=1, **KINDS[kind])
+    run = LoraRun(cfg, tensorboard=False)
+    trainer = run.setup()
+    run.train()
+    for m in trainer.network.layers:
+        layer = m.layer
+        base = layer.base_layer
+        with torch.no_grad():
+            if isinstance(base, nn.Conv2d):
+                x = torch.randn(1, base.in_channels, 6, 6)
+                want = F.conv2d(x, base.weight + layer.delta(), base.bias, base.stride, base.padding)
+            else:
+                x = torch.randn(3, base.in_features)
+                want = F.linear(x, base.weight + layer.delta(), base.bias)
+            got = layer(x)
+        assert rel_err(got, want) < 1e-5, m.name
+    run.close()
+
+
+def test_lora_keys_with_dora_scale_read_as_locon_and_a_row_norm_dora_is_refused(tmp_path):
+    from lora_trainer.adapters import default_adapter_kinds
+    from lora_trainer.errors import LoraFormatError
+
+    kinds = default_adapter_kinds()
+    tensors = {"lora_unet_x.lora_down.weight": torch.randn(2, 6, 3, 3), "lora_unet_x.lora_up.weight": torch.randn(4, 2, 1, 1),
+               "lora_unet_x.alpha": torch.tensor(1.0), "lora_unet_x.dora_scale": torch.rand(1, 6, 1, 1)}
+    spec = kinds.file_spec(tensors, "f")
+    assert spec.kind.name == "locon" and spec.args == {"use_dora": True, "conv_dim": 2, "conv_alpha": 1.0}
+    module = kinds.read_modules(tensors, "f")["lora_unet_x"]
+    base = torch.randn(4, 6, 3, 3)
+    parts = {k.split(".", 1)[1]: v for k, v in tensors.items()}
+    assert rel_err(module.delta_on(base), calc_updown(parts, base)) < 1e-6
+    assert module.low_rank() is None  # combine / resize refuse it
+    tensors["lora_unet_x.dora_scale"] = torch.rand(4, 1, 1, 1)  # LyCORIS wd_on_out / peft: per output row
+    with pytest.raises(LoraFormatError, match="per input column"):
+        kinds.read_modules(tensors, "f")
