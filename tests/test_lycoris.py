@@ -115,3 +115,44 @@ def test_lora_keys_with_dora_scale_read_as_locon_and_a_row_norm_dora_is_refused(
     tensors["lora_unet_x.dora_scale"] = torch.rand(4, 1, 1, 1)  # LyCORIS wd_on_out / peft: per output row
     with pytest.raises(LoraFormatError, match="per input column"):
         kinds.read_modules(tensors, "f")
+
+
+@pytest.mark.parametrize("where,kind", [("sd1", "locon-dora"), ("sd1", "loha"), ("sd2", "lokr"), ("sdxl", "loha-dora")])
+def test_in_place_in_the_webui_model_names_and_losses_equal_the_diffusers_path(tmp_path, color_data, where, kind):
+    """The WebUI's own ldm / sgm model trained in place gets the same kohya names (ResNet and sampler layers
+    included) and the same loss as the converted file, and comes back exactly as it was."""
+    from ldm_families import build_tiny_sd2_ldm, build_tiny_sdxl_sgm, save_sd2_single_file, save_sdxl_single_file
+    from ldm_tiny import build_tiny_ldm, save_single_file
+    from lora_trainer.engine.run import load_model
+    from lora_trainer.hosts.a1111.layouts import in_place_bundle
+    from webui_checks import assert_restored, same_lora_same_loss, snapshot
+
+    build, save = {"sd1": (build_tiny_ldm, save_single_file), "sd2": (build_tiny_sd2_ldm, save_sd2_single_file),
+                   "sdxl": (build_tiny_sdxl_sgm, save_sdxl_single_file)}[where]
+    model = build(tmp_path, seed=0)
+    saved = snapshot(model)
+    path = save(model, tmp_path / "models" / f"tiny-{where}.safetensors")
+    te = "dora" not in kind  # DoRA is refused on OpenCLIP's packed attention (SD2 / SDXL text towers)
+    cfg = make_config(path, color_data, tmp_path / "out", tokenizer_path=str(tmp_path / "ldm_tokenizer"),
+                      train_text_encoder=te, **KINDS[kind])
+    names, losses, steps = same_lora_same_loss(tmp_path, cfg, [in_place_bundle(model, name="tiny"), load_model(cfg)],
+                                               ["unet", "te"] if te else ["unet"])
+    assert any("resnets" in n or "in_layers" in n for n in names) and any("sampler" in n or "_op" in n for n in names)
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    assert steps[0] == pytest.approx(steps[1], abs=1e-5)
+    assert_restored(model, saved)
+
+
+def test_the_planner_counts_each_kinds_parameters_and_activations(tmp_path, models, color_data):
+    """Each kind's estimate comes from its own layers on the meta device: LoCon adds the conv layers' state,
+    LoHa (four factors, and a full-size change per layer in the forward) more than LoCon at the same rank."""
+    from lora_trainer.planner import estimate
+
+    plans = {nt: estimate(make_config(models["sd1"], color_data, tmp_path / nt, network_type=nt, lora_rank=4))
+             for nt in ("lora", "locon", "loha", "lokr")}
+    for nt, plan in plans.items():
+        print(f"{nt}: adapter state {plan.lora_state} B, activations {plan.activations} B")
+    assert plans["locon"].lora_state > plans["lora"].lora_state
+    assert plans["loha"].lora_state > plans["locon"].lora_state
+    assert plans["loha"].activations > plans["locon"].activations
+    assert all(p.lora_state > 0 for p in plans.values())

@@ -97,7 +97,7 @@ def apply_plan(state: Dict[str, torch.Tensor], plan: Dict[str, List[Tuple[FileMo
     each weight back to its own dtype (or `dtype`), in place."""
     for key, parts in plan.items():
         weight = state[key]
-        delta = merged_delta(parts, key)
+        delta = merged_delta(parts, key, weight)
         state[key] = (weight.to(torch.float32) + delta.reshape(weight.shape)).to(dtype or weight.dtype)
     if dtype is not None:
         for key, value in state.items():
