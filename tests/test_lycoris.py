@@ -44,8 +44,9 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_the_hosts_formulas_rebuild_what_was_trained(tmp_path, models, color_data, family, kind):
-    cfg = make_config(models[family], color_data, tmp_path / "out", max_steps=3, lora_rank=4, lora_alpha=2,
-                      learning_rate=2e-2, train_text_encoder=True, batch_size=1, **KINDS[kind])
+    cfg = make_config(models[family], color_data, tmp_path / "out", max_steps=2, lora_rank=4, lora_alpha=2,
+                      learning_rate=2e-2, train_text_encoder=True, batch_size=1, gradient_checkpointing=False,
+                      **KINDS[kind])
     run = LoraRun(cfg, tensorboard=False)
     trainer = run.setup()
     run.train()
@@ -156,3 +157,44 @@ def test_the_planner_counts_each_kinds_parameters_and_activations(tmp_path, mode
     assert plans["loha"].lora_state > plans["locon"].lora_state
     assert plans["loha"].activations > plans["locon"].activations
     assert all(p.lora_state > 0 for p in plans.values())
+
+
+def test_resume_equals_an_uninterrupted_run_and_init_lora_reads_the_kind_back(tmp_path, models, color_data):
+    """LoHa with DoRA and conv layers: stopping after 2 steps and resuming gives the uninterrupted run's file bit
+    for bit; `init_lora` from that file builds the same network (kind, conv_dim, use_dora from the file)."""
+    from lora_trainer.engine.run import train
+
+    common = dict(lora_rank=3, lora_alpha=2, save_steps=2, output_name="run", batch_size=1, learning_rate=1e-2,
+                  network_type="loha", network_args={"use_dora": True, "conv_dim": 2, "conv_alpha": 1})
+    full = train(make_config(models["sd1"], color_data, tmp_path / "full", max_steps=4, **common))
+    train(make_config(models["sd1"], color_data, tmp_path / "cut", max_steps=2, **common))
+    cut = train(make_config(models["sd1"], color_data, tmp_path / "cut", max_steps=4, resume=True, **common))
+    a, b = load_file(str(full.lora_path)), load_file(str(cut.lora_path))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    run = LoraRun(make_config(models["sd1"], color_data, tmp_path / "next", max_steps=1, batch_size=1,
+                              init_lora=str(full.lora_path)), tensorboard=False)
+    trainer = run.setup()
+    assert trainer.network.kind.name == "loha" and trainer.network.rank == 3
+    loaded = trainer.network.kohya_state_dict(torch.float32)
+    assert loaded.keys() == a.keys() and all(torch.equal(loaded[k], a[k].float()) for k in a)
+    run.close()
+
+
+def test_config_takes_the_kinds_and_refuses_bad_arguments_clearly(tmp_path, color_data):
+    from lora_trainer.adapters import default_adapter_kinds
+    from lora_trainer.config import config_from_dict
+    from lora_trainer.errors import ConfigError
+
+    base = dict(train_data_dir=str(color_data), base_model="m", output_dir=str(tmp_path))
+    cfg = config_from_dict({**base, "network_type": "lokr", "network_args": {"conv_dim": "8", "use_dora": "true",
+                                                                              "factor": "4"}})
+    spec = default_adapter_kinds().spec_for(cfg)  # the page and --network_args give text
+    assert spec.kind.name == "lokr" and spec.args == {"conv_dim": 8, "use_dora": True, "factor": 4}
+    for raw, message in [({"network_type": "loha", "network_args": {"factor": 2}}, "loha takes conv_dim"),
+                         ({"network_type": "lora", "network_args": {"use_dora": True}}, "choose network_type locon"),
+                         ({"network_type": "dora"}, "use_dora: true in network_args"),
+                         ({"network_type": "locon", "network_args": {"conv_dim": "x"}}, "conv_dim: expected a number"),
+                         ({"network_type": "locon", "network_args": {"use_dora": "maybe"}}, "expected true or false")]:
+        with pytest.raises(ConfigError, match=message):
+            config_from_dict({**base, **raw})

@@ -66,15 +66,14 @@ class WeightAdapter(nn.Module):
         out = base(x, *args, **kwargs)
         if self.multiplier == 0:
             return out
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         xin = self.dropout(x)
         if self.dora_scale is None and hasattr(self.factors, "forward_change"):
             return out + self.factors.forward_change(xin, base, self.scale * self.multiplier).to(out.dtype)
-        weight = self.delta().to(dtype)
+        weight = self.delta().to(x.dtype)  # under autocast F.linear / F.conv2d cast both to its dtype
         if isinstance(base, nn.Conv2d):
-            extra = F.conv2d(xin.to(dtype), weight, None, base.stride, base.padding, base.dilation, base.groups)
+            extra = F.conv2d(xin, weight, None, base.stride, base.padding, base.dilation, base.groups)
         else:
-            extra = F.linear(xin.to(dtype), weight)
+            extra = F.linear(xin, weight)
         return out + extra.to(out.dtype)
 
 

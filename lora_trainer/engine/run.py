@@ -10,7 +10,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -206,8 +206,9 @@ class LoraRun:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.output_dir / "config.yaml", dump_config(cfg))
         self.trainer = Trainer(cfg, dataset, self.bundle, device, precision, self.events)
-        init = self._read_init_lora()
-        self.trainer.setup(default_adapter_kinds().file_spec(init, cfg.init_lora, cfg.lora_dropout) if init else None)
+        init, init_meta = self._read_init_lora()
+        self.trainer.setup(default_adapter_kinds().file_spec(init, cfg.init_lora, cfg.lora_dropout, init_meta)
+                           if init else None)
         if init:
             self.trainer.network.load_kohya_state_dict(init)
             self.events.say(f"continuing from {cfg.init_lora} (rank {self.trainer.network.rank}, alpha "
@@ -239,11 +240,11 @@ class LoraRun:
         self.events.say(f"memory plan: peak about {verdict.peak / 2**30:.1f} GiB of "
                         f"{(verdict.capacity or 0) / 2**30:.1f} GiB" + "".join(f"; {a}" for a in verdict.advice), level)
 
-    def _read_init_lora(self) -> Optional[Dict[str, torch.Tensor]]:
+    def _read_init_lora(self) -> Tuple[Optional[Dict[str, torch.Tensor]], Dict[str, str]]:
+        """The tensors and metadata of `init_lora` (the metadata says a LyCORIS file's conv_dim and factor)."""
         if not self.config.init_lora:
-            return None
-        tensors, _ = load_kohya_lora(self.config.init_lora)
-        return tensors
+            return None, {}
+        return load_kohya_lora(self.config.init_lora)
 
     def _check_room(self) -> None:
         """Enough free disk for every checkpoint and the training state, before any step is spent."""
@@ -322,7 +323,7 @@ class LoraRun:
         return training_metadata(config=self.config, family=self.bundle.family,
                                  prediction_type=self.bundle.prediction_type, base_model_name=self.bundle.name,
                                  started_at=self.started_at, steps=step, epoch=epoch,
-                                 dataset=self.trainer.dataset, extra=extra)
+                                 dataset=self.trainer.dataset, extra=extra, network=self.trainer.network.spec)
 
     def save_lora(self, path: Path, step: int, epoch: int, extra: Optional[Dict[str, str]] = None) -> Path:
         tensors = self.trainer.network.kohya_state_dict(SAVE_DTYPES[self.config.save_precision])
