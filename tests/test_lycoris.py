@@ -29,6 +29,37 @@ KINDS = {
     "lokr-dora": {"network_type": "lokr", "network_args": {"use_dora": True, "factor": 4}},
 }
 BUILDERS = {"sd1": build_tiny_sd1, "sd2": build_tiny_sd2, "sdxl": build_tiny_sdxl}
+try:  # the LyCORIS package (requirements/test.txt): a second independent reader of the files
+    import lycoris.modules as LYCORIS
+except ImportError:  # pragma: no cover - the A1111 reference still runs
+    LYCORIS = None
+
+
+def lycoris_package_output(tensors, name: str, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The output of the module the `lycoris-lora` package's own per-module loader (`get_module` +
+    `make_module`, what its `create_lycoris_from_weights` runs) builds from our file on `layer`, for input
+    `x`. Its forward, not its `get_diff_weight`: in 4.1.3 that applies alpha / rank twice for LoHa and LoKr
+    (its own forward and the hosts apply it once). Not for DoRA: the package builds `dora_scale` per output
+    row (wd_on_out) and cannot load the hosts' per-input-column files."""
+    import copy
+
+    kind, params = LYCORIS.get_module({k: v.float() for k, v in tensors.items()}, name)
+    assert kind is not None, f"the lycoris package reads no module type from {name}"
+    module = LYCORIS.make_module(kind, params, name, copy.deepcopy(layer).float())
+    with torch.no_grad():
+        return module(x)
+
+
+def with_change(layer: nn.Module, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`layer`'s output with `delta` added to its weight."""
+    with torch.no_grad():
+        if isinstance(layer, nn.Conv2d):
+            return F.conv2d(x, layer.weight + delta, layer.bias, layer.stride, layer.padding)
+        return F.linear(x, layer.weight + delta, layer.bias)
+
+
+def probe(layer: nn.Module) -> torch.Tensor:
+    return torch.randn(1, layer.in_channels, 6, 6) if isinstance(layer, nn.Conv2d) else torch.randn(3, layer.in_features)
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +98,13 @@ def test_the_hosts_formulas_rebuild_what_was_trained(tmp_path, models, color_dat
         changed += int(ours.norm() > 0)
         if "dora" in kind:
             assert tuple(parts["dora_scale"].shape) == (1, base.shape[1]) + (1,) * (base.dim() - 2)
+        elif LYCORIS:
+            layer, x = m.layer.base_layer, probe(m.layer.base_layer)
+            with torch.no_grad():
+                plain = layer(x)
+            package = lycoris_package_output(tensors, m.name, layer, x) - plain
+            mine = with_change(layer, ours, x) - plain
+            assert rel_err(package, mine) < 1e-5 or (mine.norm() == 0 and package.norm() == 0), m.name
     assert changed > len(network.layers) // 2  # the steps trained most modules
     meta = safe_open(str(path), "pt").metadata()
     assert meta["ss_network_module"] == "lycoris.kohya"
