@@ -59,8 +59,10 @@ class LoconKind(LycorisKind):
         return LoconFactors(out, inp, kernel, rank)
 
     def read_factors(self, name: str, parts: Mapping[str, Any], source: str):
-        module = self.lora().read_module(name, parts, source)
-        return module.low_rank().delta(1.0, torch.float32).flatten(1) / module.scale, module.rank, True
+        """(The registry offers `lora_*` keys to the LoRA kind first, which reads LoCon files the same way.)"""
+        own = {k: v for k, v in parts.items() if k in (DOWN, UP)}
+        factors = self.lora().read_module(name, own, source)  # its shape checks
+        return factors.up.flatten(1).float() @ factors.down.flatten(1).float(), factors.rank, True
 
     @staticmethod
     def lora():
