@@ -162,7 +162,7 @@ def test_in_place_in_the_webui_model_names_and_losses_equal_the_diffusers_path(t
     included) and the same loss as the converted file, and comes back exactly as it was."""
     from ldm_families import build_tiny_sd2_ldm, build_tiny_sdxl_sgm, save_sd2_single_file, save_sdxl_single_file
     from ldm_tiny import build_tiny_ldm, save_single_file
-    from lora_trainer.engine.run import load_model
+    from lora_trainer.engine.run import load_model, train
     from lora_trainer.hosts.a1111.layouts import in_place_bundle
     from webui_checks import assert_restored, same_lora_same_loss, snapshot
 
@@ -172,14 +172,17 @@ def test_in_place_in_the_webui_model_names_and_losses_equal_the_diffusers_path(t
     saved = snapshot(model)
     path = save(model, tmp_path / "models" / f"tiny-{where}.safetensors")
     te = "dora" not in kind  # DoRA is refused on OpenCLIP's packed attention (SD2 / SDXL text towers)
-    cfg = make_config(path, color_data, tmp_path / "out", tokenizer_path=str(tmp_path / "ldm_tokenizer"),
+    tokenizer = tmp_path / ("sgm_tokenizer" if where == "sdxl" else "ldm_tokenizer")
+    cfg = make_config(path, color_data, tmp_path / "out", tokenizer_path=str(tokenizer),
                       train_text_encoder=te, **KINDS[kind])
+    train(cfg.__class__(**{**cfg.to_dict(), "max_steps": 1, "output_dir": str(tmp_path / "one")}),
+          bundle=in_place_bundle(model, name="tiny"))
+    assert_restored(model, saved)  # every adapted layer (ResNet convs included) put back, nothing left behind
     names, losses, steps = same_lora_same_loss(tmp_path, cfg, [in_place_bundle(model, name="tiny"), load_model(cfg)],
                                                ["unet", "te"] if te else ["unet"])
     assert any("resnets" in n or "in_layers" in n for n in names) and any("sampler" in n or "_op" in n for n in names)
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
     assert steps[0] == pytest.approx(steps[1], abs=1e-5)
-    assert_restored(model, saved)
 
 
 def test_the_planner_counts_each_kinds_parameters_and_activations(tmp_path, models, color_data):
