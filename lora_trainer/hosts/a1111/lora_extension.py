@@ -82,6 +82,8 @@ def compare_deltas(net: Any, path: str) -> Tuple[int, float]:
     tensors, _ = load_kohya_lora(path)
     ours = default_adapter_kinds().read_modules(tensors, path)
     compared, worst = 0, 0.0
+    net.dyn_dim = None  # as a prompt's <lora:name:1> sets it (load_networks without dyn_dims leaves 1.0, a bad slice)
+    net.te_multiplier = net.unet_multiplier = 1.0
     with torch.no_grad():
         for module in net.modules.values():
             layer = getattr(module, "sd_module", None)
