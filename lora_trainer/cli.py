@@ -14,6 +14,7 @@ from typing import Any, List, Optional
 
 from .errors import LoraTrainerError
 from .events import Callback, CheckpointSaved, Message, RunStarted, StepEnded
+from .utils.quiet import quiet_libraries
 
 
 class TerminalProgress(Callback):
@@ -81,9 +82,12 @@ class StopOnSignal(Callback):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config, parse_overrides
-    from .engine.run import train
+    from .engine.run import resume_command, train
 
-    config = load_config(args.config, parse_overrides(args.set or []))
+    overrides = parse_overrides(args.set or [])
+    if args.overwrite:
+        overrides["overwrite"] = True
+    config = load_config(args.config, overrides)
     progress, stopper = TerminalProgress(), StopOnSignal()
     stopper.install()
     try:
@@ -94,8 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     name = result.lora_path.stem
     print(f"LoRA written to {result.lora_path}")
     if result.stopped_early:
-        print(f"stopped at step {result.steps}; continue with: python -m lora_trainer train --config {args.config} "
-              f"--set resume=true")
+        print(f"stopped at step {result.steps}; continue with: {resume_command(result.output_dir)}")
     print(f"use it with <lora:{name}:{config.preferred_weight:g}>")
     return 0
 
@@ -209,11 +212,12 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     try:
-        from .ui.app import launch
+        from .ui.app import check_port_free, launch
     except ImportError as exc:
         raise LoraTrainerError(f"the web page needs gradio ({exc}): pip install gradio") from None
     from .service import StandaloneService
 
+    check_port_free(args.host, args.port)
     print(f"LoRA Trainer page: http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
     launch(args.host, args.port, StandaloneService(args.output_root), block=True, quiet=True)
     return 0
@@ -277,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a LoRA from a YAML config")
     p.add_argument("--config", required=True, help="YAML config file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in output_dir (its LoRA, checkpoints, state, samples and logs are "
+                        "deleted when this run starts); without it such a run is refused")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("check", help="report on the dataset of a config (exit 0: can train, 1: cannot)")
@@ -373,7 +380,11 @@ def _add_output_args(p: argparse.ArgumentParser, precision_default: str) -> None
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.verbose:
+        quiet_libraries()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:  # the terminal shows engine messages once, above its progress bar
+        handler.addFilter(lambda record: not getattr(record, "lora_trainer_event", False))
     try:
         return int(args.func(args) or 0)
     except LoraTrainerError as exc:

@@ -17,7 +17,9 @@ from typing import Any, Dict, List, Optional, Union
 import yaml
 
 from .adapters import default_adapter_kinds
+from .config_rules import check_output_name, check_range, resolve_buckets
 from .errors import ConfigError
+from .utils.yaml_files import read_yaml_file, yaml_problem
 
 CONFIG_VERSION = 1
 
@@ -32,9 +34,9 @@ NETWORK_TYPES = tuple(default_adapter_kinds().names())
 
 
 def _opt(default: Any, help: str, choices: tuple = (), minimum: Optional[float] = None,
-         maximum: Optional[float] = None) -> Any:
-    """A config field with its help text and the values it accepts."""
-    meta = {"help": help, "choices": choices, "min": minimum, "max": maximum}
+         maximum: Optional[float] = None, positive: bool = False) -> Any:
+    """A config field with its help text and the values it accepts (`positive`: above 0, not 0)."""
+    meta = {"help": help, "choices": choices, "min": minimum, "max": maximum, "positive": positive}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -54,8 +56,8 @@ class TrainConfig:
     caption_dropout_rate: float = _opt(0.0, "Probability of training an image with an empty caption.", minimum=0.0, maximum=1.0)
     resolution: int = _opt(512, "Training resolution in pixels (the area of each bucket is at most resolution^2).", minimum=64)
     enable_bucket: bool = _opt(True, "Aspect-ratio buckets: every image keeps its framing. Off: center crop to a square.")
-    min_bucket_reso: int = _opt(256, "Smallest bucket side in pixels.", minimum=64)
-    max_bucket_reso: int = _opt(1024, "Largest bucket side in pixels.", minimum=64)
+    min_bucket_reso: Optional[int] = _opt(None, "Smallest bucket side in pixels. Empty: half the resolution (256 at 512), at least bucket_reso_steps.", minimum=64)
+    max_bucket_reso: Optional[int] = _opt(None, "Largest bucket side in pixels. Empty: twice the resolution (1024 at 512).", minimum=64)
     bucket_reso_steps: int = _opt(64, "Bucket sides are multiples of this (64 matches kohya; must be a multiple of 8).", minimum=8)
     bucket_no_upscale: bool = _opt(False, "Never upscale a small image: its bucket is at most its own size.")
     flip_aug: bool = _opt(False, "Random horizontal flips (needs pixels every step, so latents are not cached in memory).")
@@ -73,7 +75,7 @@ class TrainConfig:
 
     # --- LoRA ---
     lora_rank: int = _opt(8, "LoRA rank (dim). Higher learns more detail and makes bigger files.", minimum=1)
-    lora_alpha: Optional[float] = _opt(None, "LoRA alpha; effective scale is alpha/rank. Default: equal to lora_rank.", minimum=0.0)
+    lora_alpha: Optional[float] = _opt(None, "LoRA alpha; effective scale is alpha/rank. Default: equal to lora_rank.", positive=True)
     lora_dropout: float = _opt(0.0, "Dropout on the LoRA path during training.", minimum=0.0, maximum=1.0)
     network_type: str = _opt("lora", "Adapter kind: lora (kohya LoRA on attention), locon (LoRA on attention and ResNet convs), loha (Hadamard product), lokr (Kronecker product); DoRA is use_dora in network_args of locon, loha, lokr.", choices=NETWORK_TYPES)
     network_args: Dict[str, Any] = _opt({}, "Options of the adapter kind, kohya-style (key: value). locon, loha, lokr: conv_dim (rank of 3x3 convs; default lora_rank, 0 = none), conv_alpha, use_dora; lokr also factor (-1 = balanced). lora takes none.")
@@ -86,10 +88,10 @@ class TrainConfig:
     gradient_accumulation_steps: int = _opt(1, "Batches accumulated per optimizer step (effective batch = batch_size x this).", minimum=1)
     epochs: int = _opt(10, "Passes over the dataset (repeats included).", minimum=1)
     max_steps: Optional[int] = _opt(None, "Total optimizer steps; overrides epochs when set.", minimum=1)
-    learning_rate: float = _opt(1e-4, "Learning rate of the UNet LoRA.", minimum=0.0)
-    unet_lr: Optional[float] = _opt(None, "UNet learning rate; default learning_rate.", minimum=0.0)
-    text_encoder_lr: Optional[float] = _opt(None, "Text-encoder LoRA learning rate; default learning_rate.", minimum=0.0)
-    text_encoder_2_lr: Optional[float] = _opt(None, "SDXL's second text encoder (OpenCLIP bigG) learning rate; default text_encoder_lr.", minimum=0.0)
+    learning_rate: float = _opt(1e-4, "Learning rate of the UNet LoRA.", positive=True)
+    unet_lr: Optional[float] = _opt(None, "UNet learning rate; default learning_rate.", positive=True)
+    text_encoder_lr: Optional[float] = _opt(None, "Text-encoder LoRA learning rate; default learning_rate.", positive=True)
+    text_encoder_2_lr: Optional[float] = _opt(None, "SDXL's second text encoder (OpenCLIP bigG) learning rate; default text_encoder_lr.", positive=True)
     lr_scheduler: str = _opt("constant", "Learning-rate schedule.", choices=SCHEDULERS)
     lr_warmup_steps: int = _opt(0, "Steps of linear warm-up.", minimum=0)
     lr_num_cycles: int = _opt(1, "Restarts for cosine_with_restarts.", minimum=1)
@@ -97,7 +99,7 @@ class TrainConfig:
     weight_decay: float = _opt(1e-2, "AdamW weight decay.", minimum=0.0)
     max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 = off).", minimum=0.0)
     noise_offset: float = _opt(0.0, "Noise offset (~0.05-0.1) helps very dark/bright images.", minimum=0.0)
-    min_snr_gamma: Optional[float] = _opt(None, "Min-SNR loss weighting gamma (5 is the paper's value).", minimum=0.0)
+    min_snr_gamma: Optional[float] = _opt(None, "Min-SNR loss weighting gamma (5 is the paper's value).", positive=True)
     mixed_precision: str = _opt("auto", "auto: bf16 where the GPU supports it, else fp16 on CUDA; on a CPU bf16 where it has AMX (Xeon Sapphire Rapids and newer; faster than fp32, see benchmarks/README.md), else fp32. Base weights bf16/fp16, LoRA weights always fp32.", choices=PRECISIONS)
     gradient_checkpointing: Union[str, bool] = _opt("auto", "Trade some speed (benchmarks/README.md) for much less memory. auto: on for SDXL, off otherwise.", choices=CACHE_MODES)
     seed: int = _opt(42, "Random seed: the same seed and config give the same LoRA.")
@@ -122,6 +124,7 @@ class TrainConfig:
     # --- output ---
     output_dir: str = _opt("", "Folder for the LoRA, checkpoints, logs and the effective config.")
     output_name: Optional[str] = _opt(None, "File name of the LoRA (no extension). Default: the last folder name of output_dir.")
+    overwrite: bool = _opt(False, "A new run may replace an earlier run in output_dir: its LoRA, step checkpoints, training state, samples and logs are deleted when the new run starts. Off: such a run is refused (resume it, or pick another output_name / output_dir). resume: true never deletes anything.")
     save_steps: int = _opt(0, "Also save <name>-stepNNNNNNNN.safetensors every N steps (0 = only at the end).", minimum=0)
     save_precision: str = _opt("fp16", "Dtype of the saved LoRA tensors.", choices=SAVE_PRECISIONS)
     preferred_weight: float = _opt(0.8, "Weight suggested in the .json sidecar (<lora:name:weight>).")
@@ -255,21 +258,16 @@ def _check_type(name: str, value: Any) -> Any:
 
 def _validate(cfg: TrainConfig) -> None:
     default_adapter_kinds().check_name(cfg.network_type)  # "not supported yet" for the kinds still to come
-    for name, f in FIELDS.items():
+    for name in FIELDS:
         value = _check_type(name, getattr(cfg, name))
         object.__setattr__(cfg, name, value)
-        lo, hi = f.metadata.get("min"), f.metadata.get("max")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if lo is not None and value < lo:
-                raise ConfigError(f"config error: {name}: {value} is below the minimum {lo}")
-            if hi is not None and value > hi:
-                raise ConfigError(f"config error: {name}: {value} is above the maximum {hi}")
+        check_range(name, value, FIELDS[name].metadata)
     if cfg.bucket_reso_steps % 8:
         raise ConfigError(f"config error: bucket_reso_steps: {cfg.bucket_reso_steps} must be a multiple of 8")
     if cfg.resolution % 8:
         raise ConfigError(f"config error: resolution: {cfg.resolution} must be a multiple of 8")
-    if cfg.min_bucket_reso > cfg.max_bucket_reso:
-        raise ConfigError("config error: min_bucket_reso is larger than max_bucket_reso")
+    resolve_buckets(cfg)
+    check_output_name(cfg)
     if cfg.caption_extension and not cfg.caption_extension.startswith("."):
         object.__setattr__(cfg, "caption_extension", "." + cfg.caption_extension)
     if isinstance(cfg.sample_prompts, list) and not all(isinstance(p, str) for p in cfg.sample_prompts):
@@ -311,22 +309,21 @@ def parse_overrides(pairs: List[str]) -> Dict[str, Any]:
     """Parse `key=value` strings from `--set`; values are read as YAML scalars."""
     out: Dict[str, Any] = {}
     for pair in pairs:
-        if "=" not in pair:
+        if "=" not in pair or not pair.split("=", 1)[0].strip():
             raise ConfigError(f"config error: --set expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config error: --set {pair!r}: the value cannot be read ({yaml_problem(exc)}); "
+                              f"put it in quotes: --set '{key.strip()}=\"{value}\"'") from None
     return out
 
 
 def load_config(path: Union[str, Path], overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
     """Read a YAML config, apply overrides, resolve relative paths against the config's folder."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config error: config file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config error: {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    raw = read_yaml_file(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config error: {path} must contain key: value pairs")
     raw.update(overrides or {})

@@ -30,6 +30,7 @@ def demo_config(folder: Path, steps: int = 200) -> dict:
         "device": "cpu",
         # fp32: at this size bf16 saves nothing and its casts cost time (auto picks bf16 on AMX CPUs)
         "mixed_precision": "no",
+        "overwrite": True,  # the demo's folder is its own: a second demo replaces the first
     }
 
 

@@ -98,7 +98,7 @@ class Events:
 
     def emit(self, event: Any) -> None:
         if isinstance(event, Message):
-            log.log(event.level, event.text)
+            log.log(event.level, event.text, extra={"lora_trainer_event": True})
         for cb in self.callbacks:
             cb.on_event(event)
 

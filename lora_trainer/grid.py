@@ -76,7 +76,7 @@ def render_grid(bundle, loras: Sequence[Path], prompt: str, weights: Sequence[fl
     from .formats.kohya import load_kohya_lora
     from .network.network import AdapterNetwork
 
-    spec = SamplePrompt(prompt, negative=negative, width=size, height=size, steps=steps, cfg=cfg, seed=seed)
+    sample = SamplePrompt(prompt, negative=negative, width=size, height=size, steps=steps, cfg=cfg, seed=seed)
     rows = []
     for path in loras:
         tensors, metadata = load_kohya_lora(path)
@@ -89,7 +89,7 @@ def render_grid(bundle, loras: Sequence[Path], prompt: str, weights: Sequence[fl
             row = []
             for weight in weights:
                 network.set_multiplier(weight)
-                row.append(bundle.sample([spec])[0])
+                row.append(bundle.sample([sample])[0])
             rows.append(row)
         finally:
             network.remove()

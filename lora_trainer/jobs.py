@@ -6,6 +6,7 @@ the WebUI it goes through the WebUI's GPU queue so txt2img and training never ov
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import traceback
@@ -17,6 +18,7 @@ from .config import TrainConfig
 from .errors import LoraTrainerError
 from .events import Callback, CheckpointSaved, LossesRead, Message, RunEnded, RunStarted, SampleImages, StepEnded
 
+log = logging.getLogger("lora_trainer")
 Runner = Callable[[Callable[[], Any]], Any]
 MAX_MESSAGES = 200
 
@@ -106,9 +108,7 @@ class JobManager:
     def start(self, config: TrainConfig, callbacks: Sequence[Callback] = ()) -> JobStatus:
         """Start training `config`; raises JobBusy if a job is running."""
         with self._lock:
-            if self._status.active:
-                raise JobBusy(f"a training job is already running ({self._status.name}, step "
-                              f"{self._status.step}/{self._status.total_steps}); stop it or wait")
+            self._refuse_if_busy()
             self._stop.clear()
             self._status = JobStatus(state="running", name=config.effective_output_name, started_at=time.time())
             status = self._status
@@ -118,6 +118,16 @@ class JobManager:
         self._thread.start()
         return self.status()
 
+    def refuse_if_busy(self) -> None:
+        """Raise JobBusy if a job is running (checked before anything else looks at its folder)."""
+        with self._lock:
+            self._refuse_if_busy()
+
+    def _refuse_if_busy(self) -> None:
+        if self._status.active:
+            raise JobBusy(f"a training job is already running ({self._status.name}, step "
+                          f"{self._status.step}/{self._status.total_steps}); stop it or wait")
+
     def _body(self, config: TrainConfig, callbacks: List[Callback], status: JobStatus) -> None:
         try:
             result = self.runner(lambda: self.train_fn(config, callbacks))
@@ -125,11 +135,14 @@ class JobManager:
                 path = getattr(result, "lora_path", None)
                 status.lora_path = str(path) if path else status.lora_path
                 status.state = "stopped" if getattr(result, "stopped_early", False) else "finished"
-        except Exception as exc:  # noqa: BLE001 - the page shows every failure
+        except Exception as exc:  # the page shows every failure, the console logs it
             with self._lock:
                 status.state = "failed"
                 status.error = str(exc) if isinstance(exc, LoraTrainerError) else \
                     f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+            # the console hears it too (a WebUI's log is where people look first); a traceback only for a bug
+            log.error("LoRA Trainer: training %s failed: %s", status.name, exc,
+                      exc_info=not isinstance(exc, LoraTrainerError))
         finally:
             with self._lock:
                 status.finished_at = time.time()

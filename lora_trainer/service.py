@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 from .config import TrainConfig, config_from_dict
 from .data.editor import caption_store
-from .errors import DatasetError, LoraTrainerError, ModelLoadError
+from .engine.preflight import preflight
+from .errors import ConfigError, DatasetError, LoraTrainerError, ModelLoadError
 from .jobs import JobBusy, JobManager, JobStatus, list_loras
+from .utils.names import name_problem
 
 if TYPE_CHECKING:
     from .hosts.base import Host
@@ -63,8 +65,20 @@ class TrainerService:
             raw["output_dir"] = self.default_output_dir(raw.get("output_name") or "my_lora")
         return config_from_dict(raw)
 
+    def check_may_write(self, path: Path) -> None:
+        """Raise unless the page may write `path` (standalone: anywhere the user can)."""
+
     def start(self, config: TrainConfig) -> JobStatus:
+        """Start a training job, after the checks that would otherwise fail it at once (no images, an unusable
+        model path, an output folder that is busy, full or holds an earlier run): those raise here, so the
+        page and the API refuse the request instead of accepting a job that fails. A running job is named
+        first: its own folder lock would otherwise answer as if another process held the folder."""
+        self.jobs.refuse_if_busy()
+        self.check_before_start(config)
         return self.jobs.start(config)
+
+    def check_before_start(self, config: TrainConfig) -> None:
+        preflight(config, check_model=self.needs_base_model_path())
 
     def stop(self) -> JobStatus:
         return self.jobs.stop()
@@ -181,8 +195,10 @@ def checkpoint_file_name(text: Optional[str], default: str) -> str:
     if name.lower().endswith(".safetensors"):
         name = name[:-len(".safetensors")]
     name = name or default
-    if any(c in name for c in "/\\:") or name.strip(".") == "":
-        raise LoraTrainerError(f"checkpoint name {text!r}: give a plain file name without folders, e.g. {default}")
+    problem = name_problem(name)
+    if problem:
+        raise LoraTrainerError(f"checkpoint name {text!r}: {problem}; give a plain file name without folders, "
+                               f"e.g. {default}")
     return f"{name}.safetensors"
 
 
@@ -267,6 +283,28 @@ class HostedService(TrainerService):
     def checkpoint_folder(self, lora: Path) -> Path:
         return self.host.checkpoint_dir()
 
-    def make_config(self, raw: Dict[str, Any]) -> TrainConfig:
-        return TrainerService.make_config(self, self.host.fill_config(raw))
+    def check_may_write(self, path: Path) -> None:
+        if not self.host.output_dir_anywhere():
+            check_inside_workspace(str(path), self.host.workspace(), "config file")
 
+    def make_config(self, raw: Dict[str, Any]) -> TrainConfig:
+        """The host's loaded model and settings. A relative output_dir is taken inside the workspace, and an
+        absolute one must be there too unless the host allows any (the page and the API may be reached from
+        a network)."""
+        raw = self.host.fill_config(raw)
+        if raw.get("output_dir"):
+            raw["output_dir"] = str(self.host.workspace().expanduser() / Path(str(raw["output_dir"])).expanduser())
+            if not self.host.output_dir_anywhere():
+                check_inside_workspace(raw["output_dir"], self.host.workspace())
+        return TrainerService.make_config(self, raw)
+
+
+def check_inside_workspace(path: str, workspace: Path, key: str = "output_dir") -> None:
+    """Refuse a path outside `workspace` (links and `..` resolved), naming `key` and the fix."""
+    resolved, root = Path(path).resolve(), workspace.expanduser().resolve()
+    if resolved == root or root in resolved.parents:
+        return
+    fix = (f"leave output_dir empty (runs go to {root}/<output_name>)" if key == "output_dir" else
+           f"leave the path empty (the file goes into the run's folder) or give one inside {root}")
+    raise ConfigError(f"config error: {key}: {path!r} is outside the trainer's folder for runs ({root}); {fix}, "
+                      f"or allow any folder in Settings > LoRA Trainer")

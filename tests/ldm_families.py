@@ -103,12 +103,12 @@ class WebUIOpenCLIPEncoder(nn.Module):
         return self.wrapped.encode_with_transformer(_ids(self.tokenizer, texts, self.wrapped.model.attn_mask.device))
 
 
-def build_tiny_sd2_ldm(tmp: Path, seed: int = 0, parameterization: str = "eps") -> nn.Module:
+def build_tiny_sd2_ldm(tmp: Path, seed: int = 0, parameterization: str = "eps", tokenizer=None) -> nn.Module:
     """A tiny SD2-shaped LatentDiffusion as the WebUI holds it (OpenCLIP text encoder, 3 layers, penultimate)."""
     from ldm_tiny import build_tiny_ldm
 
-    model = build_tiny_ldm(tmp, seed, original=tiny_sd2_config(parameterization))
-    tokenizer = tiny_tokenizer(Path(tmp) / "ldm_tokenizer")
+    tokenizer = tokenizer or tiny_tokenizer(Path(tmp) / "ldm_tokenizer")
+    model = build_tiny_ldm(tmp, seed, original=tiny_sd2_config(parameterization), tokenizer=tokenizer)
     from transformers import CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer.name_or_path, pad_token="!")
@@ -229,7 +229,7 @@ class SGMLikeEngine(nn.Module):
         return self.scale_factor * self.first_stage_model.encode(x).sample()
 
 
-def build_tiny_sdxl_sgm(tmp: Path, seed: int = 0) -> SGMLikeEngine:
+def build_tiny_sdxl_sgm(tmp: Path, seed: int = 0, tokenizer=None) -> SGMLikeEngine:
     import_ldm()
     from ldm.models.autoencoder import AutoencoderKL
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
@@ -251,7 +251,7 @@ def build_tiny_sdxl_sgm(tmp: Path, seed: int = 0) -> SGMLikeEngine:
     rerandomise_zeros(unet, seed)
     vae = AutoencoderKL(ddconfig=p["first_stage_config"]["params"]["ddconfig"], embed_dim=4,
                         lossconfig={"target": "torch.nn.Identity"})
-    tokenizer = tiny_tokenizer(Path(tmp) / "sgm_tokenizer")
+    tokenizer = tokenizer or tiny_tokenizer(Path(tmp) / "sgm_tokenizer")
     tokenizer_2 = CLIPTokenizer.from_pretrained(tokenizer.name_or_path, pad_token="!")
     clip_l = tiny_text_encoder(tokenizer, seed)
     assert isinstance(clip_l, CLIPTextModel)

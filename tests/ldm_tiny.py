@@ -73,8 +73,9 @@ def rerandomise_zeros(module: nn.Module, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * (0.02 if name.endswith("bias") else 0.05))
 
 
-def build_tiny_ldm(tmp: Path, seed: int = 0, original: Dict = None) -> nn.Module:
-    """A tiny LatentDiffusion with the tiny config's architecture and a WebUI-like text encoder."""
+def build_tiny_ldm(tmp: Path, seed: int = 0, original: Dict = None, tokenizer=None) -> nn.Module:
+    """A tiny LatentDiffusion with the tiny config's architecture and a WebUI-like text encoder (its vocabulary
+    that of `tokenizer`, by default the tiny one)."""
     LatentDiffusion = import_ldm()
     original = original or tiny_original_config()
     p = original["model"]["params"]
@@ -90,7 +91,7 @@ def build_tiny_ldm(tmp: Path, seed: int = 0, original: Dict = None) -> nn.Module
                             image_size=8, channels=4, cond_stage_trainable=False, first_stage_key="jpg",
                             cond_stage_key="txt", use_ema=False, parameterization=p.get("parameterization", "eps"))
     rerandomise_zeros(model.model, seed)
-    tokenizer = tiny_tokenizer(Path(tmp) / "ldm_tokenizer")
+    tokenizer = tokenizer or tiny_tokenizer(Path(tmp) / "ldm_tokenizer")
     model.cond_stage_model = WebUITextEncoder(tiny_text_encoder(tokenizer, seed), tokenizer)
     return model.eval()
 

@@ -118,3 +118,19 @@ def test_one_job_at_a_time_stop_and_failure(tmp_path):
     jobs.start(_config(tmp_path))
     failed = jobs.wait(5)
     assert failed.state == "failed" and "disk on fire" in failed.error
+
+
+def test_a_failed_job_is_logged_to_the_console_too(tmp_path, caplog):
+    """Inside a WebUI people read the console first: a failure is logged there, a traceback only for a bug."""
+    from lora_trainer.errors import DatasetError
+
+    for exc, traceback_shown in ((DatasetError("no images in the folder"), False), (RuntimeError("bug"), True)):
+        def failing_train(config, callbacks, exc=exc):
+            raise exc
+
+        caplog.clear()
+        jobs = JobManager(train_fn=failing_train)
+        jobs.start(_config(tmp_path))
+        assert jobs.wait(5).state == "failed"
+        [record] = [r for r in caplog.records if r.name == "lora_trainer" and r.levelname == "ERROR"]
+        assert str(exc) in record.getMessage() and bool(record.exc_info) == traceback_shown

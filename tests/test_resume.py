@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from lora_trainer.engine.faults import ScriptedFaults
 from lora_trainer.engine.run import LoraRun, train
-from lora_trainer.errors import ConfigError, LoraFormatError, TrainingStopped
+from lora_trainer.errors import ConfigError, LoraFormatError, LoraTrainerError, TrainingStopped
 
 from conftest import make_config
 
@@ -148,8 +148,9 @@ def test_a_failing_write_leaves_the_previous_checkpoint_identical(tmp_path, tiny
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(st, "save_file", broken_save)
-    with pytest.raises(OSError):
-        train(make_config(tiny_model_dir, color_data, tmp_path / "o", max_steps=3))
+    with pytest.raises(LoraTrainerError, match="No space left on device") as err:
+        train(make_config(tiny_model_dir, color_data, tmp_path / "o", max_steps=3, resume=True))
+    assert "Kept: the training state of step 2 that this run resumed from" in str(err.value)
     assert first.read_bytes() == before
     assert not [p for p in (tmp_path / "o").iterdir() if p.name.endswith(".tmp")]
 

@@ -190,7 +190,7 @@ def test_sdxl_defaults_are_planned_to_fit_12_gb_at_1024_px(tmp_path, color_data)
     peaks = {}
     for checkpointing in ("auto", False):
         parts = {**build_sd_architecture(SDXL_ORIGINAL_CONFIG, "meta", family=family), "family": family}
-        cfg = make_config(tmp_path, color_data, tmp_path / "o", resolution=1024, batch_size=1, lora_rank=16,
+        cfg = make_config(tmp_path, color_data, tmp_path / "o", resolution=1024, min_bucket_reso=512, max_bucket_reso=2048, batch_size=1, lora_rank=16,
                           mixed_precision="bf16", gradient_checkpointing=checkpointing, device="auto")
         peaks[checkpointing] = estimate(cfg, parts=parts, device=torch.device("cuda")).peak / GiB
     print(f"planned SDXL peak at 1024 px: {peaks}")

@@ -13,7 +13,10 @@ LoRA on the loaded checkpoint through the extension's HTTP API (POST /lora_train
   compute (`calc_updown`) equals the change this package reads from the file (relative 1e-4), checked
   inside the WebUI process by GET /lora_trainer/v1/verify/{name};
 - txt2img without the LoRA is unchanged by training (the model was put back exactly), and with
-  `<lora:name:1>` it differs.
+  `<lora:name:1>` it differs;
+- then the sequence people run most: a second training right after that txt2img with the LoRA (the
+  WebUI still has it applied) finishes, txt2img without a LoRA is still unchanged, and the second LoRA
+  changes the image.
 
 Exit code 0 when every check holds. Timings of the txt2img calls and of the job are printed.
 
@@ -54,31 +57,16 @@ def txt2img(url: str, prompt: str, size: int) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(res["images"][0]))).convert("RGB")).astype(np.float32)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--url", default="http://127.0.0.1:7860")
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--name", default=f"e2e_{int(time.time())}")
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--resolution", type=int, default=128)
-    ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-2)
-    ap.add_argument("--no-text-encoder", action="store_true")
-    ap.add_argument("--network-type", default="lora", choices=["lora", "locon", "loha", "lokr"])
-    ap.add_argument("--dora", action="store_true", help="use_dora (locon, loha, lokr)")
-    a = ap.parse_args()
-    prompt = "shpz, a red circle"
-    started = time.time()
-    before = txt2img(a.url, prompt, a.image_size)
-    config = dict(train_data_dir=a.data, output_name=a.name, resolution=a.resolution, min_bucket_reso=64,
+def train(a, name: str, prompt: str) -> dict:
+    """One training through the API, polled to its end; returns the final job status."""
+    config = dict(train_data_dir=a.data, output_name=name, resolution=a.resolution, min_bucket_reso=64,
                   max_bucket_reso=max(256, a.resolution), lora_rank=4, batch_size=1, max_steps=a.steps,
                   learning_rate=a.lr, trigger_word="shpz", train_text_encoder=not a.no_text_encoder,
                   sample_prompts=[f"{prompt} --w {a.image_size} --h {a.image_size} --s 4 --d 3"],
                   sample_every_n_steps=a.steps, network_type=a.network_type,
                   network_args={"use_dora": True} if a.dora else {})
-    print(f"network_type {a.network_type}" + (" with DoRA" if a.dora else ""))
+    print(f"{name}: network_type {a.network_type}" + (" with DoRA" if a.dora else ""))
     t0 = time.time()
-    print(f"txt2img before training: {t0 - started:.0f} s")
     call(a.url, "/lora_trainer/v1/train", config)
     while True:
         status = call(a.url, "/lora_trainer/v1/status")
@@ -87,16 +75,20 @@ def main() -> int:
         time.sleep(3)
     print(f"job {status['state']} after {time.time() - t0:.0f} s: {status['step']}/{status['total_steps']} steps, "
           f"loss {status['loss']}, file {status['lora_path']}, error {status['error']}")
-    name = status["lora_path"].rsplit("/", 1)[-1].rsplit(".", 1)[0] if status["lora_path"] else a.name
+    return status
+
+
+def lora_name(status: dict, fallback: str) -> str:
+    return status["lora_path"].rsplit("/", 1)[-1].rsplit(".", 1)[0] if status["lora_path"] else fallback
+
+
+def first_round_checks(a, status: dict, name: str, before, after, with_lora) -> dict:
+    """What the first training must show: tab, sample and card, the Lora list, every module matched."""
     listed = [lora["name"] for lora in call(a.url, "/sdapi/v1/loras")]
     verify = call(a.url, f"/lora_trainer/v1/verify/{name}")
-    t1 = time.time()
-    after = txt2img(a.url, prompt, a.image_size)
-    with_lora = txt2img(a.url, f"{prompt} <lora:{name}:1>", a.image_size)
-    print(f"two txt2img after training: {time.time() - t1:.0f} s")
     page = urllib.request.urlopen(a.url + "/config", timeout=60).read().decode()
     preview = Path(status["lora_path"]).with_name(f"{name}.preview.png") if status["lora_path"] else None
-    checks = {
+    return {
         "the LoRA Trainer tab is on the page (no start-up error)":
             '"LoRA Trainer"' in page and "lora_trainer_error" not in page,
         f"a sample was taken through the WebUI's txt2img ({len(status['samples'])})": bool(status["samples"]),
@@ -114,6 +106,44 @@ def main() -> int:
         f"<lora:{name}:1> changes the image (mean abs diff {np.abs(with_lora - after).mean():.2f}/255)":
             float(np.abs(with_lora - after).mean()) > 0.5,
     }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--url", default="http://127.0.0.1:7860")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--name", default=f"e2e_{int(time.time())}")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--resolution", type=int, default=128)
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--no-text-encoder", action="store_true")
+    ap.add_argument("--network-type", default="lora", choices=["lora", "locon", "loha", "lokr"])
+    ap.add_argument("--dora", action="store_true", help="use_dora (locon, loha, lokr)")
+    a = ap.parse_args()
+    prompt = "shpz, a red circle"
+    started = time.time()
+    before = txt2img(a.url, prompt, a.image_size)
+    print(f"txt2img before training: {time.time() - started:.0f} s")
+    status = train(a, a.name, prompt)
+    name = lora_name(status, a.name)
+    t1 = time.time()
+    after = txt2img(a.url, prompt, a.image_size)
+    with_lora = txt2img(a.url, f"{prompt} <lora:{name}:1>", a.image_size)  # leaves the LoRA active in the WebUI
+    print(f"two txt2img after training: {time.time() - t1:.0f} s")
+    checks = first_round_checks(a, status, name, before, after, with_lora)
+    # the most common sequence: train again right after trying the LoRA, then generate again
+    again = train(a, f"{a.name}_again", prompt)
+    name2 = lora_name(again, f"{a.name}_again")
+    after2 = txt2img(a.url, prompt, a.image_size)
+    with_lora2 = txt2img(a.url, f"{prompt} <lora:{name2}:1>", a.image_size)
+    checks.update({
+        f"a second training right after a txt2img with <lora:{name}:1> finished ({again['error']})":
+            again["state"] == "finished",
+        "txt2img without a LoRA still unchanged after both trainings": float(np.abs(after2 - before).max()) == 0.0,
+        f"<lora:{name2}:1> changes the image (mean abs diff {np.abs(with_lora2 - after2).mean():.2f}/255)":
+            float(np.abs(with_lora2 - after2).mean()) > 0.5,
+    })
     for text, ok in checks.items():
         print(f"{'ok  ' if ok else 'FAIL'} {text}")
     return 0 if all(checks.values()) else 1

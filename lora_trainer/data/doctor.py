@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from .buckets import format_bucket_table
+from .buckets import BucketSettings, format_bucket_table
 from .scan import ImageRecord
 
 MAX_TOKENS = 75  # CLIP's window without BOS/EOS
@@ -29,6 +29,8 @@ class DatasetReport:
     empty_captions: List[str] = field(default_factory=list)
     long_captions: List[Tuple[str, int]] = field(default_factory=list)
     top_tags: List[Tuple[str, int]] = field(default_factory=list)
+    resolution: str = ""  # the sizes that will really be trained, in words
+    missing_files: List[str] = field(default_factory=list)  # metadata.csv rows naming no image of the folder
     fatal: Optional[str] = None
 
     @property
@@ -39,6 +41,8 @@ class DatasetReport:
         out = [f"images: {self.num_images} good, {len(self.broken)} broken (skipped); "
                f"{self.samples_per_epoch} samples/epoch with repeats; "
                f"{self.batches_per_epoch} batches/epoch; {self.steps_per_epoch} steps/epoch"]
+        if self.resolution:
+            out.append(self.resolution)
         out.append("folders:")
         out += [f"  {name or '.':30} {n:>5} image(s) x {rep} repeats" for name, (n, rep) in sorted(self.folders.items())]
         out.append("buckets (width x height):")
@@ -54,6 +58,7 @@ class DatasetReport:
         out += [f"SMALL  {path}: {w}x{h} is smaller than the training resolution (it will be upscaled)"
                 for path, w, h in self.small]
         out += [f"NO CAPTION  {path}" for path in self.missing_captions]
+        out += [f"MISSING FILE  {row}" for row in self.missing_files]
         out += [f"EMPTY CAPTION  {path}" for path in self.empty_captions]
         out += [f"LONG CAPTION  {path}: {n} tokens, only the first {MAX_TOKENS} are used"
                 for path, n in self.long_captions]
@@ -103,6 +108,14 @@ def _colour_close(a: ImageRecord, b: ImageRecord) -> bool:
     return diff < 8.0
 
 
+def resolution_text(s: BucketSettings) -> str:
+    """The training resolution as it will really be used: the bucket limits, or the square crop."""
+    if not s.enabled:
+        return f"resolution {s.resolution} px: every image centre-cropped to {s.resolution}x{s.resolution}"
+    return (f"resolution {s.resolution} px: buckets of at most {s.resolution}x{s.resolution} px in area, sides "
+            f"{s.min_side} to {s.max_side} px in steps of {s.step}" + (", never upscaled" if s.no_upscale else ""))
+
+
 def build_report(dataset, batch_size: int, grad_accum: int, broken: Sequence[Tuple[str, str]] = (),
                  count_tokens: Optional[Callable[[str], int]] = None) -> DatasetReport:
     """Everything the user should know about a `TrainingSet` before training."""
@@ -131,7 +144,8 @@ def build_report(dataset, batch_size: int, grad_accum: int, broken: Sequence[Tup
         exact_duplicates=exact, near_duplicates=near,
         missing_captions=[r.rel for r in records if r.caption_source == "none"],
         empty_captions=[r.rel for r in records if r.caption_source in ("csv", "sidecar") and not r.caption],
-        long_captions=long, top_tags=counter.most_common(10))
+        long_captions=long, top_tags=counter.most_common(10), resolution=resolution_text(dataset.bucket_settings),
+        missing_files=list(dataset.scan.missing_files))
     if not records:
         report.fatal = "no usable images"
     elif report.missing_captions and not dataset.caption_settings.trigger_word:

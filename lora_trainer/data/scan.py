@@ -12,16 +12,17 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..errors import DatasetError
 from .captions import lookup_csv, read_metadata_csv, sidecar_caption
-from .images import ImageError, is_image_file, load_rgb
+from .images import IMAGE_EXTENSIONS, ImageError, is_image_file, load_rgb
 
 CACHE_DIR_NAME = ".lora_trainer_cache"
 KOHYA_FOLDER = re.compile(r"^(\d+)_(.*)$")
@@ -50,6 +51,7 @@ class ScanResult:
     records: List[ImageRecord] = field(default_factory=list)
     broken: List[Tuple[Path, str]] = field(default_factory=list)
     metadata_path: Optional[Path] = None
+    missing_files: List[str] = field(default_factory=list)  # metadata CSV rows naming no image of the folder
 
     @property
     def num_images(self) -> int:
@@ -92,27 +94,39 @@ def _inspect(path: Path):
     return (img.width, img.height, digest, _dhash(img), thumb), None
 
 
+def require_images(root: Path, what: str = "train_data_dir") -> List[Tuple[Path, int, str, str]]:
+    """`find_images(root)`, refusing a folder that is missing, not a folder, or holds no image file."""
+    if not root.exists():
+        raise DatasetError(f"{what} {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise DatasetError(f"{what} {str(root)!r} is not a folder")
+    files = find_images(root)
+    if not files:
+        raise DatasetError(f"{what} {str(root)!r} contains no images ({' '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
 def scan_dataset(train_data_dir: str, metadata_path: Optional[str] = None, caption_extension: str = ".txt",
                  trigger_word: Optional[str] = None, require_captions: bool = True,
                  workers: int = 4) -> ScanResult:
     """Scan `train_data_dir` into good records (+ broken files). Raises DatasetError when unusable."""
     root = Path(train_data_dir)
-    if not root.exists():
-        raise DatasetError(f"train_data_dir {str(root)!r} does not exist")
-    if not root.is_dir():
-        raise DatasetError(f"train_data_dir {str(root)!r} is not a folder")
+    files = require_images(root)
     csv_path = Path(metadata_path) if metadata_path else root / "metadata.csv"
     if metadata_path and not csv_path.is_file():
         raise DatasetError(f"metadata_path {str(csv_path)!r} does not exist")
     csv_captions = read_metadata_csv(csv_path) if csv_path.is_file() else {}
 
-    files = find_images(root)
-    if not files:
-        raise DatasetError(f"train_data_dir {str(root)!r} contains no images (.png .jpg .jpeg .webp .bmp)")
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        # Pillow's own warnings (a huge image, odd palettes, EXIF) would print its site-packages path; the
+        # images it warns about get their reason from load_rgb instead
+        warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
         inspected = list(pool.map(lambda f: _inspect(f[0]), files))
 
     result = ScanResult(root=root, metadata_path=csv_path if csv_captions else None)
+    if csv_captions:
+        result.missing_files = missing_rows(csv_captions, [f[0].relative_to(root).as_posix() for f in files],
+                                            csv_path.name)
     uncaptioned = []
     for (path, repeats, class_words, subset), (info, error) in zip(files, inspected):
         if info is None:
@@ -141,3 +155,11 @@ def scan_dataset(train_data_dir: str, metadata_path: Optional[str] = None, capti
             f"{len(uncaptioned)} image(s) have no caption: {shown}. Add a row to metadata.csv, a "
             f"{caption_extension} file beside the image, put it in an `N_name` folder, or set trigger_word")
     return result
+
+
+def missing_rows(csv_captions: Dict[str, str], rels: List[str], csv_name: str) -> List[str]:
+    """Rows of the metadata CSV that name no image file found in the folder (by path or bare name)."""
+    found = set(rels) | {rel.rsplit("/", 1)[-1] for rel in rels}
+    return [f"{csv_name} names {name}, which is not an image in the folder" for name in csv_captions
+            if name not in found]
+

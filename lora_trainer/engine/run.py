@@ -20,7 +20,7 @@ from ..data.buckets import BucketSettings
 from ..data.dataset import CaptionSettings, TrainingSet
 from ..data.doctor import DatasetReport, build_report
 from ..data.scan import scan_dataset
-from ..errors import ConfigError, DatasetError, LoraTrainerError
+from ..errors import LoraTrainerError, TrainingStopped
 from ..events import Callback, CheckpointSaved, Events, LossesRead, RunEnded, SampleImages, ValidationLoss
 from ..formats.kohya import load_kohya_lora, save_kohya_lora
 from ..formats.metadata import training_metadata
@@ -31,13 +31,14 @@ from ..utils.atomic import atomic_write_text, atomic_write_with
 from ..utils.device import pick_device, pick_precision, precision_for_weights
 from ..utils.seeding import seed_everything
 from .checkpoint import load_state, model_identity, restore_trainer, run_fingerprint, save_state, state_path
-from .optim import bitsandbytes_available
+from .output_folder import (FolderLock, check_no_earlier_run, delete_earlier_run, describe, effective_config,
+                            resume_command, step_checkpoint_name)
+from .preflight import preflight
 from .sampling import isolated_rng, sample_path, sample_prompts_from_config
 from .validation import OverfitDetector, Validator, as_metadata, split_validation
 from .trainer import Trainer
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-MIN_FREE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -49,38 +50,6 @@ class TrainResult:
     checkpoints: List[Path] = field(default_factory=list)
     stopped_early: bool = False
     report: Optional[DatasetReport] = None
-
-
-def preflight(config: TrainConfig, check_model: bool = True) -> None:
-    """Cheap checks before anything is loaded: folders, model path, output folder, optional packages."""
-    from ..models.loading import check_base_model_path
-
-    root = Path(config.train_data_dir)
-    if not root.exists():
-        raise DatasetError(f"train_data_dir {config.train_data_dir!r} does not exist")
-    if not root.is_dir():
-        raise DatasetError(f"train_data_dir {config.train_data_dir!r} is not a folder")
-    if check_model:
-        check_base_model_path(config.base_model)
-    default_adapter_kinds().spec_for(config)  # the adapter kind takes the config's network_args
-    if config.optimizer == "adamw8bit" and not bitsandbytes_available():
-        raise ConfigError("config error: optimizer: adamw8bit needs bitsandbytes (pip install bitsandbytes), "
-                          "or use optimizer: adamw")
-    check_output_dir(Path(config.output_dir))
-
-
-def check_output_dir(out: Path) -> None:
-    """The output folder can be created, written, and has some room."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
-        raise LoraTrainerError(f"output_dir {str(out)!r} is not writable ({exc.strerror or exc})") from None
-    free = shutil.disk_usage(out).free
-    if free < MIN_FREE_BYTES:
-        raise LoraTrainerError(f"output_dir {str(out)!r} has only {free // 2**20} MiB free; checkpoints need more")
 
 
 def build_training_set(config: TrainConfig, require_captions: bool = True) -> TrainingSet:
@@ -176,11 +145,15 @@ class LoraRun:
         self.sample_prompts: List = []
         self.latest_sample: Optional[Path] = None
         self.checkpoint_steps: Dict[int, Path] = {}
+        self.lock: Optional[FolderLock] = None
+        self.resumed_step: Optional[int] = None
 
     # ------------------------------------------------------------------ steps
     def setup(self) -> Trainer:
         cfg = self.config
-        preflight(cfg, check_model=self.bundle is None)
+        preflight(cfg, check_model=self.bundle is None, warn=lambda text: self.events.say(text, logging.WARNING))
+        self.lock = FolderLock(self.output_dir).acquire()
+        replaced = check_no_earlier_run(self.output_dir, cfg.effective_output_name, cfg.resume, cfg.overwrite)
         seed_everything(cfg.seed)
         dataset, self.validation_set = split_datasets(cfg, build_training_set(cfg))
         self.report = build_report(dataset, cfg.batch_size, cfg.gradient_accumulation_steps,
@@ -203,12 +176,17 @@ class LoraRun:
         if device.type == "cuda" and placement is None:
             self._memory_advice(device)
         self._warn_long_captions(dataset)
+        if replaced:
+            self.events.say(f"overwrite: deleting the earlier run's {describe(replaced)} in {self.output_dir}",
+                            logging.WARNING)
+            delete_earlier_run(replaced)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.output_dir / "config.yaml", dump_config(cfg))
+        atomic_write_text(self.output_dir / "config.yaml", dump_config(effective_config(cfg)))
         self.trainer = Trainer(cfg, dataset, self.bundle, device, precision, self.events)
         init, init_meta = self._read_init_lora()
         self.trainer.setup(default_adapter_kinds().file_spec(init, cfg.init_lora, cfg.lora_dropout, init_meta)
                            if init else None)
+        self._warn_rank_limit()
         if init:
             self.trainer.network.load_kohya_state_dict(init)
             self.events.say(f"continuing from {cfg.init_lora} (rank {self.trainer.network.rank}, alpha "
@@ -217,6 +195,7 @@ class LoraRun:
         if cfg.resume:
             state = load_state(state_path(self.output_dir, cfg.resume))
             restore_trainer(self.trainer, state, self.fingerprint)
+            self.resumed_step = self.trainer.progress.step
             self.events.say(f"resuming at step {self.trainer.progress.step} of {self.trainer.schedule['total_steps']}")
         self._check_room()
         self.sample_prompts = sample_prompts_from_config(cfg)
@@ -260,6 +239,16 @@ class LoraRun:
                                    f"checkpoints and training state need about {need / 2**20:.0f} MiB; free some "
                                    f"space, raise save_steps, or pick another output_dir")
 
+    def _warn_rank_limit(self) -> None:
+        """A layer narrower than lora_rank can learn at most its width: say so, with the effective rank."""
+        narrow = self.trainer.network.narrow_layers()
+        if narrow:
+            widths = sorted({w for _, w in narrow})
+            self.events.say(f"lora_rank {self.config.lora_rank} is larger than the width of {len(narrow)} layer(s) "
+                            f"(e.g. {narrow[0][0]}, width {narrow[0][1]}): there the effective rank is only "
+                            f"{', '.join(map(str, widths))}. The file stores rank {self.config.lora_rank} everywhere; "
+                            f"a lower lora_rank gives the same result in a smaller file", logging.WARNING)
+
     def _warn_long_captions(self, dataset: TrainingSet) -> None:
         from ..data.doctor import MAX_TOKENS
 
@@ -274,8 +263,22 @@ class LoraRun:
 
     def train(self) -> None:
         assert self.trainer is not None, "call setup() first"
-        self.trainer.run(on_checkpoint=self.save_checkpoint,
-                         on_sample=self.take_samples if self.sample_prompts else None)
+        try:
+            self.trainer.run(on_checkpoint=self.save_checkpoint,
+                             on_sample=self.take_samples if self.sample_prompts else None)
+        except TrainingStopped as exc:
+            raise TrainingStopped(f"{exc} {self.kept()}") from None
+
+    def kept(self) -> str:
+        """What of this run is on disk, and how to go on from it (for messages after a failure)."""
+        if self.checkpoint_steps:
+            step = max(self.checkpoint_steps)
+            what = f"{self.checkpoint_steps[step]} and the training state of step {step}"
+        elif self.resumed_step is not None:
+            what = f"the training state of step {self.resumed_step} that this run resumed from"
+        else:
+            return "No checkpoint of this run was saved (save_steps saves them along the way)."
+        return f"Kept: {what}; continue with: {resume_command(self.output_dir)}"
 
     # ------------------------------------------------------------------ samples and validation
     def take_samples(self, step: int) -> List[Path]:
@@ -332,9 +335,18 @@ class LoraRun:
     def save_checkpoint(self, step: int, epoch: int, final: bool = False) -> Path:
         """A LoRA file (`<name>-stepNNNNNNNN` or the final `<name>`) plus the training state for resuming."""
         name = self.config.effective_output_name
-        path = self.lora_path if final else self.output_dir / f"{name}-step{step:08d}.safetensors"
-        self.save_lora(path, step, epoch, self.validate(step))
-        save_state(state_path(self.output_dir), self.trainer, self.fingerprint)
+        path = self.lora_path if final else self.output_dir / step_checkpoint_name(name, step)
+        extra = self.validate(step)
+        try:
+            self.save_lora(path, step, epoch, extra)
+        except OSError as exc:
+            raise LoraTrainerError(f"could not write {path} at step {step} ({exc.strerror or exc}). "
+                                   f"{self.kept()}") from None
+        try:
+            save_state(state_path(self.output_dir), self.trainer, self.fingerprint)
+        except OSError as exc:
+            raise LoraTrainerError(f"{path} was written, but the training state of step {step} could not be "
+                                   f"({exc.strerror or exc}). {self.kept()}") from None
         self.checkpoints.append(path)
         self.checkpoint_steps[step] = path
         self.events.emit(CheckpointSaved(path, step, final))
@@ -345,8 +357,8 @@ class LoraRun:
         path = self.save_checkpoint(p.step, p.epoch + 1, final=True)
         total = self.trainer.schedule["total_steps"]
         if p.step < total:
-            self.events.say(f"stopped at step {p.step} of {total}; the LoRA so far is {path}. To finish this run, "
-                            f"train again with the same config and resume: true (--set resume=true)")
+            self.events.say(f"stopped at step {p.step} of {total}; the LoRA so far is {path}. To finish this run: "
+                            f"{resume_command(self.output_dir)}")
         if self.latest_sample is not None:
             from PIL import Image
 
@@ -363,11 +375,16 @@ class LoraRun:
         return path
 
     def close(self) -> None:
-        """Remove the LoRA layers and let the bundle restore itself."""
-        if self.trainer is not None and self.trainer.network is not None:
-            self.trainer.network.remove()
-        if self.bundle is not None:
-            self.bundle.restore()
+        """Remove the LoRA layers, let the bundle restore itself, and release the output folder."""
+        try:
+            if self.trainer is not None and self.trainer.network is not None:
+                self.trainer.network.remove()
+            if self.bundle is not None:
+                self.bundle.restore()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
 
     def result(self, path: Path, stopped_early: bool) -> TrainResult:
         p = self.trainer.progress

@@ -337,7 +337,7 @@ class Trainer:
         p.nonfinite_steps, p.consecutive_nonfinite = total, consecutive
         if consecutive >= self.max_nonfinite_steps:
             raise TrainingStopped(f"{consecutive} steps in a row had a non-finite loss; training stopped at step "
-                                  f"{step} and the last checkpoint was kept. {NONFINITE_ADVICE}")
+                                  f"{step}. {NONFINITE_ADVICE}")
 
     # ------------------------------------------------------------------ loop
     def run(self, on_checkpoint=None, on_sample=None) -> Progress:

@@ -40,6 +40,11 @@ class Host(ABC):
     def workspace(self) -> Path:
         """Where training runs (checkpoints, logs, samples) go by default."""
 
+    def output_dir_anywhere(self) -> bool:
+        """Whether a request may name any output_dir (a WebUI may listen on a network: by default only
+        folders inside the workspace)."""
+        return False
+
     def lora_dir(self) -> Optional[Path]:
         """The host's LoRA folder (finished LoRAs are installed there), or None."""
         return None

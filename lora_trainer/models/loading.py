@@ -8,8 +8,9 @@ the local Hugging Face cache, or is rebuilt from open_clip's bundled vocabulary;
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import yaml
@@ -17,7 +18,7 @@ import yaml
 from ..errors import ModelLoadError
 from .bundle import ModelBundle
 from .family import FamilyRegistry, ModelFamily, nested_get
-from .tokenizers import load_clip_tokenizer
+from .tokenizers import check_tokenizers, load_clip_tokenizer
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
@@ -30,10 +31,39 @@ def check_base_model_path(path: str) -> Path:
                              f"diffusers folder with model_index.json)")
     if p.is_dir() and not (p / "model_index.json").is_file() and not (p / "unet" / "config.json").is_file():
         raise ModelLoadError(f"base_model {path!r} is a folder but not a diffusers model (no model_index.json)")
+    if p.is_dir():
+        missing = missing_diffusers_parts(p)
+        if missing:
+            raise ModelLoadError(f"base_model {path!r} is a diffusers folder without {', '.join(missing)}: copy the "
+                                 f"whole model folder (or use a single-file checkpoint)")
     if p.is_file() and p.suffix.lower() not in CHECKPOINT_SUFFIXES:
         raise ModelLoadError(f"base_model {path!r}: unsupported file type {p.suffix!r} "
                              f"(use {', '.join(CHECKPOINT_SUFFIXES[:2])})")
     return p
+
+
+DIFFUSERS_PARTS = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
+                   "tokenizer": None, "scheduler": "scheduler_config.json"}
+
+
+def missing_diffusers_parts(folder: Path) -> List[str]:
+    """The sub-folders (`unet/`, `vae/` ...) a diffusers model folder lacks, also those its model_index.json names."""
+    parts = dict(DIFFUSERS_PARTS)
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        index = {}
+    for name in ("text_encoder_2", "tokenizer_2"):
+        if isinstance(index.get(name), list) and index[name][0]:
+            parts[name] = "config.json" if name.startswith("text") else None
+    missing = []
+    for name, needed in parts.items():
+        sub = folder / name
+        if not sub.is_dir():
+            missing.append(f"{name}/")
+        elif needed and not (sub / needed).is_file():
+            missing.append(f"{name}/{needed}")
+    return missing
 
 
 def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
@@ -54,7 +84,6 @@ def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
 def safetensors_shapes(path: Path) -> Dict[str, Tuple[int, ...]]:
     """Tensor shapes of a checkpoint; for .safetensors from the header alone (nothing is loaded)."""
     if path.suffix.lower() == ".safetensors":
-        import json
         import struct
 
         with open(path, "rb") as fh:
@@ -158,6 +187,7 @@ def load_bundle(base_model: str, families: FamilyRegistry, tokenizer_path: Optio
         family, parts = load_diffusers_folder(path, families)
     else:
         family, parts = load_single_file(path, families, tokenizer_path, base_model_config)
+    check_tokenizers(parts, str(path))
     if prediction_type != "auto":
         parts["prediction_type"] = prediction_type
     return family.make_bundle(parts, path.name, clip_skip)

@@ -1,20 +1,23 @@
-"""Find a CLIP tokenizer offline.
+"""Find a CLIP tokenizer offline, and refuse one that cannot work.
 
 Order: `tokenizer_path`; a `tokenizer/` folder beside the checkpoint; the local Hugging Face cache
-(`openai/clip-vit-large-patch14`, local files only); rebuilt from the BPE vocabulary that the
-open_clip package ships (the WebUI has it installed). CLIP's vocabulary is derived from that file.
+(`openai/clip-vit-large-patch14`, local files only); the CLIP vocabulary shipped in this package
+(`clip_tokenizer/`, MIT-licensed, from OpenAI's CLIP via open_clip: the same token ids). SD2's and
+SDXL's OpenCLIP encoders use the same vocabulary (padded with "!"). So a single-file checkpoint always
+has a tokenizer, with an empty Hugging Face cache too; one whose vocabulary or `model_max_length` does
+not fit the text encoder is refused with the reason (`check_tokenizer`), never used.
 """
 from __future__ import annotations
 
-import gzip
 import json
-import os
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from ..errors import ModelLoadError
 
 CLIP_L = "openai/clip-vit-large-patch14"
+SHIPPED = Path(__file__).resolve().parent / "clip_tokenizer"
+CLIP_VOCAB_SIZE, CLIP_LENGTH = 49408, 77
 
 
 def _bytes_to_unicode() -> List[str]:
@@ -44,45 +47,75 @@ def write_clip_tokenizer_files(folder: Path, merges: List[str], pad_token: str =
     return folder
 
 
-def _from_open_clip() -> Optional[Path]:
-    try:
-        import open_clip  # noqa: F401
-    except Exception:  # noqa: BLE001 - not installed or broken: try the next source
-        return None
-    import importlib.util
-
-    spec = importlib.util.find_spec("open_clip")
-    bpe = Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz" if spec and spec.origin else None
-    if not bpe or not bpe.is_file():
-        return None
-    cache = Path(os.environ.get("LORA_TRAINER_CACHE", Path.home() / ".cache" / "lora_trainer")) / "clip-vit-large-patch14"
-    if not (cache / "vocab.json").is_file():
-        lines = gzip.open(bpe).read().decode("utf-8").split("\n")
-        merges = lines[1:49152 - 256 - 2 + 1]
-        write_clip_tokenizer_files(cache, merges)
-    return cache
-
-
 def load_clip_tokenizer(explicit: Optional[str], near: Path):
     """A CLIPTokenizer from the first offline source that has one; a clear error otherwise."""
     from transformers import CLIPTokenizer
 
-    candidates = []
     if explicit:
-        if not Path(explicit).is_dir():
+        folder = Path(explicit)
+        if not folder.is_dir():
             raise ModelLoadError(f"tokenizer_path {explicit!r} is not a folder")
-        candidates.append(Path(explicit))
-    candidates += [near / "tokenizer", near]
-    for folder in candidates:
-        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-            return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+        if not _has_files(folder):
+            raise ModelLoadError(f"tokenizer_path {explicit!r} has no vocab.json and merges.txt (a CLIP tokenizer "
+                                 f"folder, e.g. the tokenizer/ folder of an SD1.5 diffusers model)")
+        return _read(folder)
+    for folder in (near / "tokenizer", near):
+        if _has_files(folder):
+            return _read(folder)
     try:
-        return CLIPTokenizer.from_pretrained(CLIP_L, local_files_only=True)
+        cached = CLIPTokenizer.from_pretrained(CLIP_L, local_files_only=True)
     except Exception:  # noqa: BLE001 - not in the cache
-        pass
-    rebuilt = _from_open_clip()
-    if rebuilt is not None:
-        return CLIPTokenizer.from_pretrained(str(rebuilt), local_files_only=True)
-    raise ModelLoadError(
-        "no CLIP tokenizer found offline: set tokenizer_path to a folder with vocab.json and merges.txt "
-        f"(e.g. the tokenizer/ folder of any SD1.5 diffusers model), or put {CLIP_L} in the Hugging Face cache")
+        cached = None
+    # transformers 5 answers an empty cache with a 2-token tokenizer (model_max_length 10^30) instead of an error
+    if cached is not None and len(cached) == CLIP_VOCAB_SIZE and cached.model_max_length == CLIP_LENGTH:
+        return cached
+    if _has_files(SHIPPED):
+        return _read(SHIPPED)
+    raise ModelLoadError(  # only when the package was installed without its data files
+        f"no CLIP tokenizer found offline ({SHIPPED} is missing from this installation): set tokenizer_path to a "
+        f"folder with vocab.json and merges.txt (e.g. the tokenizer/ folder of any SD1.5 diffusers model)")
+
+
+def _has_files(folder: Path) -> bool:
+    return (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+
+
+def _read(folder: Path):
+    from transformers import CLIPTokenizer
+
+    try:
+        return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - a damaged vocab.json / merges.txt / tokenizer_config.json
+        raise ModelLoadError(f"the tokenizer in {str(folder)!r} cannot be read ({type(exc).__name__}: {exc})"
+                             .splitlines()[0]) from None
+
+
+def check_tokenizer(tokenizer, source: str, vocab_rows: Optional[int] = None,
+                    positions: Optional[int] = None) -> None:
+    """Refuse a tokenizer that cannot feed the text encoder: no special tokens, a `model_max_length` the
+    encoder cannot take (a missing one reads as 10^30), or a vocabulary of another size than the encoder's."""
+    hint = ("fix it, or set tokenizer_path to the tokenizer/ folder of a model of this family (or leave "
+            "tokenizer_path out to use the CLIP tokenizer shipped with lora_trainer)")
+    length = tokenizer.model_max_length
+    most = positions or CLIP_LENGTH
+    if not isinstance(length, int) or not 2 <= length <= most:
+        raise ModelLoadError(f"the tokenizer from {source} has model_max_length {length}, but the text encoder "
+                             f"takes at most {most} tokens (CLIP: 77): {hint}")
+    size = len(tokenizer)
+    if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None or size < 3:
+        raise ModelLoadError(f"the tokenizer from {source} has no usable vocabulary ({size} entries, start/end "
+                             f"tokens {tokenizer.bos_token!r}/{tokenizer.eos_token!r}): {hint}")
+    if vocab_rows is not None and size != vocab_rows:
+        raise ModelLoadError(f"the tokenizer from {source} has {size} tokens but the text encoder has {vocab_rows} "
+                             f"token embeddings: it is not this model's tokenizer; {hint}")
+
+
+def check_tokenizers(parts: Dict[str, Any], source: str) -> None:
+    """`check_tokenizer` for each tokenizer / text encoder pair of a loaded model's parts."""
+    for suffix in ("", "_2"):
+        tokenizer, encoder = parts.get(f"tokenizer{suffix}"), parts.get(f"text_encoder{suffix}")
+        if tokenizer is None or encoder is None:
+            continue
+        config = encoder.config
+        where = f"{source} (tokenizer{suffix})"
+        check_tokenizer(tokenizer, where, config.vocab_size, config.max_position_embeddings)

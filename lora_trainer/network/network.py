@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -41,6 +41,17 @@ class AdaptedLayer:
     layer: nn.Module  # the kind's adapted layer (or part of a packed attention)
     parent: nn.Module
     attr: str
+
+
+def layer_width(layer: nn.Module) -> Optional[int]:
+    """The smaller side of an adapted Linear/Conv2d's weight matrix (the highest rank its update can have)."""
+    base = getattr(layer, "base_layer", layer)
+    if isinstance(base, nn.Linear):
+        return min(base.in_features, base.out_features)
+    if isinstance(base, nn.Conv2d):
+        kh, kw = base.kernel_size
+        return min(base.in_channels // base.groups * kh * kw, base.out_channels)
+    return None
 
 
 class AdapterNetwork:
@@ -122,6 +133,12 @@ class AdapterNetwork:
     def parameter_count(self) -> int:
         """Trainable parameters of the whole network (what the planner sizes the training state by)."""
         return sum(p.numel() for p in self.parameters())
+
+    def narrow_layers(self) -> List[Tuple[str, int]]:
+        """(kohya name, width) of every layer whose smaller side is below the rank: its update can have rank
+        at most that width, whatever the file stores."""
+        widths = ((m.name, layer_width(m.layer)) for m in self.layers)
+        return [(name, width) for name, width in widths if width is not None and width < self.rank]
 
     def roles(self) -> List[str]:
         return sorted({m.role for m in self.layers})

@@ -40,6 +40,9 @@ def parse_lora_arg(text: str) -> LoraSource:
         try:
             weight = float(tail)
         except ValueError:
+            if Path(head).is_file() or head.lower().endswith(".safetensors"):
+                raise LoraTrainerError(f"LoRA weight {tail!r} in {text!r} is not a number; write the weight "
+                                       f"after the colon, e.g. {head}:0.8") from None
             return LoraSource(Path(text))
         if not math.isfinite(weight):
             raise LoraTrainerError(f"LoRA weight {tail!r} in {text!r} is not a finite number")

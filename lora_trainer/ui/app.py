@@ -6,11 +6,13 @@ javascript/lora_trainer.js that the WebUI loads for the extension (from the repo
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 from typing import Optional
 
 import gradio as gr
 
+from ..errors import LoraTrainerError
 from ..service import StandaloneService, TrainerService
 from . import compat
 from .page import build_ui
@@ -43,10 +45,29 @@ def create_app(service: Optional[TrainerService] = None) -> tuple:
     return demo, compat.launch_kwargs(css)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse, with the fix, an address this machine does not have or a port another program listens on."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise LoraTrainerError(f"--host {host!r} is not an address this machine can listen on ({exc})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the page's server does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise LoraTrainerError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): another program (or "
+                                   f"another page) uses it; choose another port, e.g. --port {port + 1}") from None
+
+
 def launch(host: str = "127.0.0.1", port: int = 7861, service: Optional[TrainerService] = None,
            block: bool = True, quiet: bool = False) -> gr.Blocks:
     """Serve the page on host:port (localhost by default). With block=False it returns the running app."""
+    check_port_free(host, port)
     demo, extra = create_app(service)
-    demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, inbrowser=False,
-                show_error=True, quiet=quiet, **extra)
+    try:
+        demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, inbrowser=False,
+                    show_error=True, quiet=quiet, **extra)
+    except OSError as exc:
+        raise LoraTrainerError(f"the page could not start on {host}:{port}: {exc}") from None
     return demo

@@ -195,6 +195,7 @@ def save_config_file(service: Any, names: Sequence[str], values: Sequence[Any],
     """Validate the form and write it as YAML (the file `python -m lora_trainer train --config` reads)."""
     config = make_config(service, names, values)
     target = config_file_path(path, config)
+    service.check_may_write(target)
     text = dump_config(config)
     try:
         atomic_write_text(target, text)

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional, Union
 
 PathLike = Union[str, Path]
+# A temp file is named `.<target name>.<8 random characters>.tmp` (mkstemp): this many bytes longer.
+TEMP_NAME_EXTRA = len(".") + len(".") + 8 + len(".tmp")
 
 
 @contextlib.contextmanager

@@ -69,6 +69,9 @@ class A1111Host(Host):
     def workspace(self) -> Path:
         return Path(self.setting("lora_trainer_workspace") or self.root() / "outputs" / "lora_trainer")
 
+    def output_dir_anywhere(self) -> bool:
+        return bool(self.setting("lora_trainer_any_output_dir"))
+
     def checkpoint_dir(self) -> Path:
         """Where the WebUI lists checkpoints: --ckpt-dir, else models/Stable-diffusion (as sd_models does)."""
         from modules import paths, shared

@@ -15,17 +15,22 @@ def _networks() -> Any:
 
 
 def clear_active_networks(sd_model) -> None:
-    """Deactivate every built-in Lora network and put the original weights back in place right now."""
+    """Deactivate every built-in Lora network and put the original weights back in place right now.
+
+    The extension restores weights with in-place copies, which it always runs inside a generation (autograd
+    off); the WebUI's parameters require grad, so outside `no_grad` the restore fails with "a leaf Variable
+    that requires grad is being used in an in-place operation" (training after a txt2img that used a LoRA)."""
     networks = _networks()
     if networks is None:
         return
-    networks.load_networks([])
     import torch
 
     kinds = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.MultiheadAttention)
-    for module in sd_model.modules():
-        if isinstance(module, kinds) and hasattr(module, "network_current_names"):
-            networks.network_apply_weights(module)
+    with torch.no_grad():
+        networks.load_networks([])
+        for module in sd_model.modules():
+            if isinstance(module, kinds) and hasattr(module, "network_current_names"):
+                networks.network_apply_weights(module)
 
 
 def refresh_networks(name: str) -> None:

@@ -11,6 +11,7 @@ def txt2img(prompt: str, negative: str, width: int, height: int, steps: int, cfg
     """One image from `modules.processing` with the loaded model as it is now (LoRA layers included)."""
     from modules import processing, shared
 
+    forget_cached_conds(processing)
     p = processing.StableDiffusionProcessingTxt2Img(
         sd_model=shared.sd_model, prompt=prompt, negative_prompt=negative, width=width, height=height,
         steps=steps, cfg_scale=cfg, seed=seed, sampler_name=sampler, batch_size=1, n_iter=1,
@@ -20,6 +21,15 @@ def txt2img(prompt: str, negative: str, width: int, height: int, steps: int, cfg
             return processing.process_images(p).images[0]
     finally:
         p.close()
+        forget_cached_conds(processing)
+
+
+def forget_cached_conds(processing) -> None:
+    """Drop the WebUI's cond cache (its last prompt's text-encoder output, kept across generations by the
+    default "persistent cond cache" and keyed by prompt and settings, not by weights). Around a render with
+    the text encoder being trained: the sample sees that text encoder, and no later txt2img reuses its output."""
+    processing.StableDiffusionProcessing.cached_c = [None, None]
+    processing.StableDiffusionProcessing.cached_uc = [None, None]
 
 
 def webui_sampler(prompts: Sequence) -> List:

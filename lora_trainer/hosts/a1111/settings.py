@@ -12,6 +12,8 @@ SETTINGS: Dict[str, tuple] = {
                                       {"minimum": 0.0, "maximum": 2.0, "step": 0.05}),
     "lora_trainer_offload": (False, "Move the VAE (and a frozen text encoder) to the CPU while training"),
     "lora_trainer_overwrite": (False, "Overwrite a LoRA of the same name (off: add -1, -2 ...)"),
+    "lora_trainer_any_output_dir": (False, "Let the page and the API write a run to any folder of this machine "
+                                           "(off: only inside the folder for training runs)"),
 }
 
 
