@@ -153,6 +153,11 @@ def test_lora_keys_with_dora_scale_read_as_locon_and_a_row_norm_dora_is_refused(
     parts = {k.split(".", 1)[1]: v for k, v in tensors.items()}
     assert rel_err(module.delta_on(base), calc_updown(parts, base)) < 1e-6
     assert module.low_rank() is None  # combine / resize refuse it
+    linear = {"lora_unet_y.lora_down.weight": torch.randn(3, 8), "lora_unet_y.lora_up.weight": torch.randn(5, 3),
+              "lora_unet_y.alpha": torch.tensor(2.0)}
+    conv = {k: v for k, v in tensors.items() if "dora_scale" not in k}
+    mixed = kinds.file_spec({**conv, **linear}, "f")  # a LoCon file: linear and 3x3 modules (init_lora, grid)
+    assert (mixed.kind.name, mixed.rank, mixed.alpha, mixed.args["conv_dim"]) == ("locon", 3, 2.0, 2)
     tensors["lora_unet_x.dora_scale"] = torch.rand(4, 1, 1, 1)  # LyCORIS wd_on_out / peft: per output row
     with pytest.raises(LoraFormatError, match="per input column"):
         kinds.read_modules(tensors, "f")

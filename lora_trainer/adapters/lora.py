@@ -197,5 +197,6 @@ class LoraKind(AdapterKind):
         args = {"use_dora": dora, "conv_dim": convs[0].rank if convs else 0}
         if convs:
             args["conv_alpha"] = convs[0].alpha
-        plain = [m for m in modules.values() if m not in convs] or [first]
+        conv_ids = {id(m) for m in convs}  # by identity: the modules are dataclasses of tensors
+        plain = [m for m in modules.values() if id(m) not in conv_ids] or [first]
         return AdapterSpec(default_adapter_kinds().get("locon"), plain[0].rank, plain[0].alpha, dropout, args)
