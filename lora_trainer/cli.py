@@ -7,100 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
+from .cli_train import TerminalProgress, cmd_train
 from .errors import LoraTrainerError
-from .events import Callback, CheckpointSaved, Message, RunStarted, StepEnded
 from .utils.quiet import quiet_libraries
-
-
-class TerminalProgress(Callback):
-    """A tqdm progress bar with step, loss, it/s and ETA; messages above it."""
-
-    def __init__(self) -> None:
-        self.bar = None
-        self.last_loss: Optional[float] = None
-
-    def on_event(self, event: Any) -> None:
-        from tqdm import tqdm
-
-        if isinstance(event, RunStarted):
-            self.bar = tqdm(total=event.total_steps, initial=event.start_step, unit="step", dynamic_ncols=True)
-        elif isinstance(event, StepEnded) and self.bar is not None:
-            if event.loss is not None:
-                self.last_loss = event.loss
-            self.bar.set_postfix(epoch=event.epoch, loss=f"{self.last_loss:.4f}" if self.last_loss is not None else "-",
-                                 lr=f"{event.lr:.2e}", refresh=False)
-            self.bar.update(event.step - self.bar.n)
-        elif isinstance(event, CheckpointSaved):
-            self._write(f"saved {event.path}")
-        elif isinstance(event, Message) and event.level >= logging.INFO:
-            self._write(event.text if event.level < logging.WARNING else f"warning: {event.text}")
-
-    def _write(self, text: str) -> None:
-        from tqdm import tqdm
-
-        if self.bar is not None:
-            tqdm.write(text)
-        else:
-            print(text, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-class StopOnSignal(Callback):
-    """Ctrl-C / SIGTERM: finish the current step, save the LoRA and the state, exit 0. A second one quits at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = {}
-
-    def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            self.uninstall()
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nstopping after this step and saving (press Ctrl-C again to quit at once)", file=sys.stderr,
-              flush=True)
-
-    def should_stop(self) -> bool:
-        return self.requested
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config, parse_overrides
-    from .engine.run import resume_command, train
-
-    overrides = parse_overrides(args.set or [])
-    if args.overwrite:
-        overrides["overwrite"] = True
-    config = load_config(args.config, overrides)
-    progress, stopper = TerminalProgress(), StopOnSignal()
-    stopper.install()
-    try:
-        result = train(config, [progress, stopper])
-    finally:
-        stopper.uninstall()
-        progress.close()
-    name = result.lora_path.stem
-    print(f"LoRA written to {result.lora_path}")
-    if result.stopped_early:
-        print(f"stopped at step {result.steps}; continue with: {resume_command(result.output_dir)}")
-    print(f"use it with <lora:{name}:{config.preferred_weight:g}>")
-    return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -277,13 +190,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lora_trainer", description="Train kohya-format LoRAs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_training_commands(sub)
+    _add_other_commands(sub)
+    _add_lora_tools(sub)
+    return parser
 
+
+def _add_training_commands(sub) -> None:
+    """train, check."""
     p = sub.add_parser("train", help="train a LoRA from a YAML config")
     p.add_argument("--config", required=True, help="YAML config file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier run in output_dir (its LoRA, checkpoints, state, samples and logs are "
                         "deleted when this run starts); without it such a run is refused")
+    p.add_argument("--nproc", type=int, default=0,
+                   help="train data-parallel in N processes on this machine (one per GPU; runs torchrun); "
+                        "batch_size is per process")
+
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("check", help="report on the dataset of a config (exit 0: can train, 1: cannot)")
@@ -291,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_check)
 
+
+def _add_other_commands(sub) -> None:
+    """caption, demo, plan, grid, ui, keys."""
     p = sub.add_parser("caption", help="caption a folder of images (BLIP, CLIP tags, ...) into metadata.csv or .txt")
     p.add_argument("--input", required=True, help="folder of images (subfolders included)")
     p.add_argument("--output", help="CSV to write (default: INPUT/metadata.csv); not used with --format txt")
@@ -348,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keys", help="list every config key with its default and help")
     p.set_defaults(func=cmd_keys)
 
+
+def _add_lora_tools(sub) -> None:
+    """merge, combine, resize."""
     lora_help = "a LoRA file, optionally with its weight: a.safetensors:0.8 (repeatable)"
     p = sub.add_parser("merge", help="bake LoRAs into a single-file checkpoint")
     p.add_argument("--base", required=True, help="the checkpoint (.safetensors or .ckpt)")
@@ -369,7 +299,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the resized LoRA (.safetensors)")
     _add_output_args(p, "default: the LoRA's dtype")
     p.set_defaults(func=cmd_resize)
-    return parser
 
 
 def _add_output_args(p: argparse.ArgumentParser, precision_default: str) -> None:

@@ -4,13 +4,12 @@ change to an earlier result (every file's hash is compared before and after).
 
 CLI cases run `lora_trainer.cli.main` in this process (pre-flight failures happen before any model loads,
 so each takes milliseconds); a few run `python -m lora_trainer` as a process, where the process is what is
-tested (tracebacks, warnings on the console). Page/API cases call the shared backend and, over HTTP, the
-routes the WebUI registers (webui/api.py), served here by FastAPI's test client with a standalone backend.
+tested (tracebacks, warnings on the console). The page backend and HTTP API cases are in
+tests/test_bad_inputs_api.py; the world both run in is tests/bad_inputs_world.py.
 """
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import socket
 import struct
@@ -20,74 +19,23 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 import pytest
-import yaml
 
 from lora_trainer import cli
 from lora_trainer.engine.output_folder import FolderLock
 from lora_trainer.models.tokenizers import SHIPPED
 
-from conftest import make_config
-
-ROOT = Path(__file__).resolve().parent.parent
+from bad_inputs_world import W, assert_nothing_else_written, make_world, only_file, tree_hashes
 
 
-# ---------------------------------------------------------------------------- the world each case runs in
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_model_dir):
-    """Shared, never to be changed by any case: the model, a dataset and a finished earlier run."""
-    from lora_trainer.engine.run import train
-    from tiny_data import make_color_dataset
-
-    root = tmp_path_factory.mktemp("world")
-    data = make_color_dataset(root / "data", n=4)
-    earlier = root / "earlier"
-    train(make_config(tiny_model_dir, data, earlier, max_steps=2, save_steps=1, output_name="earlier"))
-    return {"root": root, "model": tiny_model_dir, "data": data, "earlier": earlier}
+    return make_world(tmp_path_factory, tiny_model_dir)
 
 
-def tree_hashes(*folders: Path) -> Dict[Path, str]:
-    out = {}
-    for folder in folders:
-        for p in sorted(Path(folder).rglob("*")):
-            if p.is_file() and p.name != ".lora_trainer.lock":  # the lock records who holds it: not a result
-                out[p] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
-class W:
-    """Paths of one case: `tmp` is its own folder (configs, prepared data); `out` its expected output folder."""
-
-    def __init__(self, world: Dict[str, Path], tmp: Path):
-        self.model, self.data, self.earlier = world["model"], world["data"], world["earlier"]
-        self.tmp = tmp
-        self.out = tmp / "out"
-
-    def raw(self, **changes) -> dict:
-        raw = make_config(self.model, self.data, self.out, max_steps=2).to_dict()
-        raw.update(changes)
-        return raw
-
-    def cfg(self, **changes) -> str:
-        path = self.tmp / "cfg.yaml"
-        path.write_text(yaml.safe_dump(self.raw(**changes)), encoding="utf-8")
-        return str(path)
-
-    def text_cfg(self, text: str, name: str = "cfg.yaml", data: bytes = b"") -> str:
-        path = self.tmp / name
-        path.write_bytes(data or text.encode("utf-8"))
-        return str(path)
-
-    def data_with(self, name: str, content: bytes) -> Path:
-        """A copy of the dataset plus one more file."""
-        folder = self.tmp / "data"
-        folder.mkdir(exist_ok=True)
-        for p in self.data.iterdir():
-            (folder / p.name).write_bytes(p.read_bytes())
-        (folder / name).write_bytes(content)
-        return folder
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -211,9 +159,9 @@ CLI_CASES = [
     Case("data is a file", lambda w: _train(w, train_data_dir=str(w.earlier / "earlier.json")), 1,
          "is not a folder"),
     Case("data empty", lambda w: _train(w, train_data_dir=str(w.tmp)), 1, "contains no images"),
-    Case("data without images", lambda w: _train(w, train_data_dir=str(_only(w, "notes.txt", b"hi"))), 1,
+    Case("data without images", lambda w: _train(w, train_data_dir=str(only_file(w, "notes.txt", b"hi"))), 1,
          "contains no images"),
-    Case("only broken images", lambda w: _train(w, train_data_dir=str(_only(w, "a.png", b"not a png"))), 1,
+    Case("only broken images", lambda w: _train(w, train_data_dir=str(only_file(w, "a.png", b"not a png"))), 1,
          "none of the 1 image files can be opened"),
     # --- images: listed with their reason and left out; the check goes on (exit 0)
     Case("image not an image", lambda w: _check_data(w, "fake.png", b"plain text, not a png"), 0,
@@ -260,25 +208,11 @@ CLI_CASES = [
 ]
 
 
-def _only(w: W, name: str, content: bytes) -> Path:
-    folder = w.tmp / "only"
-    folder.mkdir()
-    (folder / name).write_bytes(content)
-    return folder
-
-
 @pytest.fixture
 def quiet_main(monkeypatch):
     """cli.main without changing this process's environment or warning filters (that is tested in a process)."""
     monkeypatch.setattr(cli, "quiet_libraries", lambda: None)
     return cli.main
-
-
-def _assert_nothing_else_written(before: Dict[Path, str], after: Dict[Path, str], allowed: Path) -> None:
-    changed = [p for p, h in before.items() if after.get(p) != h]
-    assert not changed, f"an earlier file changed or vanished: {changed}"
-    new = [p for p in after if p not in before and allowed not in p.parents and p.name != ".lora_trainer.lock"]
-    assert not new, f"written outside the output folder: {new}"
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c.id for c in CLI_CASES])
@@ -306,7 +240,7 @@ def test_cli_bad_input(case, world, tmp_path, capsys, monkeypatch, quiet_main):
     assert case.said in out + err, out + err
     assert "Traceback" not in out + err
     assert not [x for x in caught if "PIL" in x.filename], [str(x.message) for x in caught]
-    _assert_nothing_else_written(before, tree_hashes(world["root"], world["model"], tmp_path), w.out)
+    assert_nothing_else_written(before, tree_hashes(world["root"], world["model"], tmp_path), w.out)
 
 
 def test_disk_full_during_a_save_says_what_was_kept(world, tmp_path, capsys, monkeypatch, quiet_main):
@@ -383,132 +317,3 @@ def test_cli_process_prints_no_traceback_or_library_warning(case, world, tmp_pat
     assert said in text
     assert "Traceback" not in text and "site-packages" not in text and "Warning" not in text, text
     assert tree_hashes(world["root"], world["model"]) == before
-
-
-# ---------------------------------------------------------------------------- page backend and HTTP API
-@dataclass
-class ApiCase:
-    id: str
-    raw: Callable[[W], dict]
-    error: str  # exception class name
-    said: str
-
-
-API_CASES = [
-    ApiCase("dataset missing", lambda w: w.raw(train_data_dir=str(w.tmp / "none")), "DatasetError", "does not exist"),
-    ApiCase("dataset empty", lambda w: w.raw(train_data_dir=str(_empty(w))), "DatasetError", "contains no images"),
-    ApiCase("dataset without images", lambda w: w.raw(train_data_dir=str(_only(w, "notes.txt", b"x"))),
-            "DatasetError", "contains no images"),
-    ApiCase("dataset not given", lambda w: w.raw(train_data_dir=""), "ConfigError", "missing required key"),
-    ApiCase("sub-folder name", lambda w: w.raw(output_dir="", output_name="runs/mine"), "ConfigError",
-            "is not a plain file name"),
-    ApiCase("escaping name", lambda w: w.raw(output_dir="", output_name="../../etc"), "ConfigError",
-            "is not a plain file name"),
-    ApiCase("name of an earlier run", lambda w: w.raw(output_dir="", output_name="earlier"), "LoraTrainerError",
-            "holds an earlier run"),
-    ApiCase("lr nan", lambda w: w.raw(learning_rate="nan"), "ConfigError", "not a finite number"),
-    ApiCase("rank text", lambda w: w.raw(lora_rank="big"), "ConfigError", "expected a whole number"),
-    ApiCase("model missing", lambda w: w.raw(base_model=str(w.tmp / "none")), "ModelLoadError", "does not exist"),
-    ApiCase("unknown key", lambda w: w.raw(lora_rnak=4), "ConfigError", "did you mean 'lora_rank'"),
-]
-
-
-def _empty(w: W) -> Path:
-    (w.tmp / "empty").mkdir()
-    return w.tmp / "empty"
-
-
-def _backend(world):
-    from lora_trainer.service import StandaloneService
-
-    return StandaloneService(str(world["root"]))  # the earlier run is <root>/earlier
-
-
-@pytest.mark.parametrize("case", API_CASES, ids=[c.id for c in API_CASES])
-def test_backend_refuses_before_a_job_starts(case, world, tmp_path):
-    from lora_trainer.errors import LoraTrainerError
-
-    w = W(world, tmp_path)
-    backend = _backend(world)
-    before = tree_hashes(world["root"], world["model"])
-    with pytest.raises(LoraTrainerError) as err:
-        backend.start(backend.make_config(case.raw(w)))
-    assert type(err.value).__name__ == case.error and case.said in str(err.value)
-    assert backend.status().state == "idle"
-    _assert_nothing_else_written(before, tree_hashes(world["root"], world["model"]), w.out)
-
-
-def _post(app, path: str, payload: dict):
-    """POST through the ASGI app in memory (httpx's transport: works with every fastapi/httpx pair we support)."""
-    import asyncio
-
-    import httpx
-
-    async def go():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://page") as client:
-            return await client.post(path, json=payload)
-
-    return asyncio.run(go())
-
-
-@pytest.mark.parametrize("case", API_CASES[:3] + API_CASES[5:8], ids=lambda c: c.id)
-def test_http_api_answers_400_with_the_message(case, world, tmp_path):
-    pytest.importorskip("httpx")
-    from fastapi import FastAPI
-
-    from lora_trainer.hosts.a1111.api import register_routes
-    from lora_trainer.hosts.standalone import StandaloneHost
-
-    app = FastAPI()
-    backend = _backend(world)
-    register_routes(app, backend, StandaloneHost())
-    before = tree_hashes(world["root"], world["model"])
-    response = _post(app, "/lora_trainer/v1/train", case.raw(W(world, tmp_path)))
-    assert response.status_code == 400, response.text
-    assert case.said in response.json()["detail"]
-    assert backend.status().state == "idle"
-    assert tree_hashes(world["root"], world["model"]) == before
-
-
-# ---------------------------------------------------------------------------- warnings that let the run go on
-def test_a_rank_above_a_layers_width_warns_with_the_effective_rank(world, tmp_path):
-    from lora_trainer.engine.run import LoraRun
-    from recording import EventRecorder
-
-    from lora_trainer.events import Message
-
-    recorder = EventRecorder()
-    run = LoraRun(make_config(world["model"], world["data"], tmp_path / "out", lora_rank=48), [recorder],
-                  tensorboard=False)
-    try:
-        run.setup()
-    finally:
-        run.close()
-    said = [e.text for e in recorder.of_type(Message) if "is larger than the width" in e.text]
-    assert said and "lora_rank 48 is larger than the width of" in said[0] and "effective rank is only 32" in said[0]
-
-
-def test_tight_disk_space_warns_with_the_numbers(world, tmp_path, monkeypatch):
-    import shutil
-
-    from lora_trainer.engine.disk_room import base_model_shapes, lora_params, need_bytes
-    from lora_trainer.engine.preflight import preflight
-
-    config = make_config(world["model"], world["data"], tmp_path / "out", lora_rank=4000)  # about 1 GB to save
-    need = need_bytes(lora_params(base_model_shapes(str(world["model"])), config.lora_rank, False), 4)
-    real = shutil.disk_usage
-    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=2 * need))
-    heard = []
-    preflight(config, warn=heard.append)
-    assert len(heard) == 1 and "disk space is tight" in heard[0] and "MiB" in heard[0]
-
-
-def test_disk_estimate_is_close_to_the_real_lora(world):
-    """The pre-flight estimate (from the checkpoint's header) against the LoRA a run really wrote."""
-    from safetensors.torch import load_file
-
-    from lora_trainer.engine.disk_room import base_model_shapes, lora_params
-
-    real = sum(t.numel() for k, t in load_file(str(world["earlier"] / "earlier.safetensors")).items()
-               if not k.endswith(".alpha"))
-    assert lora_params(base_model_shapes(str(world["model"])), 4, False) == real

@@ -108,11 +108,12 @@ def first_round_checks(a, status: dict, name: str, before, after, with_lora) -> 
     }
 
 
-def main() -> int:
+def run_options(name_prefix: str) -> argparse.ArgumentParser:
+    """The options every end-to-end script takes: the host's URL, the data and the short training run."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", default="http://127.0.0.1:7860")
     ap.add_argument("--data", required=True)
-    ap.add_argument("--name", default=f"e2e_{int(time.time())}")
+    ap.add_argument("--name", default=f"{name_prefix}_{int(time.time())}")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--resolution", type=int, default=128)
     ap.add_argument("--image-size", type=int, default=64)
@@ -120,7 +121,11 @@ def main() -> int:
     ap.add_argument("--no-text-encoder", action="store_true")
     ap.add_argument("--network-type", default="lora", choices=["lora", "locon", "loha", "lokr"])
     ap.add_argument("--dora", action="store_true", help="use_dora (locon, loha, lokr)")
-    a = ap.parse_args()
+    return ap
+
+
+def main() -> int:
+    a = run_options("e2e").parse_args()
     prompt = "shpz, a red circle"
     started = time.time()
     before = txt2img(a.url, prompt, a.image_size)

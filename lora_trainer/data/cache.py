@@ -33,36 +33,40 @@ class LatentCache:
                 f"{r.sha256[:20]}_{w}x{h}_{'f' if flip else 'n'}_{self.model_key}.safetensors")
 
     def build(self, encode: Encoder, batch_size: int = 4, device: Optional[torch.device] = None,
-              progress: Optional[Callable[[int, int], None]] = None) -> None:
-        """Encode (or read from disk) every needed latent."""
+              progress: Optional[Callable[[int, int], None]] = None, part: Tuple[int, int] = (0, 1)) -> None:
+        """Encode (or read from disk) every needed latent not held yet. `part` (k, n): only the k-th of every
+        n disk reads and VAE batches (one data-parallel rank's share; the batches are the ones a single
+        process encodes, so the latents are the same)."""
         from safetensors.torch import load_file
 
         from ..utils.atomic import atomic_save_safetensors
 
         flips = (False, True) if self.dataset.flip_aug else (False,)
         todo: Dict[Tuple[int, int], List[Tuple[int, bool]]] = {}
-        for i in range(len(self.dataset)):
-            for flip in flips:
-                path = self._disk_path(i, flip)
-                if self.to_disk and path.is_file():
-                    self.latents[(i, flip)] = load_file(str(path))["latent"].to(device or "cpu")
-                else:
-                    todo.setdefault(self.dataset.buckets[i], []).append((i, flip))
-        total, done = sum(len(v) for v in todo.values()), 0
-        for bucket in sorted(todo):
-            keys = todo[bucket]
-            for k in range(0, len(keys), batch_size):
-                chunk = keys[k:k + batch_size]
-                pixels = torch.stack([self.dataset.pixels(i, flip) for i, flip in chunk])
-                latents = encode(pixels).float()
-                self.encoded += len(chunk)
-                for (i, flip), lat in zip(chunk, latents):
-                    self.latents[(i, flip)] = lat.to(device or lat.device)
-                    if self.to_disk:
-                        atomic_save_safetensors(self._disk_path(i, flip), {"latent": lat})
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
+        on_disk: List[Tuple[int, bool]] = []
+        for key in ((i, flip) for i in range(len(self.dataset)) for flip in flips):
+            if key in self.latents:
+                continue
+            if self.to_disk and self._disk_path(*key).is_file():
+                on_disk.append(key)
+            else:
+                todo.setdefault(self.dataset.buckets[key[0]], []).append(key)
+        for i, flip in on_disk[part[0]::part[1]]:
+            self.latents[(i, flip)] = load_file(str(self._disk_path(i, flip)))["latent"].to(device or "cpu")
+        chunks = [keys[k:k + batch_size] for keys in (todo[b] for b in sorted(todo))
+                  for k in range(0, len(keys), batch_size)][part[0]::part[1]]
+        total, done = sum(len(c) for c in chunks), 0
+        for chunk in chunks:
+            pixels = torch.stack([self.dataset.pixels(i, flip) for i, flip in chunk])
+            latents = encode(pixels).float()
+            self.encoded += len(chunk)
+            for (i, flip), lat in zip(chunk, latents):
+                self.latents[(i, flip)] = lat.to(device or lat.device)
+                if self.to_disk:
+                    atomic_save_safetensors(self._disk_path(i, flip), {"latent": lat})
+            done += len(chunk)
+            if progress:
+                progress(done, total)
 
     def get(self, samples: Sequence[Sample]) -> torch.Tensor:
         return torch.stack([self.latents[(s.index, s.flip)] for s in samples])
@@ -75,9 +79,10 @@ class TextCache:
         self.outputs: Dict[str, Dict[str, torch.Tensor]] = {}
 
     def build(self, captions: Sequence[str], encode: Callable[[Sequence[str]], Dict[str, torch.Tensor]],
-              batch_size: int = 16) -> None:
+              batch_size: int = 16, part: Tuple[int, int] = (0, 1)) -> None:
+        """Encode the captions not held yet; `part` (k, n): only the k-th of every n batches (as LatentCache)."""
         unique = sorted(set(captions) - set(self.outputs))
-        for k in range(0, len(unique), batch_size):
+        for k in range(part[0] * batch_size, len(unique), part[1] * batch_size):
             chunk = unique[k:k + batch_size]
             with torch.no_grad():
                 out = encode(chunk)

@@ -98,6 +98,7 @@ def save_state(path: Path, trainer, fingerprint: Dict[str, Any]) -> Path:
         "losses": torch.tensor(p.losses, dtype=torch.float64),
         "nonfinite_steps": p.nonfinite_steps,
         "micro_batch_size": trainer.micro_batch_size,
+        "world_size": trainer.dist.world_size,  # data-parallel processes: batch_size * world_size per batch
         "gradient_checkpointing_forced": trainer.forced_checkpointing,
         "lora": trainer.network.kohya_state_dict(torch.float32),
         "optimizer": trainer.optimizer.state_dict(),

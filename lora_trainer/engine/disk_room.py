@@ -79,3 +79,14 @@ def check_free_space(output_dir: Path, need: int, warn) -> None:
         raise LoraTrainerError(f"not enough disk space: {numbers}. Free some space or choose another output_dir")
     if free < CLOSE_FACTOR * need:
         warn(f"disk space is tight: {numbers} (more with save_steps checkpoints)")
+
+
+def check_room_for_run(output_dir: Path, lora_params_exact: int, save_itemsize: int, saves: int) -> None:
+    """After the model loaded (the exact LoRA size): room for `saves` checkpoints and the training state."""
+    lora_bytes = lora_params_exact * save_itemsize
+    need = saves * lora_bytes + 4 * lora_params_exact * 4
+    free = shutil.disk_usage(output_dir).free
+    if free < need:
+        raise LoraTrainerError(f"output_dir {str(output_dir)!r} has {free / 2**20:.0f} MiB free but the "
+                               f"checkpoints and training state need about {need / 2**20:.0f} MiB; free some "
+                               f"space, raise save_steps, or pick another output_dir")

@@ -107,9 +107,14 @@ def effective_config(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, overwrite=False, **paths)
 
 
-def resume_command(output_dir: Path) -> str:
-    """The command that continues the run in `output_dir` exactly (its effective config.yaml, overrides included)."""
-    return f"python -m lora_trainer train --config {shlex.quote(str(Path(output_dir) / 'config.yaml'))} --set resume=true"
+def resume_command(output_dir: Path, nproc: int = 1, several_machines: bool = False) -> str:
+    """The command that continues the run in `output_dir` exactly (its effective config.yaml, overrides included);
+    a data-parallel run of `nproc` processes on one machine continues with as many, one on several machines
+    with the user's own torchrun command."""
+    config = shlex.quote(str(Path(output_dir) / "config.yaml"))
+    if several_machines:
+        return f"torchrun <the same options> -m lora_trainer train --config {config} --set resume=true"
+    return f"python -m lora_trainer train --config {config} --set resume=true" + (f" --nproc {nproc}" if nproc > 1 else "")
 
 
 class FolderLock:

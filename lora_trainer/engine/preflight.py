@@ -21,9 +21,11 @@ MIN_FREE_BYTES = 64 * 1024 * 1024
 SAVE_ITEMSIZE = {"fp16": 2, "bf16": 2, "fp32": 4}
 
 
-def preflight(config: TrainConfig, check_model: bool = True, warn: Callable[[str], None] = lambda text: None) -> None:
+def preflight(config: TrainConfig, check_model: bool = True, warn: Callable[[str], None] = lambda text: None,
+              check_output: bool = True) -> None:
     """Cheap checks before anything is loaded: folders, model path, output folder and name, disk space, an
-    earlier or live run in the folder, optional packages. `warn(text)` hears what is close but allowed."""
+    earlier or live run in the folder, optional packages. `warn(text)` hears what is close but allowed.
+    `check_output=False` (the data-parallel ranks that never write) leaves the output folder alone."""
 
     if not config.train_data_dir:
         raise DatasetError("train_data_dir is empty: give the folder of training images")
@@ -37,6 +39,13 @@ def preflight(config: TrainConfig, check_model: bool = True, warn: Callable[[str
     if config.optimizer == "adamw8bit" and not bitsandbytes_available():
         raise ConfigError("config error: optimizer: adamw8bit needs bitsandbytes (pip install bitsandbytes), "
                           "or use optimizer: adamw")
+    if check_output:
+        check_output_folder(config, check_model, warn)
+
+
+def check_output_folder(config: TrainConfig, check_model: bool, warn: Callable[[str], None]) -> None:
+    """The output folder of the process that writes: writable, the names fit, the state to resume exists, no
+    live or earlier run in it, room for a checkpoint."""
     out = Path(config.output_dir)
     check_output_dir(out)
     check_name_fits(out, config.effective_output_name)

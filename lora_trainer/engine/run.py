@@ -6,7 +6,6 @@ one (setup, train, save, close) for callers that need the live model in between 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,21 +20,25 @@ from ..data.dataset import CaptionSettings, TrainingSet
 from ..data.doctor import DatasetReport, build_report
 from ..data.scan import scan_dataset
 from ..errors import LoraTrainerError, TrainingStopped
-from ..events import Callback, CheckpointSaved, Events, LossesRead, RunEnded, SampleImages, ValidationLoss
+from ..events import Callback, CheckpointSaved, Events, RunEnded, SampleImages, ValidationLoss
 from ..formats.kohya import load_kohya_lora, save_kohya_lora
 from ..formats.metadata import training_metadata
 from ..formats.sidecar import write_preview, write_sidecar
 from ..models import default_families
 from ..models.bundle import ModelBundle
 from ..utils.atomic import atomic_write_text, atomic_write_with
-from ..utils.device import pick_device, pick_precision, precision_for_weights
+from ..utils.device import Precision, pick_device, pick_precision, precision_for_weights
 from ..utils.seeding import seed_everything
+from .advice import long_caption_warning, memory_advice, rank_limit_warning
 from .checkpoint import load_state, model_identity, restore_trainer, run_fingerprint, save_state, state_path
+from .disk_room import check_room_for_run
+from .distributed import SINGLE, Distributed
 from .output_folder import (FolderLock, check_no_earlier_run, delete_earlier_run, describe, effective_config,
                             resume_command, step_checkpoint_name)
 from .preflight import preflight
 from .sampling import isolated_rng, sample_path, sample_prompts_from_config
 from .validation import OverfitDetector, Validator, as_metadata, split_validation
+from .tensorboard import TensorBoardLogger
 from .trainer import Trainer
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -85,51 +88,14 @@ def load_model(config: TrainConfig) -> ModelBundle:
                        config.clip_skip, config.prediction_type)
 
 
-class TensorBoardLogger(Callback):
-    """loss and learning rate to `output_dir/logs` (skipped with a warning if tensorboard is missing)."""
-
-    def __init__(self, log_dir: Path, purge_step: Optional[int] = None):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except Exception as exc:  # noqa: BLE001 - tensorboard missing or broken
-            logging.getLogger("lora_trainer").warning("TensorBoard logging off: %s", exc)
-            self.writer = None
-            return
-        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
-
-    def on_event(self, event: Any) -> None:
-        from ..events import StepEnded
-
-        if self.writer is None:
-            return
-        if isinstance(event, LossesRead):
-            for step, loss in event.pairs:
-                self.writer.add_scalar("loss", loss, step)
-        elif isinstance(event, StepEnded):
-            self.writer.add_scalar("lr", event.lr, event.step)
-        elif isinstance(event, ValidationLoss):
-            self.writer.add_scalar("validation_loss", event.loss, event.step)
-        elif isinstance(event, SampleImages):
-            import numpy as np
-            from PIL import Image
-
-            for i, path in enumerate(event.paths):
-                with Image.open(path) as im:
-                    self.writer.add_image(f"sample_{i:02d}", np.asarray(im.convert("RGB")), event.step,
-                                          dataformats="HWC")
-        elif isinstance(event, CheckpointSaved):
-            self.writer.flush()  # a resumed run continues from here: everything up to it is on disk
-        elif isinstance(event, RunEnded):
-            self.writer.flush()
-            self.writer.close()
-
-
 class LoraRun:
-    """One training run, step by step: `setup()`, `train()`, `save_final()`, `close()`."""
+    """One training run, step by step: `setup()`, `train()`, `save_final()`, `close()`. In a data-parallel
+    run (`dist`) every rank computes the same; only rank 0 writes files."""
 
     def __init__(self, config: TrainConfig, callbacks: Sequence[Callback] = (), bundle: Optional[ModelBundle] = None,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, dist: Distributed = SINGLE):
         self.config = config
+        self.dist = dist
         self.events = Events(callbacks)
         self.bundle = bundle
         self.output_dir = Path(config.output_dir)
@@ -147,16 +113,17 @@ class LoraRun:
         self.checkpoint_steps: Dict[int, Path] = {}
         self.lock: Optional[FolderLock] = None
         self.resumed_step: Optional[int] = None
+        self.replaced: List[Path] = []  # an earlier run's files that overwrite deletes (rank 0)
 
     # ------------------------------------------------------------------ steps
     def setup(self) -> Trainer:
         cfg = self.config
-        preflight(cfg, check_model=self.bundle is None, warn=lambda text: self.events.say(text, logging.WARNING))
-        self.lock = FolderLock(self.output_dir).acquire()
-        replaced = check_no_earlier_run(self.output_dir, cfg.effective_output_name, cfg.resume, cfg.overwrite)
+        self.dist.from_main(self._claim_output)  # rank 0 checks and locks the folder; every rank hears its verdict
+        if not self.dist.is_main:
+            preflight(cfg, check_model=self.bundle is None, check_output=False)
         seed_everything(cfg.seed)
         dataset, self.validation_set = split_datasets(cfg, build_training_set(cfg))
-        self.report = build_report(dataset, cfg.batch_size, cfg.gradient_accumulation_steps,
+        self.report = build_report(dataset, cfg.batch_size * self.dist.world_size, cfg.gradient_accumulation_steps,
                                    broken=dataset.scan.broken)
         for line in self.report.summary_lines():
             self.events.say(line)
@@ -165,59 +132,84 @@ class LoraRun:
         if self.bundle is None:
             self.events.say(f"loading {cfg.base_model}")
             self.bundle = load_model(cfg)
-        placement = self.bundle.fixed_placement
-        if placement is not None:
-            device = placement[0]
-            precision = precision_for_weights(placement[1], device, cfg.mixed_precision)
-        else:
-            device = pick_device(cfg.device)
-            precision = pick_precision(cfg.mixed_precision, device)
-        self.events.say(f"device {device}, precision {precision.name}")
-        if device.type == "cuda" and placement is None:
-            self._memory_advice(device)
-        self._warn_long_captions(dataset)
-        if replaced:
-            self.events.say(f"overwrite: deleting the earlier run's {describe(replaced)} in {self.output_dir}",
-                            logging.WARNING)
-            delete_earlier_run(replaced)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.output_dir / "config.yaml", dump_config(effective_config(cfg)))
-        self.trainer = Trainer(cfg, dataset, self.bundle, device, precision, self.events)
+        device, precision = self._place()
+        self._say_warning(long_caption_warning(dataset, self.bundle))
+        if self.dist.is_main:
+            self._start_output()
+        self.trainer = Trainer(cfg, dataset, self.bundle, device, precision, self.events, self.dist)
         init, init_meta = self._read_init_lora()
         self.trainer.setup(default_adapter_kinds().file_spec(init, cfg.init_lora, cfg.lora_dropout, init_meta)
                            if init else None)
-        self._warn_rank_limit()
+        self._say_warning(rank_limit_warning(self.trainer.network, cfg.lora_rank))
         if init:
             self.trainer.network.load_kohya_state_dict(init)
             self.events.say(f"continuing from {cfg.init_lora} (rank {self.trainer.network.rank}, alpha "
                             f"{self.trainer.network.alpha:g}); optimizer and step counter start fresh")
         self.fingerprint = run_fingerprint(cfg, dataset, model_identity(cfg.base_model, self.bundle.name))
         if cfg.resume:
-            state = load_state(state_path(self.output_dir, cfg.resume))
-            restore_trainer(self.trainer, state, self.fingerprint)
-            self.resumed_step = self.trainer.progress.step
-            self.events.say(f"resuming at step {self.trainer.progress.step} of {self.trainer.schedule['total_steps']}")
-        self._check_room()
+            self._resume()
+        if self.dist.is_main:
+            self._check_room()
         self.sample_prompts = sample_prompts_from_config(cfg)
         if self.validation_set is not None:
             self.validator = Validator(self.trainer, self.validation_set, seed=cfg.seed)
             self.events.say(f"validation: {len(self.validation_set)} held-out image(s), loss at every save")
-        if self.tensorboard:
+        if self.tensorboard and self.dist.is_main:
             self.events.add(TensorBoardLogger(self.output_dir / "logs", purge_step=self.trainer.progress.step + 1))
         return self.trainer
 
-    def _memory_advice(self, device: torch.device) -> None:
-        """The planner's verdict at start: say what to change when the config will not fit the GPU."""
-        try:
-            from ..planner import plan
+    def _claim_output(self) -> None:
+        """The checks of the one process that writes (rank 0), output folder included; then it takes the
+        folder lock and notes what an overwrite will delete. Other ranks never lock nor check the folder."""
+        cfg = self.config
+        preflight(cfg, check_model=self.bundle is None, warn=lambda text: self.events.say(text, logging.WARNING))
+        self.lock = FolderLock(self.output_dir).acquire()
+        self.replaced = check_no_earlier_run(self.output_dir, cfg.effective_output_name, cfg.resume, cfg.overwrite)
 
-            verdict = plan(self.config)
-        except Exception as exc:  # noqa: BLE001 - advice only; never stops a run
-            self.events.say(f"memory plan unavailable: {exc}", logging.DEBUG)
-            return
-        level = logging.WARNING if verdict.fits is False else logging.INFO
-        self.events.say(f"memory plan: peak about {verdict.peak / 2**30:.1f} GiB of "
-                        f"{(verdict.capacity or 0) / 2**30:.1f} GiB" + "".join(f"; {a}" for a in verdict.advice), level)
+    def _start_output(self) -> None:
+        """The run's first writes (rank 0): delete what overwrite replaces, then the effective config.yaml."""
+        if self.replaced:
+            self.events.say(f"overwrite: deleting the earlier run's {describe(self.replaced)} in {self.output_dir}",
+                            logging.WARNING)
+            delete_earlier_run(self.replaced)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.output_dir / "config.yaml", dump_config(effective_config(self.config)))
+
+    def _place(self) -> Tuple[torch.device, Precision]:
+        """The device and precision of this run (this rank's GPU in a data-parallel run), said at start."""
+        cfg = self.config
+        placement = self.bundle.fixed_placement
+        if placement is not None:
+            device = placement[0]
+            precision = precision_for_weights(placement[1], device, cfg.mixed_precision)
+        else:
+            device = self.dist.device(pick_device(cfg.device))
+            precision = pick_precision(cfg.mixed_precision, device)
+        self.events.say(f"device {device}, precision {precision.name}")
+        if self.dist.active:
+            self.events.say(f"data parallel: {self.dist.world_size} processes x batch_size {cfg.batch_size} x "
+                            f"gradient_accumulation_steps {cfg.gradient_accumulation_steps} = global batch "
+                            f"{self.global_batch_size}")
+        if device.type == "cuda" and placement is None:
+            self.events.say(*memory_advice(cfg))
+        return device, precision
+
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per optimizer step over all ranks."""
+        return self.config.batch_size * self.dist.world_size * self.config.gradient_accumulation_steps
+
+    def _resume(self) -> None:
+        """Continue from the saved state: rank 0 reads it, every rank restores it."""
+        state = self.dist.from_main(lambda: load_state(state_path(self.output_dir, self.config.resume)))
+        restore_trainer(self.trainer, state, self.fingerprint)
+        self.resumed_step = self.trainer.progress.step
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.dist.world_size:
+            self.events.say(f"resume: the state was saved by {saved_world} process(es) and this run has "
+                            f"{self.dist.world_size}: the global batch changed, so from here on the run is not "
+                            f"the one an unchanged run would have been", logging.WARNING)
+        self.events.say(f"resuming at step {self.trainer.progress.step} of {self.trainer.schedule['total_steps']}")
 
     def _read_init_lora(self) -> Tuple[Optional[Dict[str, torch.Tensor]], Dict[str, str]]:
         """The tensors and metadata of `init_lora` (the metadata says a LyCORIS file's conv_dim and factor)."""
@@ -227,39 +219,13 @@ class LoraRun:
 
     def _check_room(self) -> None:
         """Enough free disk for every checkpoint and the training state, before any step is spent."""
-        lora_bytes = sum(p.numel() for p in self.trainer.network.parameters()) * \
-            SAVE_DTYPES[self.config.save_precision].itemsize
-        total = self.trainer.schedule["total_steps"]
-        saves = 1 + (total // self.config.save_steps if self.config.save_steps else 0)
-        state_bytes = 4 * lora_bytes * 4 // SAVE_DTYPES[self.config.save_precision].itemsize
-        need = saves * lora_bytes + state_bytes
-        free = shutil.disk_usage(self.output_dir).free
-        if free < need:
-            raise LoraTrainerError(f"output_dir {str(self.output_dir)!r} has {free / 2**20:.0f} MiB free but the "
-                                   f"checkpoints and training state need about {need / 2**20:.0f} MiB; free some "
-                                   f"space, raise save_steps, or pick another output_dir")
+        total, every = self.trainer.schedule["total_steps"], self.config.save_steps
+        check_room_for_run(self.output_dir, sum(p.numel() for p in self.trainer.network.parameters()),
+                           SAVE_DTYPES[self.config.save_precision].itemsize, 1 + (total // every if every else 0))
 
-    def _warn_rank_limit(self) -> None:
-        """A layer narrower than lora_rank can learn at most its width: say so, with the effective rank."""
-        narrow = self.trainer.network.narrow_layers()
-        if narrow:
-            widths = sorted({w for _, w in narrow})
-            self.events.say(f"lora_rank {self.config.lora_rank} is larger than the width of {len(narrow)} layer(s) "
-                            f"(e.g. {narrow[0][0]}, width {narrow[0][1]}): there the effective rank is only "
-                            f"{', '.join(map(str, widths))}. The file stores rank {self.config.lora_rank} everywhere; "
-                            f"a lower lora_rank gives the same result in a smaller file", logging.WARNING)
-
-    def _warn_long_captions(self, dataset: TrainingSet) -> None:
-        from ..data.doctor import MAX_TOKENS
-
-        long = []
-        for i, r in enumerate(dataset.records):
-            n = self.bundle.count_tokens(dataset.fixed_caption(i))
-            if n is not None and n > MAX_TOKENS:
-                long.append(f"{r.rel} ({n})")
-        if long:
-            self.events.say(f"{len(long)} caption(s) are longer than the text encoder's {MAX_TOKENS}-token window "
-                            f"and will be cut: {', '.join(long[:10])}", logging.WARNING)
+    def _say_warning(self, text: Optional[str]) -> None:
+        if text:
+            self.events.say(text, logging.WARNING)
 
     def train(self) -> None:
         assert self.trainer is not None, "call setup() first"
@@ -278,7 +244,11 @@ class LoraRun:
             what = f"the training state of step {self.resumed_step} that this run resumed from"
         else:
             return "No checkpoint of this run was saved (save_steps saves them along the way)."
-        return f"Kept: {what}; continue with: {resume_command(self.output_dir)}"
+        return f"Kept: {what}; continue with: {self.resume_hint()}"
+
+    def resume_hint(self) -> str:
+        """The command that continues this run (with as many processes as it had)."""
+        return resume_command(self.output_dir, self.dist.world_size, self.dist.several_machines)
 
     # ------------------------------------------------------------------ samples and validation
     def take_samples(self, step: int) -> List[Path]:
@@ -294,6 +264,8 @@ class LoraRun:
             return []
         finally:
             network.train(was_training)
+        if not self.dist.is_main:  # every rank renders (no rank waits on another), rank 0 writes
+            return []
         folder = self.output_dir / "samples"
         paths = []
         for i, image in enumerate(images):
@@ -323,6 +295,7 @@ class LoraRun:
         return self.output_dir / f"{self.config.effective_output_name}.safetensors"
 
     def metadata(self, step: int, epoch: int, extra: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+        extra = {"ss_total_batch_size": str(self.global_batch_size), **(extra or {})}
         return training_metadata(config=self.config, family=self.bundle.family,
                                  prediction_type=self.bundle.prediction_type, base_model_name=self.bundle.name,
                                  started_at=self.started_at, steps=step, epoch=epoch,
@@ -333,10 +306,20 @@ class LoraRun:
         return save_kohya_lora(path, tensors, self.metadata(step, epoch, extra))
 
     def save_checkpoint(self, step: int, epoch: int, final: bool = False) -> Path:
-        """A LoRA file (`<name>-stepNNNNNNNN` or the final `<name>`) plus the training state for resuming."""
+        """A LoRA file (`<name>-stepNNNNNNNN` or the final `<name>`) plus the training state for resuming
+        (written by rank 0 alone)."""
         name = self.config.effective_output_name
         path = self.lora_path if final else self.output_dir / step_checkpoint_name(name, step)
         extra = self.validate(step)
+        if self.dist.is_main:
+            self._write_checkpoint(path, step, epoch, extra)
+        self.checkpoints.append(path)
+        self.checkpoint_steps[step] = path
+        if self.dist.is_main:
+            self.events.emit(CheckpointSaved(path, step, final))
+        return path
+
+    def _write_checkpoint(self, path: Path, step: int, epoch: int, extra: Optional[Dict[str, str]]) -> None:
         try:
             self.save_lora(path, step, epoch, extra)
         except OSError as exc:
@@ -347,18 +330,16 @@ class LoraRun:
         except OSError as exc:
             raise LoraTrainerError(f"{path} was written, but the training state of step {step} could not be "
                                    f"({exc.strerror or exc}). {self.kept()}") from None
-        self.checkpoints.append(path)
-        self.checkpoint_steps[step] = path
-        self.events.emit(CheckpointSaved(path, step, final))
-        return path
 
     def save_final(self) -> Path:
         p = self.trainer.progress
         path = self.save_checkpoint(p.step, p.epoch + 1, final=True)
+        if not self.dist.is_main:
+            return path
         total = self.trainer.schedule["total_steps"]
         if p.step < total:
             self.events.say(f"stopped at step {p.step} of {total}; the LoRA so far is {path}. To finish this run: "
-                            f"{resume_command(self.output_dir)}")
+                            f"{self.resume_hint()}")
         if self.latest_sample is not None:
             from PIL import Image
 
@@ -393,9 +374,10 @@ class LoraRun:
 
 
 def train(config: TrainConfig, callbacks: Sequence[Callback] = (), bundle: Optional[ModelBundle] = None,
-          on_ready: Optional[Callable[[LoraRun], None]] = None) -> TrainResult:
-    """Train a LoRA as described by `config`; returns where it was written."""
-    run = LoraRun(config, callbacks, bundle)
+          on_ready: Optional[Callable[[LoraRun], None]] = None, dist: Distributed = SINGLE) -> TrainResult:
+    """Train a LoRA as described by `config`; returns where it was written (`dist`: this process's rank in a
+    data-parallel run, engine/distributed)."""
+    run = LoraRun(config, callbacks, bundle, dist=dist)
     path = None
     try:
         run.setup()

@@ -3,16 +3,15 @@ noise, timesteps, noisy latents, prediction, loss, backward, clip, step.
 
 Randomness is counter-based (see utils/seeding): the noise and timesteps of step N depend only on
 (seed, N), the data order of epoch E only on (seed, E). A resumed run therefore sees exactly what an
-uninterrupted run sees, and nothing outside the loop (samples, evaluations) can shift it.
+uninterrupted run sees, and nothing outside the loop (samples, evaluations) can shift it. Data-parallel
+ranks (engine/distributed) all compute the same global batches and each trains on its slice of them.
 """
 from __future__ import annotations
 
 import logging
-import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -28,51 +27,28 @@ from ..models.half_norms import half_norms_help
 from ..models.packed_convs import decide_packing
 from ..utils.device import Precision, available_ram, is_out_of_memory
 from ..utils.seeding import generator
+from .distributed import SINGLE, Distributed
 from .faults import FaultInjector
 from .diffusion import add_noise, make_noise, min_snr_weights, per_sample_mse, to_device, training_target
 from .graphs import GraphedLoss
+from .schedule import NONFINITE_ADVICE, OOM_ADVICE, Progress, schedule_length
 from .optim import build_optimizer, build_scheduler
-
-
-@dataclass
-class Progress:
-    """Where the run is: optimizer steps done and the position in the data order."""
-
-    step: int = 0
-    epoch: int = 0
-    samples_seen: int = 0
-    losses: List[float] = field(default_factory=list)
-    nonfinite_steps: int = 0  # steps skipped because the loss or the gradients were not finite
-    consecutive_nonfinite: int = 0
-
-
-NONFINITE_ADVICE = ("usual fixes: mixed_precision: bf16 instead of fp16 (or no), a lower learning_rate, "
-                    "max_grad_norm: 1.0, and a VAE that does not overflow in fp16")
-OOM_ADVICE = ("lower resolution, batch_size or lora_rank, turn on cache_latents, or train on a GPU with more "
-              "memory (python -m lora_trainer plan --config ... shows what fits)")
-
-
-def schedule_length(config: TrainConfig, dataset: TrainingSet) -> Dict[str, int]:
-    """steps_per_epoch, total_steps and epochs for a config on a dataset."""
-    batches = dataset.batches_per_epoch(config.batch_size)
-    steps_per_epoch = max(1, math.ceil(batches / config.gradient_accumulation_steps))
-    total = config.max_steps or config.epochs * steps_per_epoch
-    return {"batches_per_epoch": batches, "steps_per_epoch": steps_per_epoch, "total_steps": total,
-            "epochs": math.ceil(total / steps_per_epoch)}
 
 
 class Trainer:
     """Trains a LoRA on a bundle over a dataset; emits events; never prints."""
 
     def __init__(self, config: TrainConfig, dataset: TrainingSet, bundle: ModelBundle, device: torch.device,
-                 precision: Precision, events: Optional[Events] = None):
+                 precision: Precision, events: Optional[Events] = None, dist: Distributed = SINGLE):
         self.config = config
+        self.dist = dist  # data-parallel ranks each take a slice of every global batch (engine/distributed)
+        self.global_batch_size = config.batch_size * dist.world_size
         self.dataset = dataset
         self.bundle = bundle
         self.device = device
         self.precision = precision
         self.events = events or Events()
-        self.schedule = schedule_length(config, dataset)
+        self.schedule = schedule_length(config, dataset, dist.world_size)
         self.progress = Progress()
         self.network: Optional[AdapterNetwork] = None
         self.latent_cache: Optional[LatentCache] = None
@@ -169,7 +145,12 @@ class Trainer:
             self.latent_cache = LatentCache(self.dataset, self.bundle.vae_fingerprint(), cfg.cache_latents_to_disk)
             self.events.say(f"caching latents of {len(self.dataset)} image(s)")
             # the VAE runs in fp32: keep its batch small at high resolution (it is the peak otherwise)
-            vae_batch = max(1, min(cfg.batch_size, (512 * 512) // (cfg.resolution ** 2)))
+            vae_batch = max(1, min(self.global_batch_size, (512 * 512) // (cfg.resolution ** 2)))
+            # data parallel: each rank encodes a share, then all exchange them; a last pass encodes what no
+            # rank had (ranks that see different disk caches); for one process it finds nothing to do
+            self.latent_cache.build(self.bundle.encode_images, batch_size=vae_batch, device=self.device,
+                                    part=(self.dist.rank, self.dist.world_size))
+            self.latent_cache.latents = self.dist.share_tensors(self.latent_cache.latents, self.device)
             self.latent_cache.build(self.bundle.encode_images, batch_size=vae_batch, device=self.device)
             self.bundle.offload_vae()
         use_text_cache = cfg.cache_text_encoder_outputs
@@ -178,7 +159,10 @@ class Trainer:
         if use_text_cache and not cfg.train_text_encoder:
             self.text_cache = TextCache()
             captions = [self.dataset.fixed_caption(i) for i in range(len(self.dataset))]
-            with self.autocast():
+            with self.autocast():  # shared out like the latents
+                self.text_cache.build(captions, self.bundle.encode_captions, part=(self.dist.rank,
+                                                                                  self.dist.world_size))
+                self.text_cache.outputs = self.dist.share_tensors(self.text_cache.outputs, self.device)
                 self.text_cache.build(captions, self.bundle.encode_captions)
             self.bundle.offload_text_encoder()
 
@@ -290,20 +274,23 @@ class Trainer:
         self.forced_checkpointing = True
 
     def _optimizer_step(self, step: int, batches: Sequence[Sequence[Sample]]) -> torch.Tensor:
-        """Forward/backward over the step's batches (split into micro-batches), clip, update."""
+        """Forward/backward over this rank's share of the step's batches (split into micro-batches), sum the
+        gradients over the ranks, clip, update. The loss is a mean over the global batch on every rank."""
         total = sum(len(b) for b in batches)
-        single_pass = len(batches) == 1 and self.micro_batch_size >= total
+        shares = [self.dist.shard(len(b)) for b in batches]
+        single_pass = len(batches) == 1 and self.micro_batch_size >= shares[0].stop - shares[0].start
         loss_sum = torch.zeros((), device=self.device)
-        for bi, batch in enumerate(batches):
-            noise, timesteps = self.step_noise(step, bi, batch)
-            for k in range(0, len(batch), self.micro_batch_size):
-                part = slice(k, k + self.micro_batch_size)
+        for bi, (batch, share) in enumerate(zip(batches, shares)):
+            noise, timesteps = self.step_noise(step, bi, batch)  # of the whole batch: as one process draws them
+            for k in range(share.start, share.stop, self.micro_batch_size):
+                part = slice(k, min(k + self.micro_batch_size, share.stop))
                 self.faults.before_forward(step, self.micro_batch_size)
                 loss = self.batch_loss(batch[part], noise[part], timesteps[part], single_pass).sum() / total
                 loss = self.faults.loss(step, loss)
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
                 loss_sum += loss.detach()
         params = self.network.parameters()
+        loss_sum = self.dist.sum_gradients(params, loss_sum)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         finite = torch.isfinite(loss_sum)
@@ -354,7 +341,7 @@ class Trainer:
             on_sample(p.step)
         while p.step < total:
             p.epoch = p.step // spe
-            batches = self.dataset.epoch_batches(p.epoch, cfg.seed, cfg.batch_size)
+            batches = self.dataset.epoch_batches(p.epoch, cfg.seed, self.global_batch_size)
             k = p.step % spe
             step_batches = batches[k * ga:(k + 1) * ga]
             if self.prefetcher is not None:
@@ -362,7 +349,7 @@ class Trainer:
             pending.append(self.optimizer_step(p.step, step_batches))
             p.step += 1
             p.samples_seen += sum(len(b) for b in step_batches)
-            stop = self.events.stop_requested()
+            stop = self.dist.any(self.events.stop_requested())  # every rank stops after the same step
             save = bool(on_checkpoint and p.step < total and cfg.save_steps and p.step % cfg.save_steps == 0)
             value = None
             if p.step % cfg.log_every_n_steps == 0 or p.step == total or stop or save:
@@ -389,9 +376,9 @@ class Trainer:
 
     def _upcoming(self, step: int, ga: int) -> List[Sample]:
         spe = self.schedule["steps_per_epoch"]
-        batches = self.dataset.epoch_batches(step // spe, self.config.seed, self.config.batch_size)
+        batches = self.dataset.epoch_batches(step // spe, self.config.seed, self.global_batch_size)
         k = step % spe
-        return [s for b in batches[k * ga:(k + 1) * ga] for s in b]
+        return [s for b in batches[k * ga:(k + 1) * ga] for s in b[self.dist.shard(len(b))]]
 
     def sample_due(self, step: int) -> bool:
         from .sampling import is_sample_step

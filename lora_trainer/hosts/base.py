@@ -66,6 +66,10 @@ class Host(ABC):
         """A bundle that trains the host's loaded model in place."""
         raise LoraTrainerError(f"{self.title or 'this program'} has no loaded model to train in place")
 
+    def model_digest(self) -> Dict[str, Any]:
+        """sha256 and sizes of the loaded model's weights (utils/weights_digest), to prove training gave them back."""
+        raise LoraTrainerError(f"{self.title or 'this program'} has no loaded model")
+
     def fill_config(self, raw: Dict[str, Any]) -> Dict[str, Any]:
         """The page's raw config with what the host decides (its loaded model, its default settings)."""
         return raw

@@ -8,7 +8,7 @@ from ...errors import LoraTrainerError
 
 
 def register_routes(app, service, host) -> None:
-    """Add /lora_trainer/v1/* routes (train, status, stop, verify/{name}) for the page's `service`."""
+    """Add /lora_trainer/v1/* routes (train, status, stop, verify/{name}, model_digest) for the page's `service`."""
     from fastapi import HTTPException
 
     def guard(fn, *args):
@@ -28,6 +28,13 @@ def register_routes(app, service, host) -> None:
     @app.post("/lora_trainer/v1/stop")
     def stop_training():
         return service.stop().to_dict()
+
+    @app.get("/lora_trainer/v1/model_digest")
+    def model_digest():
+        from modules.call_queue import queue_lock
+
+        with queue_lock:
+            return guard(host.model_digest)
 
     @app.get("/lora_trainer/v1/verify/{name}")
     def verify(name: str):

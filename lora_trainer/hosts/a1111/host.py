@@ -95,6 +95,17 @@ class A1111Host(Host):
     def model_description(self) -> str:
         return f"Training uses the loaded checkpoint: {getattr(_checkpoint_info(), 'title', 'none loaded')}"
 
+    def model_digest(self) -> Dict[str, Any]:
+        from modules import shared
+
+        from ...utils.weights_digest import weights_digest
+
+        sd_model = shared.sd_model
+        if sd_model is None:
+            raise ModelLoadError("no checkpoint is loaded in the WebUI: load one in the checkpoint dropdown first")
+        return weights_digest({"unet": sd_model.model.diffusion_model, "text_encoders": sd_model.cond_stage_model,
+                               "vae": sd_model.first_stage_model})
+
     def fill_config(self, raw: Dict[str, Any]) -> Dict[str, Any]:
         raw = dict(raw)
         raw["base_model"] = getattr(_checkpoint_info(), "filename", None) or "webui-loaded-model"

@@ -50,15 +50,22 @@ def file_module_names(path: str) -> Set[str]:
     return set(default_adapter_kinds().module_names(tensors))
 
 
+def network_on_disk(networks: Any, name: str) -> Any:
+    """The Lora list's entry for `name` after re-reading the folder (the WebUI's and Forge's `networks` modules
+    keep the same lists); a message naming the folder if there is none."""
+    networks.list_available_networks()
+    on_disk = networks.available_network_aliases.get(name) or networks.available_networks.get(name)
+    if on_disk is None:
+        raise LoraTrainerError(f"no LoRA named {name!r} in {networks.shared.cmd_opts.lora_dir}")
+    return on_disk
+
+
 def verify_lora(name: str) -> Dict[str, Any]:
     """Load `name` through the WebUI's built-in Lora extension and compare its modules with the file's."""
     networks = _networks()
     if networks is None:
         raise LoraTrainerError("the built-in Lora extension is not loaded")
-    networks.list_available_networks()
-    on_disk = networks.available_network_aliases.get(name) or networks.available_networks.get(name)
-    if on_disk is None:
-        raise LoraTrainerError(f"no LoRA named {name!r} in {networks.shared.cmd_opts.lora_dir}")
+    on_disk = network_on_disk(networks, name)
     try:
         networks.load_networks([name])
         net = next(n for n in networks.loaded_networks if n.name == name)

@@ -1,0 +1,71 @@
+"""Forge Neo's built-in LoRA extension (`sd_forge_lora`, its `networks` module) and LoRA loader
+(`backend.patcher.lora`): deactivate what it applied, re-read its list, and load a file with Forge's own
+key matching to prove every module matched. Forge's code is imported inside the functions only."""
+from __future__ import annotations
+
+import sys
+from typing import Any, Dict
+
+from ...errors import LoraTrainerError
+from ..a1111.lora_extension import file_module_names, network_on_disk
+
+
+def _networks() -> Any:
+    """Forge's `networks` module (None when its built-in LoRA extension is disabled)."""
+    return sys.modules.get("networks")
+
+
+def clear_active_loras(sd_model: Any) -> None:
+    """Deactivate Forge's LoRAs (its own `load_networks` with empty lists: the A1111-style `load_networks([])`
+    fails in Forge), then load the UNet and text-encoder patchers through Forge's memory manager, which puts
+    the weights a previous `<lora:...>` generation patched in back from its backups."""
+    networks = _networks()
+    if networks is not None:
+        networks.load_networks([], [], [])
+    from backend import memory_management
+
+    objects = sd_model.forge_objects
+    memory_management.load_models_gpu([objects.unet, objects.clip.patcher])
+
+
+def refresh_loras() -> None:
+    """Re-read the Lora folder (Forge reads a file again whenever the active LoRA list changes)."""
+    networks = _networks()
+    if networks is not None:
+        networks.list_available_networks()
+
+
+def _file_for(name: str) -> str:
+    networks = _networks()
+    if networks is None:
+        raise LoraTrainerError("Forge's built-in LoRA extension (sd_forge_lora) is not loaded")
+    return network_on_disk(networks, name).filename
+
+
+def verify_lora(name: str, sd_model: Any) -> Dict[str, Any]:
+    """Match LoRA `name`'s keys with Forge's loader (`load_lora` on Forge's UNet and CLIP key maps) and have a
+    throw-away clone of each patcher accept the patches; nothing is applied to the model."""
+    from backend.patcher.lora import load_lora, model_lora_keys_clip, model_lora_keys_unet
+    from backend.utils import load_torch_file
+
+    filename = _file_for(name)
+    objects = sd_model.forge_objects
+    tensors = load_torch_file(filename, safe_load=True)
+    unet_patches, rest = load_lora(tensors, model_lora_keys_unet(objects.unet.model, {}))
+    clip_patches, rest = load_lora(rest, model_lora_keys_clip(objects.clip.cond_stage_model, {}))
+    accepted = set(objects.unet.clone().add_patches(unet_patches)) | set(objects.clip.clone().add_patches(clip_patches))
+    refused = sorted(set(unet_patches) - accepted) + sorted(set(clip_patches) - accepted)
+    in_file = file_module_names(filename)
+    left = {key.split(".")[0] for key in rest}
+    loaded = "SDXL" if getattr(sd_model, "is_sdxl", False) else "SD1" if getattr(sd_model, "is_sd1", False) else "?"
+    return {"name": name, "file": filename, "modules_in_file": len(in_file), "modules_matched": len(in_file - left),
+            "unmatched": sorted(in_file & left), "patches_refused": refused, "sd_version": file_version(filename),
+            "loaded_model_version": loaded}
+
+
+def file_version(filename: str) -> str:
+    """SDXL / SD1 / SD2 from the file's `ss_base_model_version` (what Forge's Lora page filters by)."""
+    from ...formats.kohya import load_kohya_lora
+
+    version = load_kohya_lora(filename)[1].get("ss_base_model_version", "")
+    return "SDXL" if version.startswith("sdxl") else "SD2" if version.startswith("sd_v2") else "SD1" if version else "?"
