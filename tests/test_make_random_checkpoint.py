@@ -94,3 +94,21 @@ def test_full_size_unet_layout(tool, family, count, known):
     assert {f"model.diffusion_model.{k}" for k in known} <= names
     diffusers_only = ("down_blocks", "up_blocks", "mid_block", ".resnets.", ".attentions.", "time_embedding", "conv_in")
     assert not [n for n in names if any(part in n for part in diffusers_only)]
+
+
+def test_text_embedding_mean_is_not_zero_by_construction(tool):
+    """The WebUI's "Original" emphasis divides by the prompt embedding's mean: with LayerNorms left at 1 and 0
+    that mean is 0.0 in fp32 for some prompts (NaN images in the real host); randomised norms keep it away."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    config = CLIPTextConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=16)
+    ids = torch.randint(0, 100, (1, 16))
+    plain = CLIPTextModel(config)
+    with torch.no_grad():
+        plain_mean = plain(ids).last_hidden_state.double().mean().abs().item()
+        tool.randomise_layer_norms(plain)
+        trained_mean = plain(ids).last_hidden_state.double().mean().abs().item()
+    assert plain_mean < 1e-6  # each token's features average to zero: the mean is rounding noise
+    assert trained_mean > 1e-3

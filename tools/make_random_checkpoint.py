@@ -208,11 +208,26 @@ def build_unet_and_vae(unet_config: Dict, vae_sample_size: int) -> Tensors:
     return {**out, **vae_out}
 
 
+def randomise_layer_norms(model: torch.nn.Module) -> None:
+    """Give every LayerNorm a trained-looking scale and shift (1 + N(0, 0.1), N(0, 0.1)) instead of 1 and 0.
+
+    With the initial 1 and 0 the text encoder's final LayerNorm makes each token's features average to
+    exactly zero, so the whole prompt embedding's mean is 0.0 in fp32 for some prompts, and the WebUI's
+    "Original" emphasis divides by that mean (`z * (original_mean / new_mean)`): 0/0, NaN images. Released
+    checkpoints never have that; the random ones must not either."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm) and module.elementwise_affine:
+                module.weight.copy_(1 + 0.1 * torch.randn_like(module.weight))
+                module.bias.copy_(0.1 * torch.randn_like(module.bias))
+
+
 def build_clip_l(prefix: str) -> Tensors:
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
     from transformers import CLIPTextConfig, CLIPTextModel
 
     model = CLIPTextModel(CLIPTextConfig(**CLIP_L))
+    randomise_layer_norms(model)
     out = clip_to_original(model, prefix)
     expected = {**clip_text_state(model), "text_model.embeddings.position_ids": out[prefix + "text_model.embeddings.position_ids"]}
     check_round_trip("CLIP ViT-L", expected, convert_ldm_clip_checkpoint(out, remove_prefix=prefix))
@@ -224,6 +239,7 @@ def build_open_clip_bigg(prefix: str) -> Tensors:
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     model = CLIPTextModelWithProjection(CLIPTextConfig(**OPEN_CLIP_BIGG))
+    randomise_layer_norms(model)
     out = open_clip_to_original(model, prefix)
     expected = {k: v for k, v in model.state_dict().items() if not k.endswith("position_ids")}
     check_round_trip("OpenCLIP bigG", expected, convert_open_clip_checkpoint(model, out, prefix=prefix))
