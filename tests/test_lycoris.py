@@ -95,7 +95,7 @@ def test_the_hosts_formulas_rebuild_what_was_trained(tmp_path, models, color_dat
     """Per module: A1111's formulas on the file give the change the trained layer reports, the layer's
     forward adds exactly that change, and (not DoRA) the lycoris-lora package's module built from the file
     adds it too."""
-    cfg = make_config(models[family], color_data, tmp_path / "out", max_steps=2, lora_rank=4, lora_alpha=2,
+    cfg = make_config(models[family], color_data, tmp_path / "out", max_steps=1, lora_rank=4, lora_alpha=2,
                       learning_rate=2e-2, train_text_encoder=True, batch_size=1, gradient_checkpointing=False,
                       **KINDS[kind])
     run = LoraRun(cfg, tensorboard=False)
@@ -163,7 +163,8 @@ def test_lora_keys_with_dora_scale_read_as_locon_and_a_row_norm_dora_is_refused(
         kinds.read_modules(tensors, "f")
 
 
-@pytest.mark.parametrize("where,kind", [("sd1", "locon-dora"), ("sd2", "lokr"), ("sdxl", "loha-dora")])
+# each kind once in place (LoHa, the slowest, on the smallest tower); DoRA in place on SD1
+@pytest.mark.parametrize("where,kind", [("sd1", "locon-dora"), ("sd2", "loha"), ("sdxl", "lokr")])
 def test_in_place_in_the_webui_model_names_and_losses_equal_the_diffusers_path(tmp_path, color_data, where, kind):
     """The WebUI's own ldm / sgm model trained in place gets the same kohya names (ResNet and sampler layers
     included) and the same loss as the converted file, and comes back exactly as it was."""
@@ -246,3 +247,43 @@ def test_config_takes_the_kinds_and_refuses_bad_arguments_clearly(tmp_path, colo
                          ({"network_type": "locon", "network_args": {"use_dora": "maybe"}}, "expected true or false")]:
         with pytest.raises(ConfigError, match=message):
             config_from_dict({**base, **raw})
+
+
+@pytest.mark.parametrize("kind,args", [("loha", {}), ("lokr", {"factor": 4}), ("locon", {"use_dora": True})])
+@pytest.mark.parametrize("conv", [False, True], ids=["linear", "conv"])
+def test_a_weight_sized_change_is_rebuilt_in_the_backward_not_kept(kind, args, conv):
+    """LoHa, LoKr and DoRA build a change as large as the layer's weight: between forward and backward autograd
+    keeps less than one such tensor per layer (the input and the small factors), and the gradients equal those
+    of the same formula kept whole."""
+    from lora_trainer.adapters import default_adapter_kinds
+    from lora_trainer.adapters.base import AdapterSpec
+
+    torch.manual_seed(0)
+    layer = nn.Conv2d(32, 48, 3, padding=1) if conv else nn.Linear(96, 128)
+    root = nn.Sequential(layer)
+    adapter_kind = default_adapter_kinds().get(kind)
+    adapted = adapter_kind.wrap(root, ["0"], AdapterSpec(adapter_kind, 4, 2.0, 0.0, dict(args)))["0"]
+    for p in adapted.factors.parameters():  # no zero factor: every gradient is non-trivial
+        p.data.normal_()
+    layer.requires_grad_(False)
+    x = torch.randn((2, 32, 5, 5) if conv else (4, 96), requires_grad=True)  # as after an earlier adapted layer
+    kept = []
+
+    def pack(t):
+        if t.data_ptr() != layer.weight.data_ptr():  # the frozen base weight itself is a reference, not a copy
+            kept.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = root(x)
+    weight_size = layer.weight.numel()
+    assert sum(n for n in kept if n >= weight_size) == 0, f"weight-sized tensors kept: {kept}"
+    out.square().sum().backward()
+    params = [x, *adapted.factors.parameters()]
+    got = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    whole = layer(x) + (F.conv2d(x, adapted.delta(), None, 1, 1) if conv else F.linear(x, adapted.delta()))
+    whole.square().sum().backward()
+    for g, p in zip(got, params):
+        assert rel_err(g, p.grad) < 1e-5
