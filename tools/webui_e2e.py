@@ -64,8 +64,8 @@ def train(a, name: str, prompt: str) -> dict:
                   learning_rate=a.lr, trigger_word="shpz", train_text_encoder=not a.no_text_encoder,
                   sample_prompts=[f"{prompt} --w {a.image_size} --h {a.image_size} --s 4 --d 3"],
                   sample_every_n_steps=a.steps, network_type=a.network_type,
-                  network_args={"use_dora": True} if a.dora else {})
-    print(f"{name}: network_type {a.network_type}" + (" with DoRA" if a.dora else ""))
+                  network_args={"use_dora": True} if a.dora else {}, save_precision=a.save_precision)
+    print(f"{name}: network_type {a.network_type}" + (" with DoRA" if a.dora else "") + f", saved in {a.save_precision}")
     t0 = time.time()
     call(a.url, "/lora_trainer/v1/train", config)
     while True:
@@ -121,6 +121,9 @@ def run_options(name_prefix: str) -> argparse.ArgumentParser:
     ap.add_argument("--no-text-encoder", action="store_true")
     ap.add_argument("--network-type", default="lora", choices=["lora", "locon", "loha", "lokr"])
     ap.add_argument("--dora", action="store_true", help="use_dora (locon, loha, lokr)")
+    ap.add_argument("--save-precision", default="fp16", choices=["fp16", "bf16", "fp32"],
+                    help="fp32 to compare the host's LoHa/LoKr formulas at 1e-4: A1111 multiplies their factors "
+                         "in the file's dtype")
     return ap
 
 
