@@ -187,7 +187,7 @@ def test_in_place_in_the_webui_model_names_and_losses_equal_the_diffusers_path(t
           bundle=in_place_bundle(model, name="tiny"))
     assert_restored(model, saved)  # every adapted layer (ResNet convs included) put back, nothing left behind
     names, losses, steps = same_lora_same_loss(tmp_path, cfg, [in_place_bundle(model, name="tiny"), load_model(cfg)],
-                                               ["unet", "te"] if te else ["unet"])
+                                               ["unet"] + (["te1", "te2"] if where == "sdxl" else ["te"]) * te)
     assert any("resnets" in n or "in_layers" in n for n in names) and any("sampler" in n or "_op" in n for n in names)
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
     assert steps[0] == pytest.approx(steps[1], abs=1e-5)
@@ -195,7 +195,8 @@ def test_in_place_in_the_webui_model_names_and_losses_equal_the_diffusers_path(t
 
 def test_the_planner_counts_each_kinds_parameters_and_activations(tmp_path, models, color_data):
     """Each kind's estimate comes from its own layers on the meta device: LoCon adds the conv layers' state,
-    LoHa (four factors, and a full-size change per layer in the forward) more than LoCon at the same rank."""
+    LoHa (four factors) more than LoCon at the same rank; LoHa's full-size change per layer is not kept for
+    the backward, so its activations are no larger than LoCon's."""
     from lora_trainer.planner import estimate
 
     plans = {nt: estimate(make_config(models["sd1"], color_data, tmp_path / nt, network_type=nt, lora_rank=4))
@@ -204,7 +205,8 @@ def test_the_planner_counts_each_kinds_parameters_and_activations(tmp_path, mode
         print(f"{nt}: adapter state {plan.lora_state} B, activations {plan.activations} B")
     assert plans["locon"].lora_state > plans["lora"].lora_state
     assert plans["loha"].lora_state > plans["locon"].lora_state
-    assert plans["loha"].activations > plans["locon"].activations
+    # LoHa's weight-sized change is rebuilt in the backward, not kept: no more than LoCon's rank-wide intermediates
+    assert plans["loha"].activations <= plans["locon"].activations
     assert all(p.lora_state > 0 for p in plans.values())
 
 
