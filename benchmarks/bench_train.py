@@ -19,6 +19,9 @@ For each workload it runs, on the same random-weight model and data:
 - `kohya` (only with `--kohya PATH`, SD1.5 workloads): kohya sd-scripts' train_network.py from that
   checkout on the same model and images (see kohya_loop.py); its memory is its process's peak resident
   memory (model, torch and interpreter included: compare with check_plan.py's figure plus ~0.5 GiB).
+With `--network-type lora locon loha lokr locon-dora ...` the trainer loops run once per adapter kind (the
+`-dora` names set `use_dora`; LyCORIS kinds with conv_dim = rank) and the table adds each kind's speed and
+memory relative to plain LoRA; the reference loops stay plain LoRA.
 It prints a table and writes JSON: steps/s, images/s, time to first step, peak memory (CUDA max
 allocated on GPU, peak resident growth on CPU), and on a GPU the share of its dense bf16 peak
 (datasheet figure; 1.73 TFLOP per 512 px image-step).
@@ -27,6 +30,7 @@ allocated on GPU, peak resident growth on CPU), and on a GPU the share of its de
     python benchmarks/bench_train.py --workloads sd15-512-b1 sd15-512-b8 --json out.json   # GPU
     python benchmarks/bench_train.py --workloads sd15-512-b8 --loops trainer trainer-eager trainer-compile
     python benchmarks/bench_train.py --workloads sd15-256-b1 --loops reference trainer reference trainer  # medians
+    python benchmarks/bench_train.py --workloads tiny --loops trainer --network-type lora locon loha lokr locon-dora
     python benchmarks/bench_train.py --workloads sd15-256-b1 --kohya ~/sd-scripts --kohya-python ~/sd-scripts/venv/bin/python
 """
 from __future__ import annotations
@@ -39,7 +43,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import median
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -178,8 +182,18 @@ def run_reference(bundle, dataset, cfg, warmup: int, steps: int, device: torch.d
     return {"first_step_s": stamps[0] - t0, "steps_per_s": steps / (stamps[-1] - stamps[warmup - 1])}
 
 
+NETWORK_TYPES = ("lora", "locon", "loha", "lokr", "locon-dora", "loha-dora", "lokr-dora")
+
+
+def network_overrides(network_type: str) -> Dict:
+    """Config keys of a `--network-type` name (`loha-dora`: network_type loha with use_dora)."""
+    kind, _, dora = network_type.partition("-")
+    return {"network_type": kind, "network_args": {"use_dora": True} if dora else {}}
+
+
 def measure(name: str, spec: Dict, device: torch.device, root: Path, warmup: int, steps: int,
-            loops: List[str], bundles: Dict, peak: Optional[float] = None, kohya: Optional[Dict] = None) -> List[Row]:
+            loops: List[str], bundles: Dict, peak: Optional[float] = None, kohya: Optional[Dict] = None,
+            network_types: Sequence[str] = ("lora",)) -> List[Row]:
     from lora_trainer.engine.run import build_training_set
     from lora_trainer.tiny import make_shapes_dataset
     from lora_trainer.utils.device import pick_precision
@@ -189,11 +203,12 @@ def measure(name: str, spec: Dict, device: torch.device, root: Path, warmup: int
     common = dict(max_steps=warmup + steps, learning_rate=1e-4, seed=0, device=device.type,
                   log_every_n_steps=warmup, gradient_checkpointing=spec.get("checkpointing", False))
     rows = []
-    for loop in loops:
+    runs = [(loop, nt) for loop in loops for nt in (network_types if loop in TRAINER_LOOPS else ("lora",))]
+    for loop, network_type in runs:
         if loop == "kohya" and (kohya is None or spec["model"] != "sd15"):
             print(f"{name}: kohya skipped ({'SD1.5 workloads only' if kohya else 'no --kohya checkout given'})")
             continue
-        overrides = TRAINER_LOOPS.get(loop, REFERENCE_LOOPS.get(loop, {}))
+        overrides = {**TRAINER_LOOPS.get(loop, REFERENCE_LOOPS.get(loop, {})), **network_overrides(network_type)}
         cfg = shapes_config(data, root / f"out_{name}", res, batch, **common, **overrides)
         if spec["model"] not in bundles:  # built once, reused (runs restore it; weights stay on the device)
             bundles[spec["model"]] = make_bundle(spec["model"], device, root)
@@ -208,7 +223,8 @@ def measure(name: str, spec: Dict, device: torch.device, root: Path, warmup: int
                 r = run_reference(bundle, build_training_set(cfg), cfg, warmup, steps, device)
         tflops = 1.73 * batch * (res / 512) ** 2 * r["steps_per_s"] if spec["model"] == "sd15" else None
         share = round(tflops / peak, 3) if tflops and peak else None
-        rows.append(Row(name, loop, round(r["steps_per_s"], 3), round(r["steps_per_s"] * batch, 3),
+        label = loop if network_type == "lora" else f"{loop}[{network_type}]"
+        rows.append(Row(name, label, round(r["steps_per_s"], 3), round(r["steps_per_s"] * batch, 3),
                         round(r["first_step_s"], 1), None if loop == "kohya" else round(mem.peak_gib if device.type == "cuda" else mem.growth_gib, 3), round(tflops, 1) if tflops else None, share,
                         r.get("process_peak_gib")))
         if device.type == "cuda":
@@ -224,6 +240,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--network-type", nargs="+", default=["lora"], choices=NETWORK_TYPES,
+                    help="adapter kinds the trainer loops run with (each beside plain LoRA when that is listed)")
     ap.add_argument("--kohya", type=Path, default=None, help="a kohya sd-scripts checkout: adds the `kohya` loop")
     ap.add_argument("--kohya-python", default=sys.executable, help="Python of an environment with its requirements")
     a = ap.parse_args()
@@ -239,7 +257,8 @@ def main() -> None:
     kohya = {"checkout": a.kohya.resolve(), "python": a.kohya_python} if a.kohya else None
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.workloads:
-            new = measure(name, WORKLOADS[name], device, Path(tmp), a.warmup, a.steps, loops, bundles, peak, kohya)
+            new = measure(name, WORKLOADS[name], device, Path(tmp), a.warmup, a.steps, loops, bundles, peak, kohya,
+                          a.network_type)
             print(json.dumps([asdict(r) for r in new]), flush=True)
             rows += new
     header = (f"{'workload':18} {'loop':21} {'steps/s':>8} {'img/s':>8} {'1st step s':>10} {'peak GiB':>9} "
@@ -265,6 +284,14 @@ def main() -> None:
                     mine, theirs = runs[(workload, loop)], runs[(workload, ref)]
                     of = f" (medians of {len(mine)} / {len(theirs)} runs)" if len(mine) + len(theirs) > 2 else ""
                     print(f"{workload}: {loop} / {ref} steps/s = {median(mine) / median(theirs):.2f}x{of}")
+    by_label = {(r.workload, r.loop): r for r in rows}
+    for r in rows:
+        loop, _, kind = r.loop.partition("[")
+        plain = by_label.get((r.workload, loop))
+        if kind and plain is not None:
+            mem = (f", peak memory {r.peak_gib:.3f} vs {plain.peak_gib:.3f} GiB"
+                   if r.peak_gib is not None and plain.peak_gib is not None else "")
+            print(f"{r.workload}: {r.loop} / {loop} (plain LoRA) steps/s = {r.steps_per_s / plain.steps_per_s:.2f}x{mem}")
     if a.json:
         Path(a.json).write_text(json.dumps([asdict(r) for r in rows], indent=2))
 

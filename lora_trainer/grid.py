@@ -79,8 +79,8 @@ def render_grid(bundle, loras: Sequence[Path], prompt: str, weights: Sequence[fl
     sample = SamplePrompt(prompt, negative=negative, width=size, height=size, steps=steps, cfg=cfg, seed=seed)
     rows = []
     for path in loras:
-        tensors, _ = load_kohya_lora(path)
-        adapter = default_adapter_kinds().file_spec(tensors, str(path))
+        tensors, metadata = load_kohya_lora(path)
+        adapter = default_adapter_kinds().file_spec(tensors, str(path), metadata=metadata)
         te = any(k.startswith("lora_te") for k in tensors)
         network = AdapterNetwork.inject(bundle.network_components(te), adapter)
         try:

@@ -171,7 +171,7 @@ def estimate(config: TrainConfig, batch_size: Optional[int] = None, parts=None,
     """Estimated peak memory of training `config` (optionally at another batch size)."""
     from .adapters import default_adapter_kinds
     from .network.network import AdapterNetwork, NetworkComponent
-    from .network.targets import text_encoder_targets, unet_targets
+    from .network.targets import text_encoder_targets, unet_conv_targets, unet_targets
     from .models.sd1 import SD1Family
 
     device = device or pick_device(config.device)
@@ -186,7 +186,7 @@ def estimate(config: TrainConfig, batch_size: Optional[int] = None, parts=None,
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     unet.set_attn_processor(AttnProcessor2_0())
-    comps = [NetworkComponent("unet", unet, unet_targets(unet), lambda p: p)]
+    comps = [NetworkComponent("unet", unet, unet_targets(unet), lambda p: p, unet_conv_targets(unet))]
     if config.train_text_encoder:
         comps += [NetworkComponent(f"te{i}", te, text_encoder_targets(te), lambda p, i=i: f"te{i}.{p}")
                   for i, te in enumerate(encoders)]

@@ -283,9 +283,57 @@ def test_a_lora_that_does_not_fit_is_refused_naming_the_first_bad_key(tmp_path, 
 
 def test_other_formats_are_refused_by_name(tmp_path, tiny_ckpt):
     save_file({"lora_unet_x.lora_down.weight": torch.zeros(2, 4), "lora_unet_x.lora_up.weight": torch.zeros(4, 2),
-               "lora_unet_y.hada_w1_a": torch.zeros(4, 2)}, str(tmp_path / "loha.safetensors"))
-    with pytest.raises(LoraFormatError, match="lora_unet_y.hada_w1_a' is LoHa"):
-        merge_loras(tiny_ckpt, [tmp_path / "loha.safetensors"], tmp_path / "m.safetensors")
+               "lora_unet_y.lora_mid.weight": torch.zeros(2, 2, 3, 3)}, str(tmp_path / "tucker.safetensors"))
+    with pytest.raises(LoraFormatError, match="lora_unet_y.lora_mid.weight' is LoCon with a Tucker"):
+        merge_loras(tiny_ckpt, [tmp_path / "tucker.safetensors"], tmp_path / "m.safetensors")
+
+
+def random_lycoris(bundle, names, algo: str, seed: int, path: Path) -> Path:
+    """A LyCORIS file with random factors for `names` in the layout the hosts read (LoHa, LoKr with a
+    low-rank w2, or LoCon with dora_scale)."""
+    from lora_trainer.adapters.lokr import factorization
+
+    g = torch.Generator().manual_seed(seed)
+    layers, tensors, r = runtime_layers(bundle), {}, 2
+    for name in names:
+        w = layers[name].weight
+        out, inp, flat = w.shape[0], w.shape[1], w[0].numel()
+        rnd = lambda *shape: torch.randn(*shape, generator=g) * 0.3  # noqa: E731
+        if algo == "loha":
+            parts = {"hada_w1_a": rnd(out, r), "hada_w1_b": rnd(r, flat), "hada_w2_a": rnd(out, r), "hada_w2_b": rnd(r, flat)}
+        elif algo == "lokr":
+            (o1, o2), (i1, i2) = factorization(out, 4), factorization(inp, 4)
+            parts = {"lokr_w1": rnd(o1, i1), "lokr_w2_a": rnd(o2, r), "lokr_w2_b": rnd(r, i2 * flat // inp)}
+        else:
+            parts = {"lora_down.weight": rnd(r, *w.shape[1:]), "lora_up.weight": rnd(out, r, *(1,) * (w.dim() - 2)),
+                     "dora_scale": w.detach().transpose(0, 1).reshape(inp, -1).norm(dim=1).reshape(1, inp, *(1,) * (w.dim() - 2))
+                     * (1 + rnd(1, inp, *(1,) * (w.dim() - 2)).abs())}
+        tensors.update({f"{name}.{k}": v for k, v in parts.items()})
+        tensors[f"{name}.alpha"] = torch.tensor(1.5)
+    save_file(tensors, str(path), metadata={"ss_network_module": "lycoris.kohya",
+                                            "ss_network_args": json.dumps({"algo": algo})})
+    return path
+
+
+@pytest.mark.parametrize("algo", ["loha", "lokr", "locon-dora"])
+def test_merge_of_lycoris_kinds_equals_the_hosts_formulas(tmp_path, tiny_ckpt, base_bundle, algo):
+    """Merged weight = base + what A1111 v1.10.1 computes from the file (tests/a1111_lyco_reference.py, which
+    shares no code with the tools), 3x3 convs included; combine and resize refuse what has no LoRA factors."""
+    from a1111_lyco_reference import calc_updown
+
+    path = random_lycoris(base_bundle, LORA_B, algo, 3, tmp_path / f"{algo}.safetensors")
+    out = tmp_path / "merged.safetensors"
+    merge_loras(tiny_ckpt, [LoraSource(path, 0.7)], out)
+    base, merged, tensors = load_file(str(tiny_ckpt)), load_file(str(out)), load_file(str(path))
+    targets = default_families().get("sd1").checkpoint_lora_keys({k: tuple(v.shape) for k, v in base.items()})
+    for name in LORA_B:
+        parts = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == name}
+        weight = base[targets[name]]
+        want = weight + calc_updown(parts, weight, multiplier=0.7)
+        assert (merged[targets[name]] - want).norm() / (want - weight).norm() < 1e-5, name
+    with pytest.raises(LoraFormatError, match="no low-rank factors"):
+        resize_lora(path, 1, tmp_path / "small.safetensors")
+    assert not (tmp_path / "small.safetensors").exists()
 
 
 # ---------------------------------------------------------------------------- combine / resize

@@ -73,7 +73,10 @@ def main() -> int:
     print(f"txt2img + weights digest before training: {time.time() - t:.0f} s")
     config = dict(train_data_dir=a.data, output_name=a.name, resolution=a.resolution, min_bucket_reso=64,
                   max_bucket_reso=max(256, a.resolution), lora_rank=4, batch_size=1, max_steps=a.steps,
-                  learning_rate=a.lr, trigger_word="shpz", train_text_encoder=not a.no_text_encoder)
+                  learning_rate=a.lr, trigger_word="shpz", train_text_encoder=not a.no_text_encoder,
+                  network_type=a.network_type, network_args={"use_dora": True} if a.dora else {},
+                  save_precision=a.save_precision)
+    print(f"{a.name}: network_type {a.network_type}" + (" with DoRA" if a.dora else "") + f", saved in {a.save_precision}")
     sampler = RssSampler(a.pid) if a.pid else None
     if sampler:
         sampler.start()
@@ -105,6 +108,9 @@ def main() -> int:
         f"Forge's loader matched every module ({verify['modules_matched']}/{verify['modules_in_file']}, "
         f"{len(verify['patches_refused'])} patches refused)":
             verify["modules_in_file"] > 0 and not verify["unmatched"] and not verify["patches_refused"],
+        f"Forge's computed change equals ours ({verify.get('deltas_compared')} modules, max relative difference "
+        f"{verify.get('max_delta_rel_error', float('nan')):.1e})":
+            verify.get("deltas_compared", 0) > 0 and verify.get("max_delta_rel_error", 1.0) < 1e-4,
         f"model weights hash unchanged ({digest_before['sha256'][:16]} -> {digest_after['sha256'][:16]})":
             digest_before["sha256"] == digest_after["sha256"],
         "txt2img without the LoRA bit-identical to before training": float(np.abs(after - before).max()) == 0.0,

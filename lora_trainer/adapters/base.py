@@ -80,6 +80,15 @@ class AdapterKind(ABC):
         """The validated `network_args`; raise ConfigError naming a key this kind does not take."""
         return dict(args)
 
+    def trains_convs(self, spec: AdapterSpec) -> bool:
+        """Whether the network also adapts the UNet's ResNet blocks and samplers (LoCon-style conv targets)."""
+        return False
+
+    def spec_from_modules(self, modules: Mapping[str, Any], dropout: float = 0.0) -> AdapterSpec:
+        """The spec of a network that has a file's modules (all of this kind): rank and alpha of the first."""
+        first = modules[sorted(modules)[0]]
+        return AdapterSpec(self, first.rank, first.alpha, dropout)
+
     def metadata(self, spec: AdapterSpec) -> Dict[str, str]:
         """kohya's `ss_network_*` entries for a network of this kind."""
         return {"ss_network_module": self.network_module, "ss_network_dim": str(spec.rank),

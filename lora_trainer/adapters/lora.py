@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import ConfigError, LoraFormatError
 from .base import AdapterKind, AdapterSpec
+from .dora import with_dora
 
 ADAPTER = "default"  # peft's adapter name for our one adapter
 DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
@@ -100,9 +101,9 @@ class LoraKind(AdapterKind):
 
     def check_args(self, args: Mapping[str, Any]) -> Dict[str, Any]:
         if args:
-            raise ConfigError(f"config error: network_args: network_type lora takes no arguments yet (got "
-                              f"{', '.join(map(str, args))}); conv layers (conv_dim, conv_alpha) and the other "
-                              f"LyCORIS options come with their own network_type")
+            raise ConfigError(f"config error: network_args: network_type lora takes no arguments (got "
+                              f"{', '.join(map(str, args))}); for conv layers (conv_dim, conv_alpha) or DoRA "
+                              f"(use_dora) choose network_type locon, loha or lokr")
         return {}
 
     # ------------------------------------------------------------------ on a model
@@ -182,4 +183,20 @@ class LoraKind(AdapterKind):
             raise LoraFormatError(f"{source}: module {name} has lora_down {tuple(down.shape)} and lora_up "
                                   f"{tuple(up.shape)}, which are not LoRA/LoCon shapes")
         alpha = float(parts[ALPHA].float().item()) if ALPHA in parts else float(rank)
-        return LoraFactors(down, up, alpha)
+        return with_dora(LoraFactors(down, up, alpha), parts, name, source)
+
+    def spec_from_modules(self, modules: Mapping[str, Any], dropout: float = 0.0) -> AdapterSpec:
+        """plain LoRA, or LoCon when a module adapts a 3x3 convolution or has `dora_scale` (same keys)."""
+        first = modules[sorted(modules)[0]]
+        convs = [m for m in modules.values() if len(m.delta_shape) == 4 and tuple(m.delta_shape[2:]) != (1, 1)]
+        dora = any(getattr(m, "needs_base", False) for m in modules.values())
+        if not convs and not dora:
+            return AdapterSpec(self, first.rank, first.alpha, dropout)
+        from . import default_adapter_kinds
+
+        args = {"use_dora": dora, "conv_dim": convs[0].rank if convs else 0}
+        if convs:
+            args["conv_alpha"] = convs[0].alpha
+        conv_ids = {id(m) for m in convs}  # by identity: the modules are dataclasses of tensors
+        plain = [m for m in modules.values() if id(m) not in conv_ids] or [first]
+        return AdapterSpec(default_adapter_kinds().get("locon"), plain[0].rank, plain[0].alpha, dropout, args)

@@ -17,12 +17,15 @@ if TYPE_CHECKING:
     import torch
 
 # Kinds users ask for by name that this build cannot train yet, and what they are.
-NOT_YET = {"locon": "LoCon", "loha": "LoHa", "lokr": "LoKr", "dora": "DoRA", "lycoris": "LyCORIS", "ia3": "IA3",
-           "oft": "OFT", "glora": "GLoRA", "full": "a full weight difference"}
+NOT_YET = {"dora": "DoRA: set use_dora: true in network_args of locon, loha or lokr", "lycoris": "LyCORIS",
+           "ia3": "IA3", "oft": "OFT", "glora": "GLoRA", "full": "a full weight difference"}
 # Key fragments of formats no registered kind reads, and what they are (for the message that refuses them).
-OTHER_FORMATS = (("hada_", "LoHa"), ("lokr_", "LoKr"), ("lora_mid", "LoCon with a Tucker/CP core (lora_mid)"),
-                 ("dora_scale", "DoRA"), ("lora_A", "peft/diffusers"), (".lora.down.", "diffusers"),
+OTHER_FORMATS = (("hada_t", "LoHa with a Tucker core (hada_t1/t2)"), ("lokr_t2", "LoKr with a Tucker core"),
+                 ("lokr_w1_", "LoKr with a low-rank w1"), ("lora_mid", "LoCon with a Tucker/CP core (lora_mid)"),
+                 ("lora_A", "peft/diffusers"), (".lora.down.", "diffusers"),
                  (".diff", "a full weight difference (LyCORIS full)"))
+# Keys every kind's module may have beside its own (they belong to whichever kind the module's other keys say).
+SHARED_SUFFIXES = (".alpha", ".dora_scale")
 
 
 class AdapterRegistry:
@@ -63,7 +66,7 @@ class AdapterRegistry:
         """(kind, module name, suffix) of a file key that a registered kind reads, else None."""
         for kind in self.kinds():
             for suffix in kind.suffixes:
-                if key.endswith(suffix):
+                if suffix not in SHARED_SUFFIXES and key.endswith(suffix):
                     return kind, key[: -len(suffix)], suffix
         return None
 
@@ -71,7 +74,12 @@ class AdapterRegistry:
               strict: bool = True) -> Dict[str, Tuple[AdapterKind, Dict[str, "torch.Tensor"]]]:
         """{module name: (kind, {suffix: tensor})}; with `strict`, a key no kind reads is refused by name."""
         out: Dict[str, Tuple[AdapterKind, Dict[str, Any]]] = {}
+        shared = {}
         for key in sorted(tensors):
+            suffix = next((s for s in SHARED_SUFFIXES if key.endswith(s)), None)
+            if suffix:
+                shared[key] = (key[: -len(suffix)], suffix)
+                continue
             found = self.split_key(key)
             if found is None:
                 if strict:
@@ -82,6 +90,12 @@ class AdapterRegistry:
                 raise LoraFormatError(f"{source}: module {name} has keys of both {out[name][0].title} and "
                                       f"{kind.title}; the file is damaged")
             out.setdefault(name, (kind, {}))[1][suffix] = tensors[key]
+        for key, (name, suffix) in shared.items():
+            if name in out:
+                out[name][1][suffix] = tensors[key]
+            elif strict:
+                raise LoraFormatError(f"{source}: key {key!r} belongs to no module (no other key of {name}); "
+                                      f"the file is incomplete")
         return out
 
     def read_modules(self, tensors: Mapping[str, "torch.Tensor"], source: str) -> Dict[str, FileModule]:
@@ -93,15 +107,28 @@ class AdapterRegistry:
         """The names of the modules a file has (keys no kind reads are left out)."""
         return sorted(self.group(tensors, "", strict=False))
 
-    def file_spec(self, tensors: Mapping[str, "torch.Tensor"], source: str, dropout: float = 0.0) -> AdapterSpec:
-        """The spec of the network a file was saved from: the kind, rank and alpha of its first module."""
+    def file_spec(self, tensors: Mapping[str, "torch.Tensor"], source: str, dropout: float = 0.0,
+                  metadata: Optional[Mapping[str, str]] = None) -> AdapterSpec:
+        """The spec of the network a file was saved from: its kind (from the keys, or LyCORIS's `algo` in
+        `ss_network_args`), rank and alpha, and the kind's arguments from `ss_network_args`."""
         groups = self.group(tensors, source, strict=False)
         if not groups:
             raise LoraFormatError(f"{source}: no module of a kind this version reads ({self.describe_keys()})")
-        name = sorted(groups)[0]
-        kind, parts = groups[name]
-        module = kind.read_module(name, parts, source)
-        return AdapterSpec(kind, module.rank, module.alpha, dropout)
+        kind = groups[sorted(groups)[0]][0]
+        modules = {name: k.read_module(name, parts, source) for name, (k, parts) in groups.items() if k is kind}
+        spec = kind.spec_from_modules(modules, dropout)
+        args = _file_args(metadata or {})
+        algo = args.pop("algo", None)
+        if algo in self._paths and algo != spec.kind.name and algo != "lora":
+            spec = AdapterSpec(self.get(algo), spec.rank, spec.alpha, dropout, spec.args)
+        if spec.kind.name == "lora":
+            return spec
+        rank, alpha = spec.rank, spec.alpha
+        if metadata and str(metadata.get("ss_network_dim", "")).isdigit():  # LoKr's full w2 has no rank of its own
+            rank = int(metadata["ss_network_dim"])
+            alpha = float(metadata.get("ss_network_alpha") or rank)
+        return AdapterSpec(spec.kind, rank, alpha, dropout,
+                           spec.kind.check_args({**spec.args, **{k: v for k, v in args.items() if k not in spec.args}}))
 
     def describe_keys(self) -> str:
         return "; ".join(f"{k.title}: " + ", ".join(f"*{s}" for s in k.suffixes) for k in self.kinds())
@@ -117,3 +144,19 @@ class AdapterRegistry:
         kind = self.get(config.network_type)
         return AdapterSpec(kind, config.lora_rank, config.effective_alpha, config.lora_dropout,
                            kind.check_args(config.network_args))
+
+
+def _file_args(metadata: Mapping[str, str]) -> Dict[str, Any]:
+    """LyCORIS's `ss_network_args` of a file as the kinds' network_args (`dora_wd` -> use_dora)."""
+    import json
+
+    try:
+        raw = json.loads(metadata.get("ss_network_args") or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    out = {k: raw[k] for k in ("algo", "conv_dim", "conv_alpha", "factor") if k in raw}
+    if "dora_wd" in raw:
+        out["use_dora"] = raw["dora_wd"]
+    return out

@@ -137,8 +137,9 @@ class LoraRun:
         if self.dist.is_main:
             self._start_output()
         self.trainer = Trainer(cfg, dataset, self.bundle, device, precision, self.events, self.dist)
-        init = self._read_init_lora()
-        self.trainer.setup(default_adapter_kinds().file_spec(init, cfg.init_lora, cfg.lora_dropout) if init else None)
+        init, init_meta = self._read_init_lora()
+        self.trainer.setup(default_adapter_kinds().file_spec(init, cfg.init_lora, cfg.lora_dropout, init_meta)
+                           if init else None)
         self._say_warning(rank_limit_warning(self.trainer.network, cfg.lora_rank))
         if init:
             self.trainer.network.load_kohya_state_dict(init)
@@ -210,11 +211,11 @@ class LoraRun:
                             f"the one an unchanged run would have been", logging.WARNING)
         self.events.say(f"resuming at step {self.trainer.progress.step} of {self.trainer.schedule['total_steps']}")
 
-    def _read_init_lora(self) -> Optional[Dict[str, torch.Tensor]]:
+    def _read_init_lora(self) -> Tuple[Optional[Dict[str, torch.Tensor]], Dict[str, str]]:
+        """The tensors and metadata of `init_lora` (the metadata says a LyCORIS file's conv_dim and factor)."""
         if not self.config.init_lora:
-            return None
-        tensors, _ = load_kohya_lora(self.config.init_lora)
-        return tensors
+            return None, {}
+        return load_kohya_lora(self.config.init_lora)
 
     def _check_room(self) -> None:
         """Enough free disk for every checkpoint and the training state, before any step is spent."""
@@ -298,7 +299,7 @@ class LoraRun:
         return training_metadata(config=self.config, family=self.bundle.family,
                                  prediction_type=self.bundle.prediction_type, base_model_name=self.bundle.name,
                                  started_at=self.started_at, steps=step, epoch=epoch,
-                                 dataset=self.trainer.dataset, extra=extra)
+                                 dataset=self.trainer.dataset, extra=extra, network=self.trainer.network.spec)
 
     def save_lora(self, path: Path, step: int, epoch: int, extra: Optional[Dict[str, str]] = None) -> Path:
         tensors = self.trainer.network.kohya_state_dict(SAVE_DTYPES[self.config.save_precision])

@@ -10,10 +10,11 @@ from ..adapters import default_adapter_kinds
 
 
 def training_metadata(*, config, family, prediction_type: str, base_model_name: str, started_at: float,
-                      steps: int, epoch: int, dataset=None, extra: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+                      steps: int, epoch: int, dataset=None, extra: Optional[Dict[str, Any]] = None,
+                      network=None) -> Dict[str, str]:
     """kohya-compatible `ss_*` metadata (all values are strings) plus `modelspec.*`; the `ss_network_*`
-    entries come from the config's adapter kind."""
-    network = default_adapter_kinds().spec_for(config)
+    entries come from the network's spec (default: the config's; `init_lora` runs pass the file's)."""
+    network = network or default_adapter_kinds().spec_for(config)
     name = config.effective_output_name
     meta: Dict[str, Any] = {
         **network.kind.metadata(network),

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..network.kohya_names import kohya_name, text_encoder_path
 from ..network.network import NetworkComponent
-from ..network.targets import text_encoder_targets, unet_targets
+from ..network.targets import text_encoder_targets, unet_conv_targets, unet_targets
 from .bundle import Conditioning, ModelBundle
 from .family import ModelFamily
 from .half_norms import HalfPrecisionNorms
@@ -67,7 +67,8 @@ class DiffusersBundle(ModelBundle):
         fam = self.family
         comps = [NetworkComponent(
             "unet", self.unet, unet_targets(self.unet),
-            lambda p: kohya_name(fam.unet_prefix, fam.unet_kohya_path(p, self._layers_per_block)))]
+            lambda p: kohya_name(fam.unet_prefix, fam.unet_kohya_path(p, self._layers_per_block)),
+            unet_conv_targets(self.unet))]
         if train_text_encoder:
             prefix = fam.text_encoder_prefixes[0]
             comps.append(NetworkComponent("text_encoder", self.text_encoder, text_encoder_targets(self.text_encoder),

@@ -11,6 +11,7 @@ from typing import Any, Dict, Iterable, List, Sequence
 
 from ..network.checkpoint_keys import WeightRef, ldm_checkpoint_lora_keys
 from ..network.kohya_names import diffusers_to_ldm_unet_path
+from ..network.unet_paths import diffusers_to_ldm_unet_module
 from .family import KL_F8_VAE_CONFIG, ModelFamily, nested_get
 from .sdxl_bundle import SDXLBundle
 from .text_configs import CLIP_L, OPEN_CLIP_BIGG, text_config
@@ -96,7 +97,12 @@ class SDXLFamily(ModelFamily):
         return getattr(unet_config, "addition_embed_type", None) == "text_time"
 
     def unet_kohya_path(self, diffusers_path: str, layers_per_block: int) -> str:
-        return diffusers_to_ldm_unet_path(diffusers_path, layers_per_block)
+        if ".attentions." in diffusers_path:
+            return diffusers_to_ldm_unet_path(diffusers_path, layers_per_block)
+        ldm = diffusers_to_ldm_unet_module(diffusers_path, layers_per_block)  # LoCon's ResNet and sampler layers
+        if ldm is None:
+            raise ValueError(f"no sgm path for the diffusers UNet module {diffusers_path!r}")
+        return ldm
 
     def original_config(self, shapes: Dict[str, Sequence[int]]) -> Dict[str, Any]:
         return copy.deepcopy(SDXL_ORIGINAL_CONFIG)

@@ -9,7 +9,7 @@ puts the original layers back and leaves the model as it was. A target that is a
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -28,6 +28,7 @@ class NetworkComponent:
     module: nn.Module
     targets: List[str]  # module paths relative to `module`
     kohya_name: Callable[[str], str]  # module path -> kohya module name
+    conv_targets: List[str] = field(default_factory=list)  # LoCon-style extra targets, for kinds that train convs
 
 
 @dataclass
@@ -79,11 +80,13 @@ class AdapterNetwork:
         layers: List[AdaptedLayer] = []
         packed_all: List[PackedAttention] = []
         names: Dict[str, str] = {}
+        convs = kind.trains_convs(spec)
         for comp in components:
-            if not comp.targets:
+            targets = comp.targets + (comp.conv_targets if convs else [])
+            if not targets:
                 continue
-            packed = [p for p in comp.targets if isinstance(comp.module.get_submodule(p), nn.MultiheadAttention)]
-            plain = [p for p in comp.targets if p not in packed]
+            packed = [p for p in targets if isinstance(comp.module.get_submodule(p), nn.MultiheadAttention)]
+            plain = [p for p in targets if p not in packed]
             for path in plain + [f"{p}.{part}" for p in packed for part in PARTS]:
                 name = comp.kohya_name(path)
                 if name in names:

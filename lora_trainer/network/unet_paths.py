@@ -106,3 +106,46 @@ def ldm_to_diffusers_unet_module(path: str, layers_per_block: int) -> Optional[s
     if sub == 1:
         return f"{prefix}.attentions.{j}" + (f".{rest}" if rest else "")
     return None
+
+
+_DIF_RESNET = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.resnets\.(\d+)\.(.*)$")
+_DIF_MID_RESNET = re.compile(r"^mid_block\.resnets\.(\d+)\.(.*)$")
+_DIF_SAMPLER = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.(downsamplers|upsamplers)\.0\.conv(.*)$")
+
+
+def _ldm_resnet_part(rest: str) -> Optional[str]:
+    for ldm, diffusers in RESNET_PARTS.items():
+        tail = _after(rest, diffusers)
+        if tail is not None:
+            return ldm + tail
+    return None
+
+
+def diffusers_to_ldm_unet_module(path: str, layers_per_block: int) -> Optional[str]:
+    """The ldm/sgm path of a diffusers UNet module outside the transformer blocks (ResNets, samplers, top
+    level) - the inverse of `ldm_to_diffusers_unet_module` for SDXL's kohya names. An upsampler is taken
+    to follow an attention block (`output_blocks.N.2.conv`), as in every SDXL UNet; None for other paths."""
+    for ldm, diffusers in TOP_LEVEL.items():
+        tail = _after(path, diffusers)
+        if tail is not None:
+            return ldm + tail
+    per_level = layers_per_block + 1
+    m = _DIF_MID_RESNET.match(path)
+    if m:
+        part = _ldm_resnet_part(m.group(2))
+        return f"middle_block.{2 * int(m.group(1))}.{part}" if part else None
+    m = _DIF_RESNET.match(path)
+    if m:
+        level, j, part = int(m.group(2)), int(m.group(3)), _ldm_resnet_part(m.group(4))
+        if part is None:
+            return None
+        if m.group(1) == "down_blocks":
+            return f"input_blocks.{1 + level * per_level + j}.0.{part}"
+        return f"output_blocks.{level * per_level + j}.0.{part}"
+    m = _DIF_SAMPLER.match(path)
+    if m:
+        level, tail = int(m.group(2)), m.group(4)
+        if m.group(1) == "down_blocks":
+            return f"input_blocks.{(level + 1) * per_level}.0.op{tail}"
+        return f"output_blocks.{level * per_level + layers_per_block}.2.conv{tail}"
+    return None

@@ -4,7 +4,7 @@ algebra on LoRA factors: the sum of several modules (merge, combine) and the bes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -22,13 +22,28 @@ def low_rank(module: FileModule, name: str, source: str, what: str) -> LoraFacto
     """The module's LoRA factors, or a LoraFormatError saying `what` cannot use this module."""
     factors = module.low_rank()
     if factors is None:
-        raise LoraFormatError(f"{source}: module {name} has no low-rank factors; {what} works on LoRA modules")
+        raise LoraFormatError(f"{source}: module {name} has no low-rank factors; {what} works on LoRA and LoCon "
+                              f"modules only (a LoHa, LoKr or DoRA change is not a product of two factors); "
+                              f"merge it into a checkpoint instead; nothing was written")
     return factors
 
 
-def merged_delta(parts: Sequence[Tuple[FileModule, float]], name: str) -> torch.Tensor:
+def merged_delta(parts: Sequence[Tuple[FileModule, float]], name: str,
+                 base: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The fp32 sum of weighted module deltas: LoRA factors stacked into one product (one rounding), other
-    kinds' deltas added, all shaped like the first module's delta."""
+    kinds' deltas added, all shaped like the first module's delta. A DoRA module's change depends on the
+    weight it is applied to (`base`), so with one the changes are taken in turn, each on the weight the
+    ones before it made, as the WebUI applies several networks; the result is then shaped like `base`."""
+    if any(getattr(module, "needs_base", False) for module, _ in parts):
+        if base is None:
+            raise LoraFormatError(f"module {name} is DoRA: its change needs the base weight")
+        weight = base.to(torch.float32)
+        for module, multiplier in parts:
+            if getattr(module, "needs_base", False):
+                weight = weight + module.delta_on(weight, multiplier)
+            else:
+                weight = weight + module.delta(multiplier, torch.float32).reshape(weight.shape)
+        return weight - base.to(torch.float32)
     factors = [(module.low_rank(), weight) for module, weight in parts]
     if all(f is not None for f, _ in factors):
         return stack(factors, name).delta(dtype=torch.float32)
@@ -40,14 +55,17 @@ def merged_delta(parts: Sequence[Tuple[FileModule, float]], name: str) -> torch.
     return sum(module.delta(weight, torch.float32).reshape(shape) for module, weight in parts)
 
 
-def _squeeze_1x1(shape: Sequence[int]) -> Tuple[int, ...]:
-    shape = tuple(int(s) for s in shape)
-    return shape[:2] if len(shape) == 4 and shape[2:] == (1, 1) else shape
+def _as_matrix(shape: Sequence[int]) -> Tuple[int, int]:
+    out, rest = int(shape[0]), 1
+    for s in shape[1:]:
+        rest *= int(s)
+    return out, rest
 
 
 def fits(delta_shape: Sequence[int], weight_shape: Sequence[int]) -> bool:
-    """Whether a delta can be added to a weight (a Linear delta fits a 1x1 conv and the other way round)."""
-    return _squeeze_1x1(delta_shape) == _squeeze_1x1(weight_shape)
+    """Whether a delta can be added to a weight: the same [out, in*kh*kw] matrix (a Linear delta fits a 1x1
+    conv and the other way round; LoHa and LoKr store a conv's change in that flat form)."""
+    return _as_matrix(delta_shape) == _as_matrix(weight_shape)
 
 
 def low_rank_svd(up: torch.Tensor, down: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

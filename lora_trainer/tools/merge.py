@@ -105,7 +105,7 @@ def apply_plan(state: Dict[str, torch.Tensor], plan: Dict[str, List[Part]], dtyp
             blocks.setdefault(rows, []).append((module, scale))
         for rows, block in blocks.items():
             target = weight if rows is None else weight[rows[0]:rows[1]]
-            target += merged_delta(block, key).reshape(target.shape)
+            target += merged_delta(block, key, target).reshape(target.shape)  # DoRA: on its weight
         state[key] = weight.to(dtype or state[key].dtype)
     if dtype is not None:
         for key, value in state.items():

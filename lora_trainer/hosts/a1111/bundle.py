@@ -27,14 +27,23 @@ import torch
 from torch import nn
 
 from ...errors import ModelLoadError
-from ...network.kohya_names import kohya_name, ldm_to_diffusers_unet_path, open_clip_text_encoder_path, text_encoder_path
+from ...network.kohya_names import kohya_name, open_clip_text_encoder_path, text_encoder_path
 from ...network.network import NetworkComponent
-from ...network.targets import open_clip_targets, text_encoder_targets, unet_targets
+from ...network.targets import open_clip_targets, text_encoder_targets, unet_conv_targets, unet_targets
+from ...network.unet_paths import ldm_to_diffusers_unet_module
 from ...models.bundle import Conditioning, ModelBundle
 from ...models.family import ModelFamily
 
 CHECKPOINTED_BLOCKS = ("BasicTransformerBlock", "ResBlock")
 TEXT_BLOCKS = ("CLIPEncoderLayer", "ResidualAttentionBlock")  # transformers CLIP, open_clip
+
+
+def _diffusers_path(ldm_path: str, layers: int) -> str:
+    """The diffusers path of an ldm UNet module: attention blocks, and LoCon's ResNet and sampler layers."""
+    path = ldm_to_diffusers_unet_module(ldm_path, layers)
+    if path is None:
+        raise ValueError(f"no diffusers path for the ldm UNet module {ldm_path!r}")
+    return path
 
 
 def find_open_clip_model(cond_stage_model: nn.Module) -> Optional[nn.Module]:
@@ -112,7 +121,8 @@ class A1111Bundle(ModelBundle):
         layers = self._layers_per_block()
         comps = [NetworkComponent(
             "unet", self.unet, unet_targets(self.unet),
-            lambda p: kohya_name(fam.unet_prefix, fam.unet_kohya_path(ldm_to_diffusers_unet_path(p, layers), layers)))]
+            lambda p: kohya_name(fam.unet_prefix, fam.unet_kohya_path(_diffusers_path(p, layers), layers)),
+            unet_conv_targets(self.unet))]
         return comps + (self.text_encoder_components() if train_text_encoder else [])
 
     def text_encoder_components(self) -> List[NetworkComponent]:

@@ -4,7 +4,7 @@ matched (the WebUI reports unmatched keys only at DEBUG level)."""
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, Set
+from typing import Any, Dict, Set, Tuple
 
 from ...errors import LoraTrainerError
 
@@ -70,6 +70,7 @@ def verify_lora(name: str) -> Dict[str, Any]:
         networks.load_networks([name])
         net = next(n for n in networks.loaded_networks if n.name == name)
         matched = {m.network_key.split(".")[0] for m in net.modules.values()}
+        compared, worst = compare_deltas(net, on_disk.filename)
     finally:
         networks.load_networks([])
     in_file = file_module_names(on_disk.filename)
@@ -78,4 +79,36 @@ def verify_lora(name: str) -> Dict[str, Any]:
     # the Lora page lists a file only for models of its version (metadata-detected, or the sidecar's "sd version")
     return {"name": name, "file": on_disk.filename, "modules_in_file": len(in_file), "modules_matched": len(matched),
             "unmatched": sorted(in_file - matched), "sd_version": getattr(getattr(on_disk, "sd_version", None), "name", "?"),
-            "loaded_model_version": loaded}
+            "loaded_model_version": loaded, "deltas_compared": compared, "max_delta_rel_error": worst}
+
+
+def compare_deltas(net: Any, path: str) -> Tuple[int, float]:
+    """(modules compared, largest relative difference) between the change the WebUI's own module computes
+    (`calc_updown` on the layer's current weight, multiplier 1) and the change this package reads from the
+    file (adapters/), for every module on a Linear / Conv2d layer (OpenCLIP's packed attention is skipped)."""
+    import torch
+
+    from ...adapters import default_adapter_kinds
+    from ...formats.kohya import load_kohya_lora
+
+    tensors, _ = load_kohya_lora(path)
+    ours = default_adapter_kinds().read_modules(tensors, path)
+    compared, worst = 0, 0.0
+    net.dyn_dim = None  # as a prompt's <lora:name:1> sets it (load_networks without dyn_dims leaves 1.0, a bad slice)
+    net.te_multiplier = net.unet_multiplier = 1.0
+    with torch.no_grad():
+        for module in net.modules.values():
+            layer = getattr(module, "sd_module", None)
+            file_module = ours.get(module.network_key.split(".")[0])
+            if file_module is None or not isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
+                continue
+            weight = layer.weight.detach().to(torch.float32)
+            host, _ = module.calc_updown(weight)
+            if getattr(file_module, "needs_base", False):
+                mine = file_module.delta_on(weight)
+            else:
+                mine = file_module.delta(1.0, torch.float32).reshape(weight.shape)
+            host = host.to(torch.float32).reshape(weight.shape)
+            worst = max(worst, float((host - mine).norm() / mine.norm().clamp_min(1e-30)))
+            compared += 1
+    return compared, worst

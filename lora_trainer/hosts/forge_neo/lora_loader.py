@@ -4,7 +4,7 @@ key matching to prove every module matched. Forge's code is imported inside the 
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, Mapping, Tuple
 
 from ...errors import LoraTrainerError
 from ..a1111.lora_extension import file_module_names, network_on_disk
@@ -53,14 +53,51 @@ def verify_lora(name: str, sd_model: Any) -> Dict[str, Any]:
     tensors = load_torch_file(filename, safe_load=True)
     unet_patches, rest = load_lora(tensors, model_lora_keys_unet(objects.unet.model, {}))
     clip_patches, rest = load_lora(rest, model_lora_keys_clip(objects.clip.cond_stage_model, {}))
-    accepted = set(objects.unet.clone().add_patches(unet_patches)) | set(objects.clip.clone().add_patches(clip_patches))
+    unet_keys, clip_keys = model_lora_keys_unet(objects.unet.model, {}), model_lora_keys_clip(objects.clip.cond_stage_model, {})
+    unet, clip = objects.unet.clone(), objects.clip.clone()
+    accepted = set(unet.add_patches(unet_patches)) | set(clip.add_patches(clip_patches))
     refused = sorted(set(unet_patches) - accepted) + sorted(set(clip_patches) - accepted)
+    compared, worst = compare_deltas(filename, [(unet, unet_keys), (clip.patcher, clip_keys)])
     in_file = file_module_names(filename)
     left = {key.split(".")[0] for key in rest}
     loaded = "SDXL" if getattr(sd_model, "is_sdxl", False) else "SD1" if getattr(sd_model, "is_sd1", False) else "?"
     return {"name": name, "file": filename, "modules_in_file": len(in_file), "modules_matched": len(in_file - left),
             "unmatched": sorted(in_file & left), "patches_refused": refused, "sd_version": file_version(filename),
-            "loaded_model_version": loaded}
+            "loaded_model_version": loaded, "deltas_compared": compared, "max_delta_rel_error": worst}
+
+
+def compare_deltas(filename: str, patchers: Any) -> Tuple[int, float]:
+    """(modules compared, largest relative difference) between the change Forge's own `merge_lora_to_weight`
+    makes to each patched weight (fp32, strength 1) and the change this package reads from the file. Each item
+    of `patchers` is (a patcher holding the file's patches, Forge's kohya-name -> weight-key map); a packed
+    weight's slices (offset patches) are skipped."""
+    import torch
+    from backend.patcher.lora import merge_lora_to_weight
+
+    from ...adapters import default_adapter_kinds
+    from ...formats.kohya import load_kohya_lora
+
+    ours = default_adapter_kinds().read_modules(load_kohya_lora(filename)[0], filename)
+    compared, worst = 0, 0.0
+    for patcher, key_map in patchers:
+        names = _names_by_weight_key(key_map, ours)
+        weights = patcher.model.state_dict()
+        for key, patches in patcher.patches.items():
+            file_module = ours.get(names.get(key, ""))
+            if file_module is None or any(p[3] is not None for p in patches):
+                continue
+            weight = weights[key].detach().to(torch.float32)
+            host = merge_lora_to_weight(list(patches), weight.clone(), key) - weight
+            mine = file_module.delta_on(weight) if getattr(file_module, "needs_base", False) else \
+                file_module.delta(1.0, torch.float32).reshape(weight.shape)
+            worst = max(worst, float((host - mine).norm() / mine.norm().clamp_min(1e-30)))
+            compared += 1
+    return compared, worst
+
+
+def _names_by_weight_key(key_map: Mapping[str, Any], ours: Mapping[str, Any]) -> Dict[str, str]:
+    """Forge's weight key -> the file's module name, for the names the file has (Forge maps several aliases)."""
+    return {weight_key: name for name, weight_key in key_map.items() if name in ours and isinstance(weight_key, str)}
 
 
 def file_version(filename: str) -> str:
