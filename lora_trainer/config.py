@@ -353,8 +353,13 @@ def dump_config(cfg: TrainConfig) -> str:
 
 def describe_keys() -> str:
     """One line per key with its default and help; used by `python -m lora_trainer keys`."""
+    return describe_fields(FIELDS, 30)
+
+
+def describe_fields(fields: Dict[str, dataclasses.Field], width: int) -> str:
+    """One line per config field: its name (padded to `width`), default and help (`keys`, `keys --task text`)."""
     lines = []
-    for name, f in FIELDS.items():
+    for name, f in fields.items():
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        lines.append(f"{name:30} default={default!r:12} {f.metadata.get('help', '')}")
+        lines.append(f"{name:{width}} default={default!r:12} {f.metadata.get('help', '')}")
     return "\n".join(lines)

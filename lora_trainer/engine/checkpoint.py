@@ -121,11 +121,9 @@ def load_state(path: Path) -> Dict[str, Any]:
         raise ConfigError(f"config error: resume: {path} cannot be read ({exc})".splitlines()[0]) from None
 
 
-def restore_trainer(trainer, state: Dict[str, Any], fingerprint: Dict[str, Any]) -> None:
-    """Put a saved state into a set-up trainer (after checking the run is the same run)."""
-    saved = {**BEFORE_KEY_EXISTED, **json.loads(state["fingerprint"])}
-    check_compatible(saved, json.loads(json.dumps(fingerprint, sort_keys=True, default=str)))
-    trainer.network.load_kohya_state_dict(state["lora"])
+def restore_loop_state(trainer, state: Dict[str, Any]) -> None:
+    """The optimizer, the scheduler, the grad scaler and the progress counters of a saved state, put into a
+    trainer (the image and the text trainers keep them under the same names)."""
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.lr_scheduler.load_state_dict(state["lr_scheduler"])
     if trainer.scaler is not None and state.get("scaler"):
@@ -135,7 +133,15 @@ def restore_trainer(trainer, state: Dict[str, Any], fingerprint: Dict[str, Any])
     p.samples_seen = int(state["samples_seen"])
     p.losses = [float(x) for x in state["losses"].tolist()]
     p.nonfinite_steps = int(state.get("nonfinite_steps", 0))
-    trainer._nonfinite_total.fill_(p.nonfinite_steps)
+
+
+def restore_trainer(trainer, state: Dict[str, Any], fingerprint: Dict[str, Any]) -> None:
+    """Put a saved state into a set-up trainer (after checking the run is the same run)."""
+    saved = {**BEFORE_KEY_EXISTED, **json.loads(state["fingerprint"])}
+    check_compatible(saved, json.loads(json.dumps(fingerprint, sort_keys=True, default=str)))
+    trainer.network.load_kohya_state_dict(state["lora"])
+    restore_loop_state(trainer, state)
+    trainer._nonfinite_total.fill_(trainer.progress.nonfinite_steps)
     trainer.micro_batch_size = int(state["micro_batch_size"])
     if state.get("gradient_checkpointing_forced"):
         trainer.force_gradient_checkpointing()

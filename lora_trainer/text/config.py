@@ -244,8 +244,6 @@ def dump_text_config(cfg: TextTrainConfig) -> str:
 
 def describe_text_keys() -> str:
     """One line per key with its default and help (`python -m lora_trainer keys --task text`)."""
-    lines = []
-    for name, f in FIELDS.items():
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        lines.append(f"{name:28} default={default!r:12} {f.metadata['help']}")
-    return "\n".join(lines)
+    from ..config import describe_fields
+
+    return describe_fields(FIELDS, 28)

@@ -14,7 +14,7 @@ from typing import Any, Dict
 
 import torch
 
-from ..engine.checkpoint import check_compatible
+from ..engine.checkpoint import check_compatible, restore_loop_state
 from ..errors import ConfigError
 from ..utils.atomic import atomic_path
 from .batches import ExampleSet
@@ -82,14 +82,6 @@ def restore_text_state(trainer, state: Dict[str, Any], fingerprint: Dict[str, An
                           "tokenized) changed. Restore it, or start a new run (resume: false)")
     check_compatible(saved, {k: v for k, v in fingerprint.items() if k != "examples"})
     load_trainable_state(trainer.model, state["lora"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.lr_scheduler.load_state_dict(state["lr_scheduler"])
-    if trainer.scaler is not None and state.get("scaler"):
-        trainer.scaler.load_state_dict(state["scaler"])
-    p = trainer.progress
-    p.step = int(state["step"])
-    p.samples_seen = int(state["samples_seen"])
-    p.losses = [float(x) for x in state["losses"].tolist()]
-    p.nonfinite_steps = int(state["nonfinite_steps"])
-    p.consecutive_nonfinite = int(state["consecutive_nonfinite"])
+    restore_loop_state(trainer, state)
+    trainer.progress.consecutive_nonfinite = int(state["consecutive_nonfinite"])
     trainer.micro_batch_size = int(state["micro_batch_size"])
