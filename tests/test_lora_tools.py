@@ -328,9 +328,9 @@ def test_merge_of_lycoris_kinds_equals_the_hosts_formulas(tmp_path, tiny_ckpt, b
     targets = default_families().get("sd1").checkpoint_lora_keys({k: tuple(v.shape) for k, v in base.items()})
     for name in LORA_B:
         parts = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == name}
-        weight = base[targets[name]]
+        weight = base[targets[name].key]
         want = weight + calc_updown(parts, weight, multiplier=0.7)
-        assert (merged[targets[name]] - want).norm() / (want - weight).norm() < 1e-5, name
+        assert (merged[targets[name].key] - want).norm() / (want - weight).norm() < 1e-5, name
     with pytest.raises(LoraFormatError, match="no low-rank factors"):
         resize_lora(path, 1, tmp_path / "small.safetensors")
     assert not (tmp_path / "small.safetensors").exists()
