@@ -116,14 +116,17 @@ def test_block_forwards_compute_the_same_output():
     assert not [n for n, m in unet.named_modules() if "forward" in m.__dict__]
 
 
-@pytest.mark.parametrize("sdxl", [False, True], ids=["sd15", "sdxl"])
-def test_training_in_place_learns_and_gives_the_model_back_unchanged(tmp_path, tokenizer, color_data, sdxl):
+@pytest.mark.parametrize("sdxl,kind", [(False, "lora"), (True, "lora"), (False, "locon")],
+                         ids=["sd15", "sdxl", "sd15-locon"])
+def test_training_in_place_learns_and_gives_the_model_back_unchanged(tmp_path, tokenizer, color_data, sdxl, kind):
+    """In place in (stand-ins for) Forge's model: every LoRA B moves, the names are kohya's, nothing is copied
+    or left behind; LoCon also trains the ResBlocks' and samplers' layers."""
     sd_model = engine(tokenizer, sdxl)
     before, out_before = state(sd_model), unet_output(sd_model)
     bundle = (ForgeSDXLBundle if sdxl else ForgeBundle)(sd_model, SDXLFamily() if sdxl else SD1Family(), "standin",
                                                          fetch=standin_fetch)
     cfg = make_config(tmp_path / "unused", color_data, tmp_path / "out", max_steps=4, learning_rate=1e-2,
-                      train_text_encoder=True, batch_size=2)
+                      train_text_encoder=True, batch_size=2, network_type=kind)
     peek = Peek(sd_model)
     result = train(cfg, [peek], bundle=bundle)
     tensors, metadata = load_kohya_lora(result.lora_path)
@@ -132,6 +135,7 @@ def test_training_in_place_learns_and_gives_the_model_back_unchanged(tmp_path, t
     prefixes = {k.split("_")[1] for k in tensors}
     assert prefixes == ({"unet", "te1", "te2"} if sdxl else {"unet", "te"})
     assert metadata["ss_base_model_version"].startswith("sdxl" if sdxl else "sd_v1")
+    assert any("resnets" in k for k in tensors) == (kind == "locon")  # the stand-in UNet has no samplers
     assert peek.base_ptrs == {k: v[1] for k, v in before["unet"][0].items()}  # nothing copied or moved
     assert_same_state(before, state(sd_model))
     assert torch.equal(unet_output(sd_model), out_before)
@@ -145,7 +149,7 @@ class Peek(Callback):
     def on_event(self, event):
         if isinstance(event, StepEnded) and event.step == 2:
             self.base_ptrs = {k.replace(".base_layer", ""): v.data_ptr()
-                              for k, v in self.unet.state_dict().items() if "lora_" not in k}
+                              for k, v in self.unet.state_dict().items() if "lora_" not in k and ".factors." not in k}
 
 
 def test_an_exception_mid_training_gives_the_model_back(tmp_path, tokenizer, color_data):

@@ -38,7 +38,7 @@ CHECKPOINTED_BLOCKS = ("BasicTransformerBlock", "ResBlock")
 TEXT_BLOCKS = ("CLIPEncoderLayer", "ResidualAttentionBlock")  # transformers CLIP, open_clip
 
 
-def _diffusers_path(ldm_path: str, layers: int) -> str:
+def diffusers_unet_path(ldm_path: str, layers: int) -> str:
     """The diffusers path of an ldm UNet module: attention blocks, and LoCon's ResNet and sampler layers."""
     path = ldm_to_diffusers_unet_module(ldm_path, layers)
     if path is None:
@@ -121,7 +121,7 @@ class A1111Bundle(ModelBundle):
         layers = self._layers_per_block()
         comps = [NetworkComponent(
             "unet", self.unet, unet_targets(self.unet),
-            lambda p: kohya_name(fam.unet_prefix, fam.unet_kohya_path(_diffusers_path(p, layers), layers)),
+            lambda p: kohya_name(fam.unet_prefix, fam.unet_kohya_path(diffusers_unet_path(p, layers), layers)),
             unet_conv_targets(self.unet))]
         return comps + (self.text_encoder_components() if train_text_encoder else [])
 

@@ -26,11 +26,11 @@ from ...errors import ModelLoadError
 from ...models.bundle import Conditioning, ModelBundle
 from ...models.family import ModelFamily
 from ...models.frozen_layers import FrozenLayerForwards, WeightFetch, own_weights
-from ...network.kohya_names import kohya_name, ldm_to_diffusers_unet_path
+from ...network.kohya_names import kohya_name
 from ...network.network import NetworkComponent
 from ...network.targets import find_targets
-from ..a1111.bundle import clip_component
-from .blocks import BlockForwards
+from ..a1111.bundle import clip_component, diffusers_unet_path
+from .blocks import BlockForwards, is_resblock
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 TEXT_ENCODERS = ("clip_l", "clip_g")  # SD1: clip_l; SDXL: clip_l (lora_te1), clip_g (lora_te2)
@@ -42,6 +42,13 @@ def unet_targets(unet: nn.Module) -> List[str]:
     containers = {type(m).__name__ for m in unet.modules()
                   if all(hasattr(m, name) for name in ("proj_in", "transformer_blocks", "proj_out"))}
     return find_targets(unet, containers)
+
+
+def unet_conv_targets(unet: nn.Module) -> List[str]:
+    """LoCon's extra UNet targets: every Linear and Conv2d of the ResBlocks (recognised by their layout, as
+    blocks.py does) and of the down/up samplers (`Downsample` / `Upsample`, as in ldm)."""
+    containers = {type(m).__name__ for m in unet.modules() if is_resblock(m)} | {"Downsample", "Upsample"}
+    return find_targets(unet, containers, any_kernel=True)
 
 
 def quantised_layers(model: nn.Module, limit: int = 3) -> List[str]:
@@ -109,7 +116,8 @@ class ForgeBundle(ModelBundle):
         fam, layers = self.family, self._layers_per_block()
         comps = [NetworkComponent(
             "unet", self.unet, unet_targets(self.unet),
-            lambda p: kohya_name(fam.unet_prefix, fam.unet_kohya_path(ldm_to_diffusers_unet_path(p, layers), layers)))]
+            lambda p: kohya_name(fam.unet_prefix, fam.unet_kohya_path(diffusers_unet_path(p, layers), layers)),
+            unet_conv_targets(self.unet))]  # LoCon-style kinds: the ResBlocks' and samplers' layers
         if train_text_encoder:
             roles = ("text_encoder", "text_encoder_2")
             comps += [clip_component(role, te, prefix)
