@@ -51,13 +51,13 @@ def verify_lora(name: str, sd_model: Any) -> Dict[str, Any]:
     filename = _file_for(name)
     objects = sd_model.forge_objects
     tensors = load_torch_file(filename, safe_load=True)
-    unet_patches, rest = load_lora(tensors, model_lora_keys_unet(objects.unet.model, {}))
-    clip_patches, rest = load_lora(rest, model_lora_keys_clip(objects.clip.cond_stage_model, {}))
     unet_keys, clip_keys = model_lora_keys_unet(objects.unet.model, {}), model_lora_keys_clip(objects.clip.cond_stage_model, {})
-    unet, clip = objects.unet.clone(), objects.clip.clone()
-    accepted = set(unet.add_patches(unet_patches)) | set(clip.add_patches(clip_patches))
+    unet_patches, rest = load_lora(tensors, unet_keys)
+    clip_patches, rest = load_lora(rest, clip_keys)
+    accepted = set(objects.unet.clone().add_patches(unet_patches)) | set(objects.clip.clone().add_patches(clip_patches))
     refused = sorted(set(unet_patches) - accepted) + sorted(set(clip_patches) - accepted)
-    compared, worst = compare_deltas(filename, [(unet, unet_keys), (clip.patcher, clip_keys)])
+    compared, worst = compare_deltas(filename, [(unet_patches, unet_keys, objects.unet.model),
+                                                (clip_patches, clip_keys, objects.clip.cond_stage_model)])
     in_file = file_module_names(filename)
     left = {key.split(".")[0] for key in rest}
     loaded = "SDXL" if getattr(sd_model, "is_sdxl", False) else "SD1" if getattr(sd_model, "is_sd1", False) else "?"
@@ -66,11 +66,12 @@ def verify_lora(name: str, sd_model: Any) -> Dict[str, Any]:
             "loaded_model_version": loaded, "deltas_compared": compared, "max_delta_rel_error": worst}
 
 
-def compare_deltas(filename: str, patchers: Any) -> Tuple[int, float]:
+def compare_deltas(filename: str, parts: Any) -> Tuple[int, float]:
     """(modules compared, largest relative difference) between the change Forge's own `merge_lora_to_weight`
-    makes to each patched weight (fp32, strength 1) and the change this package reads from the file. Each item
-    of `patchers` is (a patcher holding the file's patches, Forge's kohya-name -> weight-key map); a packed
-    weight's slices (offset patches) are skipped."""
+    makes to each weight from this file's patch alone (fp32, strength 1; not the patches of LoRAs a prompt
+    left active) and the change this package reads from the file. Each item of `parts` is (the file's patches
+    from Forge's `load_lora`, Forge's kohya-name -> weight-key map, the model they patch); a packed weight's
+    slices (offset patches) are skipped."""
     import torch
     from backend.patcher.lora import merge_lora_to_weight
 
@@ -79,15 +80,15 @@ def compare_deltas(filename: str, patchers: Any) -> Tuple[int, float]:
 
     ours = default_adapter_kinds().read_modules(load_kohya_lora(filename)[0], filename)
     compared, worst = 0, 0.0
-    for patcher, key_map in patchers:
+    for patches, key_map, model in parts:
         names = _names_by_weight_key(key_map, ours)
-        weights = patcher.model.state_dict()
-        for key, patches in patcher.patches.items():
-            file_module = ours.get(names.get(key, ""))
-            if file_module is None or any(p[3] is not None for p in patches):
+        weights = model.state_dict()
+        for key, patch in patches.items():
+            file_module = ours.get(names.get(key, "")) if isinstance(key, str) else None
+            if file_module is None or key not in weights:
                 continue
             weight = weights[key].detach().to(torch.float32)
-            host = merge_lora_to_weight(list(patches), weight.clone(), key) - weight
+            host = merge_lora_to_weight([(1.0, patch, 1.0, None, None)], weight.clone(), key) - weight
             mine = file_module.delta_on(weight) if getattr(file_module, "needs_base", False) else \
                 file_module.delta(1.0, torch.float32).reshape(weight.shape)
             worst = max(worst, float((host - mine).norm() / mine.norm().clamp_min(1e-30)))
