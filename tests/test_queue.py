@@ -294,8 +294,9 @@ def test_sigkill_while_a_job_runs_then_restart_resumes_it_bit_identically(tmp_pa
     _queue_cli(db, "add", "--config", str(cfg))  # the CLI's add; list and retry below as a restarted page does
     proc = _queue_cli(db, "run", wait=False)
     state = tmp_path / "cut" / "state" / "training_state.pt"
+    store = JobStore(db)
     deadline = time.time() + 300
-    while not state.exists():
+    while not state.exists() or store.get(1).step == 0:  # a saved state, and progress recorded (every 0.25 s)
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ""
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
