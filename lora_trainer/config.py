@@ -64,6 +64,7 @@ class TrainConfig:
     cache_latents: Union[str, bool] = _opt("auto", "Encode every image once with the VAE (auto = on; with flip_aug the flipped images are cached too).", choices=CACHE_MODES)
     cache_latents_to_disk: bool = _opt(False, "Also keep encoded latents on disk (a cache folder beside the images) so a re-run skips the VAE.")
     cache_text_encoder_outputs: Union[str, bool] = _opt("auto", "Encode each caption once. auto: on when the text encoder is frozen and captions are fixed.", choices=CACHE_MODES)
+    cache_while_training: Union[str, bool] = _opt("auto", "Cache each image's latent and each caption when the first epoch first needs it instead of all before the first step: training starts sooner, the result is the same. auto: on for one process (data-parallel ranks encode their shares before training and exchange them); false: all first.", choices=CACHE_MODES)
     num_workers: int = _opt(2, "Threads that load the next steps' images when latents are not cached (0 = load in the training thread).", minimum=0)
 
     # --- model ---

@@ -6,7 +6,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lora_trainer.engine.run import load_model, train
-from lora_trainer.events import Message
+from lora_trainer.events import Message, StepEnded
 
 from recording import EventRecorder
 
@@ -59,3 +59,36 @@ def test_uncached_training_with_prefetch_threads_matches_the_training_thread(tmp
     a, b = (load_file(str(r.lora_path)) for r in runs)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+class CallsAtFirstStep(EventRecorder):
+    """Notes how many times each counter had been called when the first optimizer step ended."""
+
+    def __init__(self, **counters: CountCalls) -> None:
+        super().__init__()
+        self.counters = counters
+        self.at_first_step = {}
+
+    def on_event(self, event) -> None:
+        if isinstance(event, StepEnded) and event.step == 1:
+            self.at_first_step = {name: c.calls for name, c in self.counters.items()}
+
+
+def test_caching_as_the_first_epoch_goes_gives_the_same_lora_as_caching_first(tmp_path, tiny_model_dir, color_data):
+    """cache_while_training: the first step runs before every image and caption is encoded (so it comes
+    sooner), and the LoRA is bit-identical to the one trained after caching everything first."""
+    loras, calls = {}, {}
+    for lazy in (False, True):
+        cfg = make_config(tiny_model_dir, color_data, tmp_path / str(lazy), max_steps=6, batch_size=1,
+                          cache_while_training=lazy, output_name="x")
+        bundle = load_model(cfg)
+        recorder = CallsAtFirstStep(vae=CountCalls(bundle.vae.encoder), text=CountCalls(bundle.text_encoder))
+        loras[lazy] = load_file(str(train(cfg, [recorder], bundle=bundle).lora_path))
+        calls[lazy] = (recorder.at_first_step, {name: c.calls for name, c in recorder.counters.items()})
+    images = len(list(color_data.glob("*.png")))
+    assert calls[False][0] == {"vae": images, "text": 1}  # all at once: one caption batch
+    assert calls[True][0] == {"vae": 1, "text": 1}  # only the first batch's image, the captions' batch
+    assert calls[True][1] == calls[False][1] == {"vae": images, "text": 1}  # each encoded once, in the end
+    assert loras[True].keys() == loras[False].keys()
+    for key in loras[False]:
+        assert torch.equal(loras[True][key], loras[False][key]), key

@@ -3,11 +3,14 @@ as `F.conv2d`, the model is left as it was, a training run with them learns the 
 packs only when the memory for the copies is known to be there."""
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from lora_trainer.engine import trainer as trainer_module
 from lora_trainer.engine.run import LoraRun, load_model
@@ -90,18 +93,31 @@ def test_only_frozen_stride_one_bf16_convolutions_are_packed_and_unpacking_leave
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
 
 
-def _train(cfg, pack: bool, monkeypatch):
+def _train(cfg, pack: bool, monkeypatch, in_place: bool = True):
+    """Trains with or without packing; packed in place, checks that the original weights are gone while
+    training and come back exactly afterwards."""
     monkeypatch.setattr(packed_convs_module, "packing_available", lambda *args: pack)
+    if not in_place:
+        pack_beside = DiffusersBundle.pack_convolutions
+        monkeypatch.setattr(DiffusersBundle, "pack_convolutions", lambda self, **kw: pack_beside(self))
     run = LoraRun(cfg, tensorboard=False)
     trainer = run.setup()
     convs = [m for m in trainer.bundle.unet.modules() if isinstance(m, nn.Conv2d)]
+    packed = [m for m in convs if "forward" in m.__dict__]
+    originals = [m.weight.detach().clone() for m in packed]
+    storages = [StorageWeakRef(m.weight.untyped_storage()) for m in packed]
     try:
-        assert any("forward" in m.__dict__ for m in convs) == pack
+        assert bool(packed) == pack
         run.train()
+        gc.collect()
+        assert all((m.weight.numel() == 0) == in_place for m in packed)  # in place: only the packed copies ...
+        assert all(ref.expired() == in_place for ref in storages)  # ... while training: the originals are freed
         tensors = load_file(str(run.save_final()))
     finally:
         run.close()
-    assert not any("forward" in m.__dict__ for m in convs)  # the bundle is handed back unpacked
+    assert not any("forward" in m.__dict__ for m in convs)  # the bundle is handed back unpacked ...
+    for m, original in zip(packed, originals):  # ... with its weights exactly as they were
+        assert torch.equal(m.weight, original)
     return trainer, tensors
 
 
@@ -117,8 +133,38 @@ def test_a_cpu_run_with_packed_convolutions_learns_the_same_lora(tmp_path, tiny_
     assert plain.keys() == packed.keys()
     worst = max((torch.linalg.vector_norm(plain[k].float() - packed[k].float()) /
                  torch.linalg.vector_norm(plain[k].float())).item() for k in plain)
-    assert worst <= 2e-2
+    assert worst <= 2e-2  # fp32 too: AdamW's first steps divide gradients of ~1e-8 by themselves plus eps
     assert packed_trainer.progress.losses == pytest.approx(plain_trainer.progress.losses, rel=2e-2)
+
+
+def test_packing_in_place_changes_nothing_but_the_memory(tmp_path, tiny_model_dir, color_data, monkeypatch):
+    """fp32: the LoRA trained on convolutions packed in place is bit-identical to the one trained on packed copies
+    beside the originals, whose losses and LoRA gradients equal those on the unpacked weights (relative 1e-5)."""
+    loras = {}
+    for in_place in (True, False):  # (patched beside for the rest of the test)
+        cfg = make_config(tiny_model_dir, color_data, tmp_path / str(in_place), max_steps=4, output_name="x")
+        loras[in_place] = _train(cfg, True, monkeypatch, in_place)[1]
+    assert loras[True].keys() == loras[False].keys()
+    for key in loras[True]:
+        assert torch.equal(loras[True][key], loras[False][key]), key
+    grads, losses = {}, {}
+    for pack in (False, True):
+        monkeypatch.setattr(packed_convs_module, "packing_available", lambda *args: pack)
+        run = LoraRun(make_config(tiny_model_dir, color_data, tmp_path / f"g{pack}", output_name="x"),
+                      tensorboard=False)
+        trainer = run.setup()
+        try:
+            samples = trainer.dataset.epoch_batches(0, 0, 2)[0]
+            noise, timesteps = trainer.step_noise(0, 0, samples)
+            loss = trainer.batch_loss(samples, noise, timesteps).mean()
+            loss.backward()
+            losses[pack], grads[pack] = loss.item(), [p.grad.clone() for p in trainer.network.parameters()]
+        finally:
+            run.close()
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    for packed_grad, plain_grad in zip(grads[True], grads[False]):
+        assert (torch.linalg.vector_norm(packed_grad - plain_grad) <=
+                1e-5 * torch.linalg.vector_norm(plain_grad) + 1e-12)
 
 
 def _packed_layers(trainer) -> int:
@@ -143,7 +189,7 @@ def test_pack_conv_weights_follows_the_setting_and_the_available_memory(tmp_path
     monkeypatch.setattr(trainer_module, "available_ram", ram)
     original = DiffusersBundle.packed_convolution_bytes
     monkeypatch.setattr(DiffusersBundle, "packed_convolution_bytes",
-                        lambda self: need.append(original(self)) or need[-1])
+                        lambda self, in_place=False: need.append(original(self, in_place)) or need[-1])
     try:
         trainer = run.setup()
         packed = _packed_layers(trainer)
@@ -164,7 +210,7 @@ def test_the_memory_plan_counts_the_packed_copies_only_where_the_trainer_makes_t
     convs = [m for m in load_model(make_config(tiny_model_dir, color_data, tmp_path / "o")).unet.modules()
              if isinstance(m, nn.Conv2d) and m.stride == (1, 1)]
     assert plans[False].packed == 0 and not any("packed" in line for line in plans[False].lines())
-    assert plans[True].packed == sum(2 * 4 * m.weight.numel() for m in convs)  # two fp32 copies each
+    assert plans[True].packed == sum(4 * m.weight.numel() for m in convs)  # two fp32 copies each, in place
     assert plans[True].peak == max(plans[False].peak, plans[True].weights + plans[True].packed + plans[True].lora_state
                                    + plans[True].activations + plans[True].transient)
     assert any("packed conv copies" in line for line in plans[True].lines())

@@ -48,6 +48,11 @@ class WeightAdapter(nn.Module):
         self.dora_scale = nn.Parameter(initial_scale(base.weight)) if dora else None
 
     @property
+    def reads_base_weight(self) -> bool:
+        """DoRA's change depends on the base weight: it must stay readable while training."""
+        return self.dora_scale is not None
+
+    @property
     def scale(self) -> float:
         """alpha / rank where the format has a rank (A1111: 1 when it has none, e.g. a full-matrix LoKr)."""
         return self.alpha / self.factors.rank if self.factors.scaled else 1.0

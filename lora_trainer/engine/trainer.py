@@ -86,8 +86,9 @@ class Trainer:
             self.bundle.use_half_precision_norms()  # GPU: no fp32 round trip per norm (models/half_norms)
         if cfg.torch_compile:
             self.bundle.compile()
-        if self._packing_helps():
-            self.bundle.pack_convolutions()  # frozen weights in oneDNN's layout once, not on every call (CPU)
+        if self._packing_helps():  # frozen weights in oneDNN's layout once, not on every call (CPU), replacing
+            # the originals (restore() rebuilds them) but those an adapter reads
+            self.bundle.pack_convolutions(in_place=True, keep=self.network.base_layers_read())
         if self.latent_cache is None and cfg.num_workers > 0:
             self.prefetcher = PixelPrefetcher(self.dataset, cfg.num_workers, pin=self.device.type == "cuda")
         # one parameter group per component role (unet first), each with its own learning rate
@@ -134,37 +135,52 @@ class Trainer:
         if self.bundle.fixed_placement is not None:
             return False  # the WebUI's weights are its own
         pack, why_not = decide_packing(self.config.pack_conv_weights, self.config.torch_compile, self.device,
-                                       self.precision, self.bundle.packed_convolution_bytes(), available_ram())
+                                       self.precision, self.bundle.packed_convolution_bytes(in_place=True),
+                                       available_ram())
         if why_not:
             self.events.say(why_not)
         return pack
 
     def _build_caches(self) -> None:
         cfg = self.config
+        # one process: cache as the first epoch goes (the first step comes sooner, the values are the same)
+        lazy = cfg.cache_while_training is True or (cfg.cache_while_training == "auto" and not self.dist.active)
         if cfg.cache_latents in ("auto", True):
             self.latent_cache = LatentCache(self.dataset, self.bundle.vae_fingerprint(), cfg.cache_latents_to_disk)
-            self.events.say(f"caching latents of {len(self.dataset)} image(s)")
             # the VAE runs in fp32: keep its batch small at high resolution (it is the peak otherwise)
             vae_batch = max(1, min(self.global_batch_size, (512 * 512) // (cfg.resolution ** 2)))
-            # data parallel: each rank encodes a share, then all exchange them; a last pass encodes what no
-            # rank had (ranks that see different disk caches); for one process it finds nothing to do
-            self.latent_cache.build(self.bundle.encode_images, batch_size=vae_batch, device=self.device,
-                                    part=(self.dist.rank, self.dist.world_size))
-            self.latent_cache.latents = self.dist.share_tensors(self.latent_cache.latents, self.device)
-            self.latent_cache.build(self.bundle.encode_images, batch_size=vae_batch, device=self.device)
-            self.bundle.offload_vae()
+            if lazy:
+                self.events.say(f"caching latents of {len(self.dataset)} image(s) as the first epoch needs them")
+                self.latent_cache.defer(self.bundle.encode_images, vae_batch, self.device, self.bundle.offload_vae)
+            else:
+                self.events.say(f"caching latents of {len(self.dataset)} image(s)")
+                self._build_latents_shared(vae_batch)
         use_text_cache = cfg.cache_text_encoder_outputs
         if use_text_cache == "auto":
             use_text_cache = self.dataset.caption_settings.is_fixed
         if use_text_cache and not cfg.train_text_encoder:
             self.text_cache = TextCache()
             captions = [self.dataset.fixed_caption(i) for i in range(len(self.dataset))]
+            if lazy:  # encoded in batch_loss, under the same autocast as below
+                self.text_cache.defer(captions, self.bundle.encode_captions,
+                                      on_complete=self.bundle.offload_text_encoder)
+                return
             with self.autocast():  # shared out like the latents
                 self.text_cache.build(captions, self.bundle.encode_captions, part=(self.dist.rank,
                                                                                   self.dist.world_size))
                 self.text_cache.outputs = self.dist.share_tensors(self.text_cache.outputs, self.device)
                 self.text_cache.build(captions, self.bundle.encode_captions)
             self.bundle.offload_text_encoder()
+
+    def _build_latents_shared(self, vae_batch: int) -> None:
+        """Every latent before the first step. Data parallel: each rank encodes a share, then all exchange
+        them; a last pass encodes what no rank had (ranks that see different disk caches); for one process
+        it finds nothing to do."""
+        self.latent_cache.build(self.bundle.encode_images, batch_size=vae_batch, device=self.device,
+                                part=(self.dist.rank, self.dist.world_size))
+        self.latent_cache.latents = self.dist.share_tensors(self.latent_cache.latents, self.device)
+        self.latent_cache.build(self.bundle.encode_images, batch_size=vae_batch, device=self.device)
+        self.bundle.offload_vae()
 
     def autocast(self, cache: bool = True):
         """Autocast to the run's compute dtype (a no-op context in fp32)."""

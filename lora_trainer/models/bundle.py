@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 import hashlib
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -77,13 +77,14 @@ class ModelBundle(ABC):
     def compile(self) -> None:
         """torch.compile the denoiser in place (after LoRA layers are in); default: not supported, no-op."""
 
-    def packed_convolution_bytes(self) -> int:
-        """Memory `pack_convolutions()` would add; 0 where this bundle does not pack (the default)."""
+    def packed_convolution_bytes(self, in_place: bool = False) -> int:
+        """Memory `pack_convolutions(in_place)` would add; 0 where this bundle does not pack (the default)."""
         return 0
 
-    def pack_convolutions(self) -> None:
+    def pack_convolutions(self, in_place: bool = False, keep: Collection[nn.Module] = ()) -> None:
         """Run the denoiser's frozen convolutions on weights pre-packed for oneDNN (CPU; see
-        models/packed_convs); `restore()` unpacks them. Default: not supported, no-op."""
+        models/packed_convs), `in_place`: instead of the original weights (but those of `keep`);
+        `restore()` unpacks them. Default: not supported, no-op."""
 
     def use_half_precision_norms(self) -> None:
         """Run the denoiser's frozen GroupNorm/LayerNorm layers in the base weights' half-precision dtype

@@ -1,7 +1,7 @@
 """DiffusersBundle: a Stable Diffusion model as diffusers UNet/VAE + transformers CLIP (SD1.x, SD2.x)."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Collection, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -103,11 +103,11 @@ class DiffusersBundle(ModelBundle):
     def compile(self) -> None:
         self.unet.compile()
 
-    def packed_convolution_bytes(self) -> int:
-        return packed_weight_bytes(self.unet, self.dtype)
+    def packed_convolution_bytes(self, in_place: bool = False) -> int:
+        return packed_weight_bytes(self.unet, self.dtype, in_place)
 
-    def pack_convolutions(self) -> None:
-        self._overrides.append(PackedConvs(self.unet))
+    def pack_convolutions(self, in_place: bool = False, keep: Collection[nn.Module] = ()) -> None:
+        self._overrides.append(PackedConvs(self.unet, in_place, keep))
 
     def use_half_precision_norms(self) -> None:
         self._overrides.append(HalfPrecisionNorms(self.unet))

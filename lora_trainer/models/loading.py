@@ -20,6 +20,8 @@ from .bundle import ModelBundle
 from .family import FamilyRegistry, ModelFamily, nested_get
 from .tokenizers import check_tokenizers, load_clip_tokenizer
 
+UNET_PREFIX, VAE_PREFIX = "model.diffusion_model.", "first_stage_model."  # in ldm/sgm single-file checkpoints
+
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -131,11 +133,12 @@ def load_single_file(path: Path, families: FamilyRegistry, tokenizer_path: Optio
     params = nested_get(original, "model", "params", default={})
     try:
         unet_cfg = family.unet_config(original, sd)
-        unet = UNet2DConditionModel(**unet_cfg)
-        _load_strict(unet, sfu.convert_ldm_unet_checkpoint(sd, unet_cfg), f"{path} (UNet)")
         vae_cfg = sfu.create_vae_diffusers_config_from_ldm(original, sd, image_size=512)
-        vae = AutoencoderKL(**vae_cfg)
-        _load_strict(vae, sfu.convert_ldm_vae_checkpoint(sd, vae_cfg), f"{path} (VAE)")
+        # each part leaves `sd` as it is converted, so the file's copy of it is freed as it goes
+        unet = _load_on_meta(UNet2DConditionModel, unet_cfg,
+                             sfu.convert_ldm_unet_checkpoint(_take(sd, UNET_PREFIX), unet_cfg), f"{path} (UNet)")
+        vae = _load_on_meta(AutoencoderKL, vae_cfg, sfu.convert_ldm_vae_checkpoint(_take(sd, VAE_PREFIX), vae_cfg),
+                            f"{path} (VAE)")
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -151,8 +154,30 @@ def load_single_file(path: Path, families: FamilyRegistry, tokenizer_path: Optio
         prediction_type=family.single_file_prediction_type(params, found is not None, unet))
 
 
-def _load_strict(module: torch.nn.Module, sd: Dict[str, torch.Tensor], source: str) -> None:
-    missing, unexpected = module.load_state_dict(sd, strict=False)
+def _take(sd: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    """The tensors under `prefix`, removed from `sd`."""
+    return {k: sd.pop(k) for k in [k for k in sd if k.startswith(prefix)]}
+
+
+def _load_on_meta(cls, config: Dict[str, Any], sd: Dict[str, torch.Tensor], source: str) -> torch.nn.Module:
+    """`cls(**config)` holding the tensors of `sd` (cast to the default dtype) as its weights: built on the meta
+    device, so no time goes into a random initialisation that the checkpoint replaces, and `sd` is emptied
+    as the weights are taken, so at most one extra tensor is in memory beside the model."""
+    with torch.device("meta"):
+        module = cls(**config)
+    dtype = torch.get_default_dtype()
+    weights = {}
+    for key in list(sd):
+        weights[key] = sd.pop(key).to(dtype)
+    _load_strict(module, weights, source, assign=True)
+    unset = [name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if unset:
+        raise ModelLoadError(f"{source}: weights do not fit the expected architecture (missing {unset[:3]})")
+    return module
+
+
+def _load_strict(module: torch.nn.Module, sd: Dict[str, torch.Tensor], source: str, assign: bool = False) -> None:
+    missing, unexpected = module.load_state_dict(sd, strict=False, assign=assign)
     if missing or unexpected:
         raise ModelLoadError(f"{source}: weights do not fit the expected architecture "
                              f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")

@@ -12,13 +12,16 @@ second copy of the weight packed for it (oneDNN packs it straight from the weigh
 copy: a flipped-kernel convolution instead was a little faster on the deepest layers but its temporary
 copies left more memory resident). Strided and grouped convolutions stay as they are.
 
-Each packed layer gets an instance `forward` (models/layer_forwards), which `remove()` takes away: the
-module, its parameters and its state dict stay as they were. The packed copies take twice the layers' weight memory
-(`packed_weight_bytes`), hence `should_pack` and `decide_packing`.
+Each packed layer gets an instance `forward` (models/layer_forwards), which `remove()` takes away. The packed
+copies take twice the layers' weight memory (`packed_weight_bytes`), hence `should_pack` and `decide_packing`.
+`in_place` packing replaces the original weights instead of sitting beside them: once a layer's two packed
+copies exist its `weight` parameter holds an empty tensor (the memory is freed), and `remove()` rebuilds the
+exact original from the forward copy (a reorder is a permutation). Layers whose weight someone else reads
+while training (DoRA's norms, `keep`) keep theirs.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Collection, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -76,9 +79,11 @@ def _packable(conv: nn.Module) -> bool:
             and (conv.bias is None or not conv.bias.requires_grad) and conv.weight.device.type == "cpu")
 
 
-def packed_weight_bytes(model: nn.Module, dtype: torch.dtype) -> int:
-    """Memory the packed copies of `model`'s frozen convolutions take (two copies of each weight in `dtype`)."""
-    return sum(2 * dtype.itemsize * m.weight.numel() for m in model.modules()
+def packed_weight_bytes(model: nn.Module, dtype: torch.dtype, in_place: bool = False) -> int:
+    """Memory packing adds to `model`'s frozen convolutions: two copies of each weight in `dtype`, less the
+    original where it is packed `in_place`."""
+    copies = 1 if in_place else 2
+    return sum(copies * dtype.itemsize * m.weight.numel() for m in model.modules()
                if _packable_shape(m) and not m.weight.requires_grad)
 
 
@@ -102,42 +107,65 @@ class _FrozenConv(torch.autograd.Function):
 
 
 class PackedConv(LayerForward):
-    """One frozen Conv2d whose calls run on packed weights (packed lazily, once)."""
+    """One frozen Conv2d whose calls run on packed weights (packed lazily, once; `in_place`: then without
+    the original)."""
 
-    def __init__(self, conv: nn.Conv2d):
+    def __init__(self, conv: nn.Conv2d, in_place: bool = False):
         self.dtype = conv.weight.dtype
         self.padding = list(conv.padding)
+        self.in_place = in_place
+        self.channels_last = conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.weight.dim() == 4
         self.weight: Optional[torch.Tensor] = None  # packed for the forward convolution
         self.weight_t: Optional[torch.Tensor] = None  # packed for the transposed one (the input's gradient)
         super().__init__(conv)
 
+    @property
+    def released(self) -> bool:
+        """The original weight is gone (packed in place); `remove()` brings it back."""
+        return self.module.weight.numel() == 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4:  # an unbatched input: nn.Conv2d's own path
-            return type(self.module).forward(self.module, x)
+        if x.dim() != 4:  # an unbatched input: nn.Conv2d's own path, on the original weight
+            weight = self.weight.to_dense() if self.released else self.module.weight
+            return self.module._conv_forward(x, weight, self.module.bias)
         return _FrozenConv.apply(_packed_input(x, self.dtype), self)
 
     def forward_packed(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight is None:
-            self.weight = torch.ops.mkldnn._reorder_convolution_weight(
-                self.module.weight, self.padding, [1, 1], [1, 1], 1, list(x.shape))
+            self._pack(list(x.shape))
         return torch.ops.mkldnn._convolution_pointwise(
             x, self.weight, self.module.bias, self.padding, [1, 1], [1, 1], 1, "none", [], "")
 
+    def _pack(self, input_shape: List[int]) -> None:
+        """Both packed copies for inputs of `input_shape` (in place: then the original goes)."""
+        w = self.module.weight
+        kh, kw = w.shape[2:]
+        out_shape = [input_shape[0], w.shape[0], input_shape[2] + 2 * self.padding[0] - kh + 1,
+                     input_shape[3] + 2 * self.padding[1] - kw + 1]
+        self.weight = torch.ops.mkldnn._reorder_convolution_weight(w, self.padding, [1, 1], [1, 1], 1, input_shape)
+        self.weight_t = torch.ops.mkldnn._reorder_convolution_transpose_weight(
+            w, self.padding, [0, 0], [1, 1], [1, 1], 1, out_shape)
+        if self.in_place:
+            w.data = w.data.new_empty(0)
+
     def input_grad(self, grad: torch.Tensor) -> torch.Tensor:
         grad = _packed_input(grad, self.dtype)
-        if self.weight_t is None:
-            self.weight_t = torch.ops.mkldnn._reorder_convolution_transpose_weight(
-                self.module.weight, self.padding, [0, 0], [1, 1], [1, 1], 1, list(grad.shape))
         return torch.ops.mkldnn._convolution_transpose_pointwise(
             grad, self.weight_t, None, self.padding, [0, 0], [1, 1], [1, 1], 1, "none", [], "")
 
     def remove(self) -> None:
         super().remove()
+        if self.released:
+            dense = self.weight.to_dense()
+            self.module.weight.data = dense.contiguous(memory_format=torch.channels_last) if self.channels_last \
+                else dense
         self.weight = self.weight_t = None
 
 
 class PackedConvs(LayerForwards):
-    """The packed layers of one model; `remove()` puts every layer back."""
+    """The packed layers of one model; `remove()` puts every layer back. `in_place`: the packed copies
+    replace the original weights, except in the layers of `keep`."""
 
-    def __init__(self, model: nn.Module):
-        super().__init__(model, PackedConv, _packable)
+    def __init__(self, model: nn.Module, in_place: bool = False, keep: Collection[nn.Module] = ()):
+        keep_ids = {id(m) for m in keep}
+        super().__init__(model, lambda conv: PackedConv(conv, in_place and id(conv) not in keep_ids), _packable)

@@ -140,6 +140,11 @@ class AdapterNetwork:
         widths = ((m.name, layer_width(m.layer)) for m in self.layers)
         return [(name, width) for name, width in widths if width is not None and width < self.rank]
 
+    def base_layers_read(self) -> List[nn.Module]:
+        """The base layers whose weights an adapted layer reads in its forward (DoRA's norms): their weights
+        must stay where they are while training."""
+        return [m.layer.base_layer for m in self.layers if getattr(m.layer, "reads_base_weight", False)]
+
     def roles(self) -> List[str]:
         return sorted({m.role for m in self.layers})
 
