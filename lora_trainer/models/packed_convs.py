@@ -138,15 +138,17 @@ class PackedConv(LayerForward):
 
     def _pack(self, input_shape: List[int]) -> None:
         """Both packed copies for inputs of `input_shape` (in place: then the original goes)."""
-        w = self.module.weight
+        w = self.module.weight.detach()
         kh, kw = w.shape[2:]
+        # the reorders take a channels-last weight as it is (another layout they first copy, each of them)
+        w = w.contiguous(memory_format=torch.channels_last)
         out_shape = [input_shape[0], w.shape[0], input_shape[2] + 2 * self.padding[0] - kh + 1,
                      input_shape[3] + 2 * self.padding[1] - kw + 1]
         self.weight = torch.ops.mkldnn._reorder_convolution_weight(w, self.padding, [1, 1], [1, 1], 1, input_shape)
         self.weight_t = torch.ops.mkldnn._reorder_convolution_transpose_weight(
             w, self.padding, [0, 0], [1, 1], [1, 1], 1, out_shape)
         if self.in_place:
-            w.data = w.data.new_empty(0)
+            self.module.weight.data = w.new_empty(0)
 
     def input_grad(self, grad: torch.Tensor) -> torch.Tensor:
         grad = _packed_input(grad, self.dtype)
