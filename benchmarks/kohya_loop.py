@@ -60,16 +60,17 @@ def write_dreambooth_folder(data: Path, folder: Path) -> Path:
     return folder
 
 
-def step_times(logging_dir: Path) -> Dict[int, float]:
-    """Wall-clock time of each logged step (kohya logs `loss/current` once per optimizer step)."""
+def step_times(logging_dir: Path, tag: str = "loss/current") -> Dict[int, float]:
+    """Wall-clock time of each logged step of scalar `tag` (kohya logs `loss/current` once per optimizer step;
+    bench_cpu_peers.py reads our trainer's `loss` and the diffusers example's `train_loss` the same way)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     times: Dict[int, float] = {}
     for events in logging_dir.rglob("events.out.tfevents.*"):
         acc = EventAccumulator(str(events.parent))
         acc.Reload()
-        if "loss/current" in acc.Tags().get("scalars", []):
-            times.update({e.step: e.wall_time for e in acc.Scalars("loss/current")})
+        if tag in acc.Tags().get("scalars", []):
+            times.update({e.step: e.wall_time for e in acc.Scalars(tag)})
     return times
 
 
