@@ -105,6 +105,13 @@ def status_kb(pid: int, field: str = "VmRSS") -> int:
     return 0
 
 
+def kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def run_measured(command: List[str], cwd: Path, env: Dict[str, str], log: Path, timeout: float) -> Dict[str, Any]:
     """Run `command` (stdout+stderr to `log`) in its own session; exit code, launch time, wall and peak tree RSS
     (polled every 0.1 s; the process's VmHWM catches its own peaks between polls)."""
@@ -122,12 +129,13 @@ def run_measured(command: List[str], cwd: Path, env: Dict[str, str], log: Path, 
                     pids, scanned = tree_pids(proc.pid), time.time()
                 peak_kb = max(peak_kb, sum(status_kb(p) for p in pids), status_kb(proc.pid, "VmHWM"))
                 if time.time() - t0 > timeout:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    kill_group(proc.pid)
                 time.sleep(0.1)
         except BaseException:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_group(proc.pid)
             proc.wait()
             raise
+        kill_group(proc.pid)  # anything it left behind in its session
         proc.returncode = os.waitstatus_to_exitcode(status)
     return {"code": proc.returncode, "t0": t0, "wall_s": time.time() - t0,
             "peak_gib": peak_kb / 2**20}
