@@ -98,6 +98,7 @@ def main() -> int:
     print(f"two txt2img after training: {time.time() - t:.0f} s")
     page = call_text(a.url + "/config")
     unet_bytes = digest_before["bytes"]["unet"]
+    unchanged = verify.get("max_unchanged_rel_change", float("nan"))
     checks = {
         "the LoRA Trainer tab is on the page (no start-up error)":
             '"LoRA Trainer"' in page and "lora_trainer_error" not in page,
@@ -111,6 +112,8 @@ def main() -> int:
         f"Forge's computed change equals ours ({verify.get('deltas_compared')} modules, max relative difference "
         f"{verify.get('max_delta_rel_error', float('nan')):.1e})":
             verify.get("deltas_compared", 0) > 0 and verify.get("max_delta_rel_error", 1.0) < 1e-4,
+        f"modules training left unchanged stay so in Forge (largest change {unchanged:.1e} of the weight: the "
+        f"fp32 rounding of DoRA's stored norms)": unchanged < 1e-5,
         f"model weights hash unchanged ({digest_before['sha256'][:16]} -> {digest_after['sha256'][:16]})":
             digest_before["sha256"] == digest_after["sha256"],
         "txt2img without the LoRA bit-identical to before training": float(np.abs(after - before).max()) == 0.0,

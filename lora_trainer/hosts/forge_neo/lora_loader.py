@@ -56,22 +56,26 @@ def verify_lora(name: str, sd_model: Any) -> Dict[str, Any]:
     clip_patches, rest = load_lora(rest, clip_keys)
     accepted = set(objects.unet.clone().add_patches(unet_patches)) | set(objects.clip.clone().add_patches(clip_patches))
     refused = sorted(set(unet_patches) - accepted) + sorted(set(clip_patches) - accepted)
-    compared, worst = compare_deltas(filename, [(unet_patches, unet_keys, objects.unet.model),
-                                                (clip_patches, clip_keys, objects.clip.cond_stage_model)])
+    compared, worst, unchanged = compare_deltas(filename, [(unet_patches, unet_keys, objects.unet.model),
+                                                           (clip_patches, clip_keys, objects.clip.cond_stage_model)])
     in_file = file_module_names(filename)
     left = {key.split(".")[0] for key in rest}
     loaded = "SDXL" if getattr(sd_model, "is_sdxl", False) else "SD1" if getattr(sd_model, "is_sd1", False) else "?"
     return {"name": name, "file": filename, "modules_in_file": len(in_file), "modules_matched": len(in_file - left),
             "unmatched": sorted(in_file & left), "patches_refused": refused, "sd_version": file_version(filename),
-            "loaded_model_version": loaded, "deltas_compared": compared, "max_delta_rel_error": worst}
+            "loaded_model_version": loaded, "deltas_compared": compared, "max_delta_rel_error": worst,
+            "max_unchanged_rel_change": unchanged}
 
 
-def compare_deltas(filename: str, parts: Any) -> Tuple[int, float]:
-    """(modules compared, largest relative difference) between the change Forge's own `merge_lora_to_weight`
-    makes to each weight from this file's patch alone (fp32, strength 1; not the patches of LoRAs a prompt
-    left active) and the change this package reads from the file. Each item of `parts` is (the file's patches
-    from Forge's `load_lora`, Forge's kohya-name -> weight-key map, the model they patch); a packed weight's
-    slices (offset patches) are skipped."""
+def compare_deltas(filename: str, parts: Any) -> Tuple[int, float, float]:
+    """(modules compared, largest relative difference, largest change of an unchanged module relative to its
+    weight) between the change Forge's own `merge_lora_to_weight` makes to each weight from this file's patch
+    alone (fp32, strength 1; not the patches of LoRAs a prompt left active) and the change this package reads
+    from the file. A module training left unchanged (DoRA: `dora_scale` still the weight's own norms, e.g. a
+    text-encoder layer after the one used) has no change to be relative to: Forge's W * (scale / norm) then
+    differs from W by the rounding of the stored fp32 norms, measured against W. Each item of `parts` is (the
+    file's patches from Forge's `load_lora`, Forge's kohya-name -> weight-key map, the model they patch); a
+    packed weight's slices (offset patches) are skipped."""
     import torch
     from backend.patcher.lora import merge_lora_to_weight
 
@@ -79,7 +83,7 @@ def compare_deltas(filename: str, parts: Any) -> Tuple[int, float]:
     from ...formats.kohya import load_kohya_lora
 
     ours = default_adapter_kinds().read_modules(load_kohya_lora(filename)[0], filename)
-    compared, worst = 0, 0.0
+    compared, worst, unchanged = 0, 0.0, 0.0
     for patches, key_map, model in parts:
         names = _names_by_weight_key(key_map, ours)
         weights = model.state_dict()
@@ -91,9 +95,12 @@ def compare_deltas(filename: str, parts: Any) -> Tuple[int, float]:
             host = merge_lora_to_weight([(1.0, patch, 1.0, None, None)], weight.clone(), key) - weight
             mine = file_module.delta_on(weight) if getattr(file_module, "needs_base", False) else \
                 file_module.delta(1.0, torch.float32).reshape(weight.shape)
-            worst = max(worst, float((host - mine).norm() / mine.norm().clamp_min(1e-30)))
+            if mine.norm() > 0:
+                worst = max(worst, float((host - mine).norm() / mine.norm()))
+            else:
+                unchanged = max(unchanged, float(host.norm() / weight.norm().clamp_min(1e-30)))
             compared += 1
-    return compared, worst
+    return compared, worst, unchanged
 
 
 def _names_by_weight_key(key_map: Mapping[str, Any], ours: Mapping[str, Any]) -> Dict[str, str]:
