@@ -10,7 +10,7 @@ size, flip, VAE): a re-run of the same data on the same model skips the VAE enti
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -19,6 +19,32 @@ from .scan import CACHE_DIR_NAME
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 LatentKey = Tuple[int, bool]  # (image index, flipped)
+TextEncoder = Callable[[Sequence[str]], Dict[str, torch.Tensor]]
+
+
+class FillOnDemand:
+    """Keys not cached yet, each with the batch that fills it (`fill(batch)`): `ensure(keys)` fills the batches
+    of those still missing, each once; `on_complete()` runs once every batch is filled (at once if none)."""
+
+    def __init__(self, batches: Sequence[List[Hashable]], fill: Callable[[List[Hashable]], None],
+                 on_complete: Optional[Callable[[], None]] = None):
+        self._batch_of = {key: batch for batch in batches for key in batch}
+        self._fill, self._on_complete = fill, on_complete
+        self._finish_if_complete()
+
+    def ensure(self, keys: Sequence[Hashable]) -> None:
+        for key in keys:
+            batch = self._batch_of.get(key)
+            if batch is not None:
+                self._fill(batch)
+                for done in batch:
+                    del self._batch_of[done]
+                self._finish_if_complete()
+
+    def _finish_if_complete(self) -> None:
+        if not self._batch_of and self._on_complete is not None:
+            on_complete, self._on_complete = self._on_complete, None
+            on_complete()
 
 
 class LatentCache:
@@ -30,11 +56,7 @@ class LatentCache:
         self.to_disk = to_disk
         self.latents: Dict[LatentKey, torch.Tensor] = {}
         self.encoded = 0  # images sent through the VAE by this cache (0 on a fully cached re-run)
-        # deferred mode: each missing key -> its chunk (None: read from disk), and what encodes it
-        self._pending: Dict[LatentKey, Optional[List[LatentKey]]] = {}
-        self._encode: Optional[Encoder] = None
-        self._device: Optional[torch.device] = None
-        self._on_complete: Optional[Callable[[], None]] = None
+        self._deferred: Optional[FillOnDemand] = None
 
     def _disk_path(self, index: int, flip: bool) -> Path:
         r = self.dataset.records[index]
@@ -95,35 +117,19 @@ class LatentCache:
         """Encode nothing now: `get` reads or encodes each latent when a batch first needs it, with the VAE
         batch it has in `build` (so the latents are bit-identical); `on_complete()` once all are held."""
         on_disk, chunks = self._plan(batch_size, (0, 1))
-        self._pending = {key: None for key in on_disk}
-        self._pending.update({key: chunk for chunk in chunks for key in chunk})
-        self._encode, self._device, self._on_complete = encode, device, on_complete
-        self._finish_if_complete()
+        from_disk = set(on_disk)
 
-    @property
-    def complete(self) -> bool:
-        """Every latent the run can use is held."""
-        return not self._pending
+        def fill(batch: List[LatentKey]) -> None:  # a disk read is a batch of its own key
+            if batch[0] in from_disk:
+                self._read(batch[0], device)
+            else:
+                self._encode_chunk(batch, encode, device)
 
-    def _fill(self, key: LatentKey) -> None:
-        chunk = self._pending[key]
-        if chunk is None:
-            self._read(key, self._device)
-        else:
-            self._encode_chunk(chunk, self._encode, self._device)
-        for done in chunk or [key]:
-            self._pending.pop(done, None)
-        self._finish_if_complete()
-
-    def _finish_if_complete(self) -> None:
-        if not self._pending and self._on_complete is not None:
-            on_complete, self._on_complete, self._encode = self._on_complete, None, None
-            on_complete()
+        self._deferred = FillOnDemand([[key] for key in on_disk] + chunks, fill, on_complete)
 
     def get(self, samples: Sequence[Sample]) -> torch.Tensor:
-        for s in samples:
-            if (s.index, s.flip) not in self.latents:
-                self._fill((s.index, s.flip))
+        if self._deferred is not None:
+            self._deferred.ensure([(s.index, s.flip) for s in samples])
         return torch.stack([self.latents[(s.index, s.flip)] for s in samples])
 
 
@@ -132,47 +138,33 @@ class TextCache:
 
     def __init__(self) -> None:
         self.outputs: Dict[str, Dict[str, torch.Tensor]] = {}
-        self._pending: Dict[str, List[str]] = {}  # deferred mode: caption -> the batch that encodes it
-        self._encode: Optional[Callable[[Sequence[str]], Dict[str, torch.Tensor]]] = None
-        self._on_complete: Optional[Callable[[], None]] = None
+        self._deferred: Optional[FillOnDemand] = None
 
     @staticmethod
     def _chunks(unique: List[str], batch_size: int, part: Tuple[int, int]) -> List[List[str]]:
         return [unique[k:k + batch_size] for k in range(part[0] * batch_size, len(unique), part[1] * batch_size)]
 
-    def _encode_chunk(self, chunk: List[str], encode: Callable[[Sequence[str]], Dict[str, torch.Tensor]]) -> None:
+    def _encode_chunk(self, chunk: List[str], encode: TextEncoder) -> None:
         with torch.no_grad():
             out = encode(chunk)
         for j, caption in enumerate(chunk):
             self.outputs[caption] = {name: t[j].detach() for name, t in out.items()}
 
-    def build(self, captions: Sequence[str], encode: Callable[[Sequence[str]], Dict[str, torch.Tensor]],
+    def build(self, captions: Sequence[str], encode: TextEncoder,
               batch_size: int = 16, part: Tuple[int, int] = (0, 1)) -> None:
         """Encode the captions not held yet; `part` (k, n): only the k-th of every n batches (as LatentCache)."""
         for chunk in self._chunks(sorted(set(captions) - set(self.outputs)), batch_size, part):
             self._encode_chunk(chunk, encode)
 
-    def defer(self, captions: Sequence[str], encode: Callable[[Sequence[str]], Dict[str, torch.Tensor]],
-              batch_size: int = 16, on_complete: Optional[Callable[[], None]] = None) -> None:
+    def defer(self, captions: Sequence[str], encode: TextEncoder, batch_size: int = 16,
+              on_complete: Optional[Callable[[], None]] = None) -> None:
         """Encode nothing now: `get` encodes each caption's batch (the one it has in `build`) when first
         needed; `on_complete()` once every caption is held."""
         chunks = self._chunks(sorted(set(captions) - set(self.outputs)), batch_size, (0, 1))
-        self._pending = {caption: chunk for chunk in chunks for caption in chunk}
-        self._encode, self._on_complete = encode, on_complete
-        self._finish_if_complete()
-
-    def _finish_if_complete(self) -> None:
-        if not self._pending and self._on_complete is not None:
-            on_complete, self._on_complete, self._encode = self._on_complete, None, None
-            on_complete()
+        self._deferred = FillOnDemand(chunks, lambda chunk: self._encode_chunk(chunk, encode), on_complete)
 
     def get(self, captions: Sequence[str]) -> Dict[str, torch.Tensor]:
-        for caption in captions:
-            if caption not in self.outputs and caption in self._pending:
-                chunk = self._pending[caption]
-                self._encode_chunk(chunk, self._encode)
-                for done in chunk:
-                    self._pending.pop(done, None)
-                self._finish_if_complete()
+        if self._deferred is not None:
+            self._deferred.ensure(captions)
         first = self.outputs[captions[0]]
         return {name: torch.stack([self.outputs[c][name] for c in captions]) for name in first}

@@ -14,6 +14,7 @@ from contextlib import nullcontext
 from typing import List, Optional, Sequence
 
 import torch
+from torch import nn
 
 from ..adapters import AdapterSpec, default_adapter_kinds
 from ..config import TrainConfig
@@ -86,9 +87,9 @@ class Trainer:
             self.bundle.use_half_precision_norms()  # GPU: no fp32 round trip per norm (models/half_norms)
         if cfg.torch_compile:
             self.bundle.compile()
-        if self._packing_helps():  # frozen weights in oneDNN's layout once, not on every call (CPU), replacing
-            # the originals (restore() rebuilds them) but those an adapter reads
-            self.bundle.pack_convolutions(in_place=True, keep=self.network.base_layers_read())
+        kept = self.network.base_layers_read()  # weights an adapter reads stay as they are
+        if self._packing_helps(kept):  # frozen weights in oneDNN's layout once, not on every call (CPU),
+            self.bundle.pack_convolutions(in_place=True, keep=kept)  # replacing the originals (restore() rebuilds)
         if self.latent_cache is None and cfg.num_workers > 0:
             self.prefetcher = PixelPrefetcher(self.dataset, cfg.num_workers, pin=self.device.type == "cuda")
         # one parameter group per component role (unet first), each with its own learning rate
@@ -129,13 +130,13 @@ class Trainer:
         cpu_bf16 = self.device.type == "cpu" and self.precision.base_dtype == torch.bfloat16
         return self.graphs is not None or cpu_bf16
 
-    def _packing_helps(self) -> bool:
+    def _packing_helps(self, kept: Sequence[nn.Module]) -> bool:
         """pack_conv_weights: on a CPU, for a model the trainer owns, when the packed copies fit (auto: in
         half the available memory; what it gains is measured in benchmarks/README.md)."""
         if self.bundle.fixed_placement is not None:
             return False  # the WebUI's weights are its own
         pack, why_not = decide_packing(self.config.pack_conv_weights, self.config.torch_compile, self.device,
-                                       self.precision, self.bundle.packed_convolution_bytes(in_place=True),
+                                       self.precision, self.bundle.packed_convolution_bytes(True, kept),
                                        available_ram())
         if why_not:
             self.events.say(why_not)
@@ -164,13 +165,13 @@ class Trainer:
             if lazy:  # encoded in batch_loss, under the same autocast as below
                 self.text_cache.defer(captions, self.bundle.encode_captions,
                                       on_complete=self.bundle.offload_text_encoder)
-                return
-            with self.autocast():  # shared out like the latents
-                self.text_cache.build(captions, self.bundle.encode_captions, part=(self.dist.rank,
-                                                                                  self.dist.world_size))
-                self.text_cache.outputs = self.dist.share_tensors(self.text_cache.outputs, self.device)
-                self.text_cache.build(captions, self.bundle.encode_captions)
-            self.bundle.offload_text_encoder()
+            else:
+                with self.autocast():  # shared out like the latents
+                    self.text_cache.build(captions, self.bundle.encode_captions, part=(self.dist.rank,
+                                                                                      self.dist.world_size))
+                    self.text_cache.outputs = self.dist.share_tensors(self.text_cache.outputs, self.device)
+                    self.text_cache.build(captions, self.bundle.encode_captions)
+                self.bundle.offload_text_encoder()
 
     def _build_latents_shared(self, vae_batch: int) -> None:
         """Every latent before the first step. Data parallel: each rank encodes a share, then all exchange

@@ -77,8 +77,8 @@ class ModelBundle(ABC):
     def compile(self) -> None:
         """torch.compile the denoiser in place (after LoRA layers are in); default: not supported, no-op."""
 
-    def packed_convolution_bytes(self, in_place: bool = False) -> int:
-        """Memory `pack_convolutions(in_place)` would add; 0 where this bundle does not pack (the default)."""
+    def packed_convolution_bytes(self, in_place: bool = False, keep: Collection[nn.Module] = ()) -> int:
+        """Memory `pack_convolutions(in_place, keep)` would add; 0 where this bundle does not pack (the default)."""
         return 0
 
     def pack_convolutions(self, in_place: bool = False, keep: Collection[nn.Module] = ()) -> None:

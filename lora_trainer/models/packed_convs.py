@@ -79,12 +79,13 @@ def _packable(conv: nn.Module) -> bool:
             and (conv.bias is None or not conv.bias.requires_grad) and conv.weight.device.type == "cpu")
 
 
-def packed_weight_bytes(model: nn.Module, dtype: torch.dtype, in_place: bool = False) -> int:
+def packed_weight_bytes(model: nn.Module, dtype: torch.dtype, in_place: bool = False,
+                        keep: Collection[nn.Module] = ()) -> int:
     """Memory packing adds to `model`'s frozen convolutions: two copies of each weight in `dtype`, less the
-    original where it is packed `in_place`."""
-    copies = 1 if in_place else 2
-    return sum(copies * dtype.itemsize * m.weight.numel() for m in model.modules()
-               if _packable_shape(m) and not m.weight.requires_grad)
+    original where it is packed `in_place` (not in the layers of `keep`, as `PackedConvs`)."""
+    keep_ids = {id(m) for m in keep}
+    return sum((1 if in_place and id(m) not in keep_ids else 2) * dtype.itemsize * m.weight.numel()
+               for m in model.modules() if _packable_shape(m) and not m.weight.requires_grad)
 
 
 def _packed_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -114,7 +115,7 @@ class PackedConv(LayerForward):
         self.dtype = conv.weight.dtype
         self.padding = list(conv.padding)
         self.in_place = in_place
-        self.channels_last = conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.weight.dim() == 4
+        self.channels_last = conv.weight.is_contiguous(memory_format=torch.channels_last)
         self.weight: Optional[torch.Tensor] = None  # packed for the forward convolution
         self.weight_t: Optional[torch.Tensor] = None  # packed for the transposed one (the input's gradient)
         super().__init__(conv)
