@@ -53,6 +53,12 @@ class WeightAdapter(nn.Module):
         return self.dora_scale is not None
 
     @property
+    def builds_full_change(self) -> bool:
+        """Whether the forward builds the weight-sized change (LoHa, LoKr, DoRA) rather than going through
+        the factors (LoCon)."""
+        return self.dora_scale is not None or not hasattr(self.factors, "forward_change")
+
+    @property
     def scale(self) -> float:
         """alpha / rank where the format has a rank (A1111: 1 when it has none, e.g. a full-matrix LoKr)."""
         return self.alpha / self.factors.rank if self.factors.scaled else 1.0
@@ -73,7 +79,7 @@ class WeightAdapter(nn.Module):
         if self.multiplier == 0:
             return out
         xin = self.dropout(x)
-        if self.dora_scale is None and hasattr(self.factors, "forward_change"):
+        if not self.builds_full_change:
             return out + self.factors.forward_change(xin, base, self.scale * self.multiplier).to(out.dtype)
         if torch.is_grad_enabled():  # keep only the input; the full-size change is rebuilt in the backward
             extra = checkpoint(self.full_change_output, xin, use_reentrant=False)

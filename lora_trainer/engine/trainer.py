@@ -27,7 +27,9 @@ from ..models.bundle import Conditioning, ModelBundle
 from ..models.half_norms import half_norms_help
 from ..models.packed_convs import decide_packing
 from ..utils.device import Precision, available_ram, is_out_of_memory
+from ..utils.malloc import large_allocations_mapped
 from ..utils.seeding import generator
+from .caching import build_caches
 from .distributed import SINGLE, Distributed
 from .faults import FaultInjector
 from .diffusion import add_noise, make_noise, min_snr_weights, per_sample_mse, to_device, training_target
@@ -77,7 +79,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # LoRA down-weights are initialised from the global RNG
         spec = spec or default_adapter_kinds().spec_for(cfg)
         self.network = AdapterNetwork.inject(self.bundle.network_components(cfg.train_text_encoder), spec)
-        self._build_caches()
+        self.latent_cache, self.text_cache = build_caches(cfg, self.dataset, self.bundle, self.device, self.dist,
+                                                          self.events, self.autocast, self.global_batch_size)
         self.alphas_cumprod = self.bundle.alphas_cumprod.to(self.device)
         self.graphs = self._build_graphs()
         if cfg.channels_last is True or (cfg.channels_last == "auto" and self._channels_last_helps()):
@@ -141,47 +144,6 @@ class Trainer:
         if why_not:
             self.events.say(why_not)
         return pack
-
-    def _build_caches(self) -> None:
-        cfg = self.config
-        # one process: cache as the first epoch goes (the first step comes sooner, the values are the same)
-        lazy = cfg.cache_while_training is True or (cfg.cache_while_training == "auto" and not self.dist.active)
-        if cfg.cache_latents in ("auto", True):
-            self.latent_cache = LatentCache(self.dataset, self.bundle.vae_fingerprint(), cfg.cache_latents_to_disk)
-            # the VAE runs in fp32: keep its batch small at high resolution (it is the peak otherwise)
-            vae_batch = max(1, min(self.global_batch_size, (512 * 512) // (cfg.resolution ** 2)))
-            if lazy:
-                self.events.say(f"caching latents of {len(self.dataset)} image(s) as the first epoch needs them")
-                self.latent_cache.defer(self.bundle.encode_images, vae_batch, self.device, self.bundle.offload_vae)
-            else:
-                self.events.say(f"caching latents of {len(self.dataset)} image(s)")
-                self._build_latents_shared(vae_batch)
-        use_text_cache = cfg.cache_text_encoder_outputs
-        if use_text_cache == "auto":
-            use_text_cache = self.dataset.caption_settings.is_fixed
-        if use_text_cache and not cfg.train_text_encoder:
-            self.text_cache = TextCache()
-            captions = [self.dataset.fixed_caption(i) for i in range(len(self.dataset))]
-            if lazy:  # encoded in batch_loss, under the same autocast as below
-                self.text_cache.defer(captions, self.bundle.encode_captions,
-                                      on_complete=self.bundle.offload_text_encoder)
-            else:
-                with self.autocast():  # shared out like the latents
-                    self.text_cache.build(captions, self.bundle.encode_captions, part=(self.dist.rank,
-                                                                                      self.dist.world_size))
-                    self.text_cache.outputs = self.dist.share_tensors(self.text_cache.outputs, self.device)
-                    self.text_cache.build(captions, self.bundle.encode_captions)
-                self.bundle.offload_text_encoder()
-
-    def _build_latents_shared(self, vae_batch: int) -> None:
-        """Every latent before the first step. Data parallel: each rank encodes a share, then all exchange
-        them; a last pass encodes what no rank had (ranks that see different disk caches); for one process
-        it finds nothing to do."""
-        self.latent_cache.build(self.bundle.encode_images, batch_size=vae_batch, device=self.device,
-                                part=(self.dist.rank, self.dist.world_size))
-        self.latent_cache.latents = self.dist.share_tensors(self.latent_cache.latents, self.device)
-        self.latent_cache.build(self.bundle.encode_images, batch_size=vae_batch, device=self.device)
-        self.bundle.offload_vae()
 
     def autocast(self, cache: bool = True):
         """Autocast to the run's compute dtype (a no-op context in fp32)."""
@@ -347,6 +309,11 @@ class Trainer:
     def run(self, on_checkpoint=None, on_sample=None) -> Progress:
         """Train until total_steps (or a stop request); `on_checkpoint(step, epoch, final)` saves and
         `on_sample(step)` is called when sample images are due (step 0: before training)."""
+        weight_sized = self.device.type == "cpu" and self.network.builds_weight_sized_changes()
+        with large_allocations_mapped(weight_sized):  # else freed changes fragment the heap (utils/malloc)
+            return self._run(on_checkpoint, on_sample)
+
+    def _run(self, on_checkpoint, on_sample) -> Progress:
         cfg, sched, p = self.config, self.schedule, self.progress
         total, spe, ga = sched["total_steps"], sched["steps_per_epoch"], cfg.gradient_accumulation_steps
         self.events.emit(RunStarted(total, spe, sched["epochs"], len(self.dataset), p.step,

@@ -145,6 +145,11 @@ class AdapterNetwork:
         must stay where they are while training."""
         return [m.layer.base_layer for m in self.layers if getattr(m.layer, "reads_base_weight", False)]
 
+    def builds_weight_sized_changes(self) -> bool:
+        """Whether some adapted layer builds its whole weight change in each forward (LoHa, LoKr, DoRA):
+        the trainer then maps large CPU blocks on their own (utils/malloc)."""
+        return any(getattr(m.layer, "builds_full_change", False) for m in self.layers)
+
     def roles(self) -> List[str]:
         return sorted({m.role for m in self.layers})
 
