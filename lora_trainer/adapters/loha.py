@@ -66,4 +66,4 @@ class LohaKind(LycorisKind):
                 (w1a.shape[0], w1b.shape[1]) != (w2a.shape[0], w2b.shape[1]):
             raise LoraFormatError(f"{source}: LoHa module {name} has shapes {[list(t.shape) for t in (w1a, w1b, w2a, w2b)]}, "
                                   f"which do not multiply")
-        return (w1a @ w1b) * (w2a @ w2b), int(w1b.shape[0]), True
+        return lambda: (w1a @ w1b) * (w2a @ w2b), (w1a.shape[0], w1b.shape[1]), int(w1b.shape[0]), True

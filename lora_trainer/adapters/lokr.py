@@ -92,13 +92,17 @@ class LokrKind(LycorisKind):
             raise LoraFormatError(f"{source}: LoKr module {name} {what}, which is not read here")
         w1 = parts[W1].to(torch.float32)
         if W2 in parts:
-            w2, rank, scaled = parts[W2].to(torch.float32).flatten(1), None, False
+            w2 = parts[W2].to(torch.float32).flatten(1)
+            w2_shape, rank, scaled = tuple(w2.shape), max(w2.shape), False
+            build_w2 = lambda: w2  # noqa: E731
         elif W2A in parts and W2B in parts:
             w2a, w2b = parts[W2A].to(torch.float32), parts[W2B].to(torch.float32).flatten(1)
             if w2a.shape[1] != w2b.shape[0]:
                 raise LoraFormatError(f"{source}: LoKr module {name}: lokr_w2_a {list(w2a.shape)} and lokr_w2_b "
                                       f"{list(w2b.shape)} do not multiply")
-            w2, rank, scaled = w2a @ w2b, int(w2b.shape[0]), True
+            w2_shape, rank, scaled = (w2a.shape[0], w2b.shape[1]), int(w2b.shape[0]), True
+            build_w2 = lambda: w2a @ w2b  # noqa: E731
         else:
             raise LoraFormatError(f"{source}: LoKr module {name} has no lokr_w2 (nor lokr_w2_a and lokr_w2_b)")
-        return torch.kron(w1, w2), rank or max(w2.shape), scaled
+        shape = (w1.shape[0] * w2_shape[0], w1.shape[1] * w2_shape[1])
+        return lambda: torch.kron(w1, build_w2()), shape, rank, scaled

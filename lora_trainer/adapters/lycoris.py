@@ -16,7 +16,7 @@ exact change the hosts compute from the file.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -102,19 +102,22 @@ class WeightAdapter(nn.Module):
 
 
 class MatrixModule:
-    """A module of a LyCORIS file: its unscaled change as a matrix [out, in*kh*kw], scale alpha / rank."""
+    """A module of a LyCORIS file: its unscaled change as a matrix [out, in*kh*kw], scale alpha / rank.
+    The matrix is built when asked for (`matrix` is a function): a file's changes all built at once are as
+    large as the model (fp32 SDXL: ~10 GB), and merge and verify need one module at a time."""
 
-    def __init__(self, suffix: str, matrix: torch.Tensor, rank: int, alpha: float, scaled: bool):
+    def __init__(self, suffix: str, matrix: Callable[[], torch.Tensor], shape: Tuple[int, int], rank: int,
+                 alpha: float, scaled: bool):
         self.suffix = suffix
         self._matrix = matrix
         self.rank = int(rank)
         self.alpha = float(alpha)
         self.scaled = scaled
-        self.delta_shape = tuple(int(s) for s in matrix.shape)
+        self.delta_shape = tuple(int(s) for s in shape)
 
     def delta(self, weight: float = 1.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         scale = self.alpha / self.rank if self.scaled else 1.0
-        return self._matrix.to(dtype) * (weight * scale)
+        return self._matrix().to(dtype) * (weight * scale)
 
     def low_rank(self) -> None:
         return None
@@ -151,8 +154,10 @@ class LycorisKind(AdapterKind):
     def make_factors(self, out: int, inp: int, kernel: Tuple[int, ...], rank: int, spec: AdapterSpec) -> nn.Module:
         raise NotImplementedError
 
-    def read_factors(self, name: str, parts: Mapping[str, torch.Tensor], source: str) -> Tuple[torch.Tensor, int, bool]:
-        """(unscaled change matrix [out, in*kh*kw] in fp32, rank, scaled) of a file's module."""
+    def read_factors(self, name: str, parts: Mapping[str, torch.Tensor],
+                     source: str) -> Tuple[Callable[[], torch.Tensor], Tuple[int, int], int, bool]:
+        """(a function building the unscaled change matrix [out, in*kh*kw] in fp32, that matrix's shape, rank,
+        scaled) of a file's module; the shapes are checked here."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ config and metadata
@@ -269,9 +274,10 @@ class LycorisKind(AdapterKind):
                 param.copy_(value.to(param.dtype))
 
     def read_module(self, name: str, parts: Mapping[str, torch.Tensor], source: str) -> Any:
-        matrix, rank, scaled = self.read_factors(name, parts, source)
+        matrix, shape, rank, scaled = self.read_factors(name, parts, source)
         alpha = float(parts[ALPHA].float().item()) if ALPHA in parts else float(rank)
-        return with_dora(MatrixModule(self.factor_suffixes[0], matrix, rank, alpha, scaled), parts, name, source)
+        return with_dora(MatrixModule(self.factor_suffixes[0], matrix, shape, rank, alpha, scaled), parts, name,
+                         source)
 
 
 def _coerce(key: str, value: Any, want: type) -> Any:
