@@ -203,7 +203,7 @@ def estimate(config: TrainConfig, batch_size: Optional[int] = None, parts=None,
         for p in net.parameters():
             p.data = p.data.float()
         lora_params = net.parameter_count()
-        kept = net.base_layers_read()  # DoRA's base layers keep their weights beside the packed copies
+        read = net.base_layers_read()  # DoRA's base layers are not packed (the trainer skips them)
         latent = config.resolution // 8
 
         def forward():
@@ -224,7 +224,7 @@ def estimate(config: TrainConfig, batch_size: Optional[int] = None, parts=None,
         weights += _param_bytes(vae, torch.float32)  # on the GPU the VAE leaves once latents are cached
     # a CPU holds the whole model in fp32 while it loads (diffusers' default), before bf16 halves the weights
     loading = sum(_param_bytes(m, torch.float32) for m in (unet, vae, *encoders)) if device.type == "cpu" else 0
-    packed = packed_weight_bytes(unet, precision.base_dtype, in_place=True, keep=kept)  # as the trainer packs
+    packed = packed_weight_bytes(unet, precision.base_dtype, in_place=True, skip=read)  # as the trainer packs
     if not decide_packing(config.pack_conv_weights, config.torch_compile, device, precision, packed, available_ram())[0]:
         packed = 0
     plan = MemoryPlan(device=str(device), batch_size=batch, resolution=config.resolution,

@@ -238,3 +238,30 @@ def test_available_memory_is_the_smaller_of_the_system_and_the_container_limit(m
     monkeypatch.setattr(device_module, "_cgroup_headroom", lambda: container)
     monkeypatch.setattr(device_module.os, "sysconf", lambda name: (_ for _ in ()).throw(ValueError(name)))
     assert device_module.available_ram() == expected
+
+
+def test_layers_whose_weight_dora_reads_are_not_packed_and_the_plan_agrees(tmp_path, tiny_model_dir, color_data,
+                                                                          monkeypatch):
+    """DoRA reads its base layers' weights in every forward: those layers stay unpacked with their weights (packed
+    beside them they would hold three copies), the other convolutions are packed in place, and `plan` counts
+    exactly the packed ones."""
+    monkeypatch.setattr(packed_convs_module, "packing_available", lambda *args: True)
+    cfg = make_config(tiny_model_dir, color_data, tmp_path / "out", max_steps=2, pack_conv_weights=True,
+                      network_type="locon", network_args={"use_dora": True, "conv_dim": 0}, output_name="x")
+    run = LoraRun(cfg, tensorboard=False)
+    trainer = run.setup()
+    try:
+        read = {id(m) for m in trainer.network.base_layers_read()}
+        convs = [m for m in trainer.bundle.unet.modules() if type(m) is nn.Conv2d and m.stride == (1, 1)
+                 and not m.weight.requires_grad]
+        reading = [m for m in convs if id(m) in read]
+        others = [m for m in convs if id(m) not in read]
+        assert reading and others  # DoRA on the 1x1 projections, the 3x3 convolutions left to packing
+        packed_bytes = sum(4 * m.weight.numel() for m in others)  # in place: one fp32 copy net each (two, less one)
+        run.train()
+        assert not any("forward" in m.__dict__ for m in reading)
+        assert all(m.weight.numel() > 0 for m in reading)
+        assert all("forward" in m.__dict__ and m.weight.numel() == 0 for m in others)
+    finally:
+        run.close()
+    assert estimate(cfg).packed == packed_bytes

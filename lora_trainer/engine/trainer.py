@@ -90,9 +90,9 @@ class Trainer:
             self.bundle.use_half_precision_norms()  # GPU: no fp32 round trip per norm (models/half_norms)
         if cfg.torch_compile:
             self.bundle.compile()
-        kept = self.network.base_layers_read()  # weights an adapter reads stay as they are
-        if self._packing_helps(kept):  # frozen weights in oneDNN's layout once, not on every call (CPU),
-            self.bundle.pack_convolutions(in_place=True, keep=kept)  # replacing the originals (restore() rebuilds)
+        read = self.network.base_layers_read()  # weights an adapter reads (DoRA) stay as they are, unpacked
+        if self._packing_helps(read):  # frozen weights in oneDNN's layout once, not on every call (CPU),
+            self.bundle.pack_convolutions(in_place=True, skip=read)  # replacing the originals (restore() rebuilds)
         if self.latent_cache is None and cfg.num_workers > 0:
             self.prefetcher = PixelPrefetcher(self.dataset, cfg.num_workers, pin=self.device.type == "cuda")
         # one parameter group per component role (unet first), each with its own learning rate
@@ -133,13 +133,13 @@ class Trainer:
         cpu_bf16 = self.device.type == "cpu" and self.precision.base_dtype == torch.bfloat16
         return self.graphs is not None or cpu_bf16
 
-    def _packing_helps(self, kept: Sequence[nn.Module]) -> bool:
+    def _packing_helps(self, read: Sequence[nn.Module]) -> bool:
         """pack_conv_weights: on a CPU, for a model the trainer owns, when the packed copies fit (auto: in
         half the available memory; what it gains is measured in benchmarks/README.md)."""
         if self.bundle.fixed_placement is not None:
             return False  # the WebUI's weights are its own
         pack, why_not = decide_packing(self.config.pack_conv_weights, self.config.torch_compile, self.device,
-                                       self.precision, self.bundle.packed_convolution_bytes(True, kept),
+                                       self.precision, self.bundle.packed_convolution_bytes(True, read),
                                        available_ram())
         if why_not:
             self.events.say(why_not)

@@ -77,13 +77,13 @@ class ModelBundle(ABC):
     def compile(self) -> None:
         """torch.compile the denoiser in place (after LoRA layers are in); default: not supported, no-op."""
 
-    def packed_convolution_bytes(self, in_place: bool = False, keep: Collection[nn.Module] = ()) -> int:
-        """Memory `pack_convolutions(in_place, keep)` would add; 0 where this bundle does not pack (the default)."""
+    def packed_convolution_bytes(self, in_place: bool = False, skip: Collection[nn.Module] = ()) -> int:
+        """Memory `pack_convolutions(in_place, skip)` would add; 0 where this bundle does not pack (the default)."""
         return 0
 
-    def pack_convolutions(self, in_place: bool = False, keep: Collection[nn.Module] = ()) -> None:
+    def pack_convolutions(self, in_place: bool = False, skip: Collection[nn.Module] = ()) -> None:
         """Run the denoiser's frozen convolutions on weights pre-packed for oneDNN (CPU; see
-        models/packed_convs), `in_place`: instead of the original weights (but those of `keep`);
+        models/packed_convs), `in_place`: instead of the original weights; not the layers of `skip`;
         `restore()` unpacks them. Default: not supported, no-op."""
 
     def use_half_precision_norms(self) -> None:

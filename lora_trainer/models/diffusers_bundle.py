@@ -103,11 +103,11 @@ class DiffusersBundle(ModelBundle):
     def compile(self) -> None:
         self.unet.compile()
 
-    def packed_convolution_bytes(self, in_place: bool = False, keep: Collection[nn.Module] = ()) -> int:
-        return packed_weight_bytes(self.unet, self.dtype, in_place, keep)
+    def packed_convolution_bytes(self, in_place: bool = False, skip: Collection[nn.Module] = ()) -> int:
+        return packed_weight_bytes(self.unet, self.dtype, in_place, skip)
 
-    def pack_convolutions(self, in_place: bool = False, keep: Collection[nn.Module] = ()) -> None:
-        self._overrides.append(PackedConvs(self.unet, in_place, keep))
+    def pack_convolutions(self, in_place: bool = False, skip: Collection[nn.Module] = ()) -> None:
+        self._overrides.append(PackedConvs(self.unet, in_place, skip))
 
     def use_half_precision_norms(self) -> None:
         self._overrides.append(HalfPrecisionNorms(self.unet))

@@ -17,7 +17,9 @@ copies take twice the layers' weight memory (`packed_weight_bytes`), hence `shou
 `in_place` packing replaces the original weights instead of sitting beside them: once a layer's two packed
 copies exist its `weight` parameter holds an empty tensor (the memory is freed), and `remove()` rebuilds the
 exact original from the forward copy (a reorder is a permutation). Layers whose weight someone else reads
-while training (DoRA's norms, `keep`) keep theirs.
+while training (DoRA's norms, `skip`) are not packed: packed beside their original they would hold three
+copies (SD1.5 fp32 LoCon-DoRA, 3 steps: peak RSS 9.99 GiB), and a DoRA step is dominated by building
+the weight-sized changes, not by the convolution's reorder.
 """
 from __future__ import annotations
 
@@ -80,12 +82,12 @@ def _packable(conv: nn.Module) -> bool:
 
 
 def packed_weight_bytes(model: nn.Module, dtype: torch.dtype, in_place: bool = False,
-                        keep: Collection[nn.Module] = ()) -> int:
-    """Memory packing adds to `model`'s frozen convolutions: two copies of each weight in `dtype`, less the
-    original where it is packed `in_place` (not in the layers of `keep`, as `PackedConvs`)."""
-    keep_ids = {id(m) for m in keep}
-    return sum((1 if in_place and id(m) not in keep_ids else 2) * dtype.itemsize * m.weight.numel()
-               for m in model.modules() if _packable_shape(m) and not m.weight.requires_grad)
+                        skip: Collection[nn.Module] = ()) -> int:
+    """Memory packing adds to `model`'s frozen convolutions (but those of `skip`, as `PackedConvs`): two
+    copies of each weight in `dtype`, less the original where it is packed `in_place`."""
+    skip_ids = {id(m) for m in skip}
+    return sum((1 if in_place else 2) * dtype.itemsize * m.weight.numel() for m in model.modules()
+               if _packable_shape(m) and not m.weight.requires_grad and id(m) not in skip_ids)
 
 
 def _packed_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -166,9 +168,10 @@ class PackedConv(LayerForward):
 
 
 class PackedConvs(LayerForwards):
-    """The packed layers of one model; `remove()` puts every layer back. `in_place`: the packed copies
-    replace the original weights, except in the layers of `keep`."""
+    """The packed layers of one model (not those of `skip`); `remove()` puts every layer back. `in_place`:
+    the packed copies replace the original weights."""
 
-    def __init__(self, model: nn.Module, in_place: bool = False, keep: Collection[nn.Module] = ()):
-        keep_ids = {id(m) for m in keep}
-        super().__init__(model, lambda conv: PackedConv(conv, in_place and id(conv) not in keep_ids), _packable)
+    def __init__(self, model: nn.Module, in_place: bool = False, skip: Collection[nn.Module] = ()):
+        skip_ids = {id(m) for m in skip}
+        super().__init__(model, lambda conv: PackedConv(conv, in_place),
+                         lambda conv: _packable(conv) and id(conv) not in skip_ids)
