@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 HERE = Path(__file__).resolve().parent
-ROWS = {"ours": "LoRA Trainer (fp32, defaults)", "kohya-cache": "kohya sd-scripts, `--cache_latents --sdpa`",
+ROWS = {"ours": "LoRA Trainer (defaults)", "kohya-cache": "kohya sd-scripts, `--cache_latents --sdpa`",
         "kohya": "kohya sd-scripts, `--sdpa`", "diffusers": "diffusers LoRA example (attention modules only)"}
 TAGS = {"ours": "loss", "kohya-cache": "loss/current", "kohya": "loss/current", "diffusers": "train_loss"}
 VERSIONS = ("import json, sys, torch, importlib.metadata as m\nv = {}\nfor p in ('diffusers', 'transformers', "
@@ -151,14 +151,15 @@ def tail(log: Path, lines: int = 15) -> str:
 
 # ---------------------------------------------------------------- the tools' command lines
 def ours_command(a: argparse.Namespace, out: Path) -> List[str]:
-    """Our trainer on the single file, fp32, its defaults otherwise; the config written into `out`."""
+    """Our trainer on the single file, `--precision` (fp32 by default), its defaults otherwise; the config
+    written into `out`."""
     import yaml
 
     cfg = {"base_model": str(a.model), "train_data_dir": str(a.data), "output_dir": str(out / "output"),
            "output_name": "bench", "resolution": 256, "min_bucket_reso": 64, "max_bucket_reso": 256,
            "batch_size": 1, "lora_rank": 8, "lora_alpha": 8, "train_text_encoder": False, "optimizer": "adamw",
            "learning_rate": 1e-4, "lr_scheduler": "constant", "max_train_steps": a.steps, "seed": 0,
-           "mixed_precision": "no", "sample_every_n_steps": 0, "log_every_n_steps": 1}
+           "mixed_precision": a.precision, "sample_every_n_steps": 0, "log_every_n_steps": 1}
     (out / "ours.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return [sys.executable, "-m", "lora_trainer", "train", "--config", str(out / "ours.yaml")]
 
@@ -173,7 +174,7 @@ def kohya_command(a: argparse.Namespace, prep: Dict[str, Path], out: Path, cache
             "--network_module", "networks.lora", "--network_dim", "8", "--network_alpha", "8",
             "--network_train_unet_only", "--resolution", "256,256", "--train_batch_size", "1",
             "--max_train_steps", str(a.steps), "--learning_rate", "1e-4", "--optimizer_type", "AdamW",
-            "--lr_scheduler", "constant", "--mixed_precision", "no", "--seed", "0",
+            "--lr_scheduler", "constant", "--mixed_precision", a.precision, "--seed", "0",
             "--max_data_loader_n_workers", "0", "--sdpa", *(["--cache_latents"] if cache else [])]
 
 
@@ -183,7 +184,7 @@ def diffusers_command(a: argparse.Namespace, prep: Dict[str, Path], out: Path) -
             "--pretrained_model_name_or_path", str(prep["folder"]), "--train_data_dir", str(prep["imagefolder"]),
             "--image_column", "image", "--caption_column", "text", "--resolution", "256",
             "--train_batch_size", "1", "--max_train_steps", str(a.steps), "--learning_rate", "1e-4",
-            "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--rank", "8", "--mixed_precision", "no",
+            "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--rank", "8", "--mixed_precision", a.precision,
             "--dataloader_num_workers", "0", "--seed", "0", "--report_to", "tensorboard",
             "--checkpointing_steps", "100000", "--output_dir", str(out / "output"),
             "--cache_dir", str(out / "hf_cache")]
@@ -306,13 +307,14 @@ def header(a: argparse.Namespace, env: Dict[str, str], tools: List[str]) -> Dict
         pythons["kohya"] = a.kohya_python
     if "diffusers" in tools:
         pythons["diffusers"] = a.diffusers_python
-    info: Dict[str, Any] = {"cpu": model, "isa_limit": a.isa, "cores": os.cpu_count(), "steps": a.steps,
-                            "repeats": a.repeats, "model": str(a.model), "data": str(a.data)}
+    info: Dict[str, Any] = {"cpu": model, "isa_limit": a.isa, "precision": a.precision, "cores": os.cpu_count(),
+                            "steps": a.steps, "repeats": a.repeats, "model": str(a.model), "data": str(a.data)}
     for name, py in pythons.items():
         p = subprocess.run([py, "-c", VERSIONS], env=env, capture_output=True, text=True)
         info[name] = json.loads(p.stdout) if p.returncode == 0 else {"error": p.stderr[-300:]}
     print(f"CPU: {model} ({info['cores']} logical cores); ISA limit: "
-          f"{'AVX2 (ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS)' if a.isa == 'avx2' else 'none (native)'}")
+          f"{'AVX2 (ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS)' if a.isa == 'avx2' else 'none (native)'}; "
+          f"mixed precision: {a.precision}")
     for name in pythons:
         print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in info[name].items()))
     return info
@@ -358,6 +360,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--diffusers-example", type=Path, default=None, help="train_text_to_image_lora.py")
     ap.add_argument("--diffusers-python", default=None)
     ap.add_argument("--isa", choices=["native", "avx2"], default="native")
+    ap.add_argument("--precision", choices=["no", "bf16"], default="no",
+                    help="every tool's --mixed_precision: no (fp32, what a CPU without AMX runs) or bf16")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     ap.add_argument("--json", type=Path, default=None, help="results file (default WORK/results.json)")
     ap.add_argument("--no-verify", action="store_true", help="skip the once-only UNet weights check")
