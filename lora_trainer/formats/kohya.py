@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import struct
 from pathlib import Path
 from typing import Dict, Tuple, Union
@@ -18,6 +17,7 @@ import torch
 from ..adapters import default_adapter_kinds
 from ..errors import LoraFormatError
 from ..utils.atomic import atomic_save_safetensors
+from ..utils.safetensors_read import read_header
 
 
 def _data_hashes(tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> Tuple[str, str]:
@@ -46,9 +46,7 @@ def read_metadata(path: Union[str, Path]) -> Dict[str, str]:
     """The safetensors header metadata without loading tensors."""
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            n = struct.unpack("<Q", fh.read(8))[0]
-            header = json.loads(fh.read(n))
+        header = read_header(path)
     except (OSError, struct.error, ValueError) as exc:
         raise LoraFormatError(f"{path}: not a readable safetensors file ({exc})") from None
     return dict(header.get("__metadata__", {}) or {})

@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from ..errors import ModelLoadError
+from ..utils.safetensors_read import read_header, read_tensors
 from .bundle import ModelBundle
 from .family import FamilyRegistry, ModelFamily, nested_get
 from .tokenizers import check_tokenizers, load_clip_tokenizer
@@ -72,9 +73,7 @@ def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
     """Tensors of a single-file checkpoint (.ckpt only through torch.load(weights_only=True))."""
     try:
         if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
+            return read_tensors(path)  # no file mapping held beside the tensors (utils/safetensors_read)
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader failure is reported the same way
         raise ModelLoadError(f"base_model {str(path)!r} cannot be read: {exc}".splitlines()[0]) from None
@@ -86,11 +85,7 @@ def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
 def safetensors_shapes(path: Path) -> Dict[str, Tuple[int, ...]]:
     """Tensor shapes of a checkpoint; for .safetensors from the header alone (nothing is loaded)."""
     if path.suffix.lower() == ".safetensors":
-        import struct
-
-        with open(path, "rb") as fh:
-            header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
-        return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+        return {k: tuple(v["shape"]) for k, v in read_header(path).items() if k != "__metadata__"}
     return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
 
 
