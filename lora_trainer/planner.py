@@ -225,8 +225,10 @@ def estimate(config: TrainConfig, batch_size: Optional[int] = None, parts=None,
     # a CPU holds the whole model in fp32 while it loads (diffusers' default), before bf16 halves the weights
     loading = sum(_param_bytes(m, torch.float32) for m in (unet, vae, *encoders)) if device.type == "cpu" else 0
     packed = packed_weight_bytes(unet, precision.base_dtype, in_place=True, skip=read)  # as the trainer packs
-    if not decide_packing(config.pack_conv_weights, config.torch_compile, device, precision, packed, available_ram())[0]:
-        packed = 0
+    lean_packed = packed_weight_bytes(unet, precision.base_dtype, in_place=True, skip=read, lean=True)
+    pack, lean, _ = decide_packing(config.pack_conv_weights, config.torch_compile, device, precision, packed,
+                                   available_ram(), lean_packed)
+    packed = 0 if not pack else lean_packed if lean else packed
     plan = MemoryPlan(device=str(device), batch_size=batch, resolution=config.resolution,
                       gradient_checkpointing=checkpointing, weights=weights,
                       lora_state=lora_params * LORA_STATE_BYTES_PER_PARAM, activations=saved["total"],

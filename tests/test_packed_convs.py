@@ -19,7 +19,7 @@ from lora_trainer.events import Message
 from recording import EventRecorder
 from lora_trainer.models.diffusers_bundle import DiffusersBundle
 from lora_trainer.models import packed_convs as packed_convs_module
-from lora_trainer.models.packed_convs import PackedConvs, packing_available
+from lora_trainer.models.packed_convs import PackedConv, PackedConvs, packed_weight_bytes, packing_available
 from lora_trainer.planner import estimate
 from lora_trainer.utils import device as device_module
 
@@ -103,7 +103,7 @@ def _train(cfg, pack: bool, monkeypatch, in_place: bool = True):
     run = LoraRun(cfg, tensorboard=False)
     trainer = run.setup()
     convs = [m for m in trainer.bundle.unet.modules() if isinstance(m, nn.Conv2d)]
-    packed = [m for m in convs if "forward" in m.__dict__]
+    packed = [m for m in convs if isinstance(getattr(m.forward, "__self__", None), PackedConv)]
     originals = [m.weight.detach().clone() for m in packed]
     storages = [StorageWeakRef(m.weight.untyped_storage()) for m in packed]
     try:
@@ -183,8 +183,8 @@ def test_pack_conv_weights_follows_the_setting_and_the_available_memory(tmp_path
     run = LoraRun(cfg, [recorder], tensorboard=False)
     need = []
 
-    def ram():  # "short": just under twice what the copies take
-        return {"plenty": 64 * 2**30, "short": 2 * need[0] - 1, "unknown": None}[free]
+    def ram():  # "short": just under twice what auto's copies take (fp32: the lean ones, asked last)
+        return {"plenty": 64 * 2**30, "short": 2 * need[-1] - 1, "unknown": None}[free]
 
     monkeypatch.setattr(trainer_module, "available_ram", ram)
     original = DiffusersBundle.packed_convolution_bytes
@@ -206,7 +206,7 @@ def test_pack_conv_weights_follows_the_setting_and_the_available_memory(tmp_path
 def test_the_memory_plan_counts_the_packed_copies_only_where_the_trainer_makes_them(tmp_path, tiny_model_dir,
                                                                                     color_data):
     plans = {setting: estimate(make_config(tiny_model_dir, color_data, tmp_path / "o", pack_conv_weights=setting))
-             for setting in (True, False)}
+             for setting in (True, False, "auto")}
     convs = [m for m in load_model(make_config(tiny_model_dir, color_data, tmp_path / "o")).unet.modules()
              if isinstance(m, nn.Conv2d) and m.stride == (1, 1)]
     assert plans[False].packed == 0 and not any("packed" in line for line in plans[False].lines())
@@ -214,6 +214,9 @@ def test_the_memory_plan_counts_the_packed_copies_only_where_the_trainer_makes_t
     assert plans[True].peak == max(plans[False].peak, plans[True].weights + plans[True].packed + plans[True].lora_state
                                    + plans[True].activations + plans[True].transient)
     assert any("packed conv copies" in line for line in plans[True].lines())
+    unet = load_model(make_config(tiny_model_dir, color_data, tmp_path / "o")).unet.requires_grad_(False)
+    lean = packed_weight_bytes(unet, torch.float32, in_place=True, lean=True)
+    assert plans["auto"].packed == lean < plans[True].packed  # fp32 auto: the 1x1 layers run as GEMMs
     compiled = estimate(make_config(tiny_model_dir, color_data, tmp_path / "o", pack_conv_weights=True,
                                     torch_compile=True))
     assert compiled.packed == 0  # the trainer never packs a compiled UNet: the plan agrees

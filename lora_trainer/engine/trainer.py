@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -42,8 +42,10 @@ class Trainer:
     """Trains a LoRA on a bundle over a dataset; emits events; never prints."""
 
     def __init__(self, config: TrainConfig, dataset: TrainingSet, bundle: ModelBundle, device: torch.device,
-                 precision: Precision, events: Optional[Events] = None, dist: Distributed = SINGLE):
+                 precision: Precision, events: Optional[Events] = None, dist: Distributed = SINGLE,
+                 release_encoders: bool = False):
         self.config = config
+        self.release_encoders = release_encoders  # the run loaded the model and renders nothing: free cached encoders
         self.dist = dist  # data-parallel ranks each take a slice of every global batch (engine/distributed)
         self.global_batch_size = config.batch_size * dist.world_size
         self.dataset = dataset
@@ -80,7 +82,8 @@ class Trainer:
         spec = spec or default_adapter_kinds().spec_for(cfg)
         self.network = AdapterNetwork.inject(self.bundle.network_components(cfg.train_text_encoder), spec)
         self.latent_cache, self.text_cache = build_caches(cfg, self.dataset, self.bundle, self.device, self.dist,
-                                                          self.events, self.autocast, self.global_batch_size)
+                                                          self.events, self.autocast, self.global_batch_size,
+                                                          self.release_encoders)
         self.alphas_cumprod = self.bundle.alphas_cumprod.to(self.device)
         self.graphs = self._build_graphs()
         if cfg.channels_last is True or (cfg.channels_last == "auto" and self._channels_last_helps()):
@@ -91,8 +94,9 @@ class Trainer:
         if cfg.torch_compile:
             self.bundle.compile()
         read = self.network.base_layers_read()  # weights an adapter reads (DoRA) stay as they are, unpacked
-        if self._packing_helps(read):  # frozen weights in oneDNN's layout once, not on every call (CPU),
-            self.bundle.pack_convolutions(in_place=True, skip=read)  # replacing the originals (restore() rebuilds)
+        pack, lean = self._packing(read)  # frozen weights in oneDNN's layout once, not on every call (CPU),
+        if pack:  # replacing the originals (restore() rebuilds)
+            self.bundle.pack_convolutions(in_place=True, skip=read, lean=lean)
         if self.latent_cache is None and cfg.num_workers > 0:
             self.prefetcher = PixelPrefetcher(self.dataset, cfg.num_workers, pin=self.device.type == "cuda")
         # one parameter group per component role (unet first), each with its own learning rate
@@ -133,17 +137,17 @@ class Trainer:
         cpu_bf16 = self.device.type == "cpu" and self.precision.base_dtype == torch.bfloat16
         return self.graphs is not None or cpu_bf16
 
-    def _packing_helps(self, read: Sequence[nn.Module]) -> bool:
-        """pack_conv_weights: on a CPU, for a model the trainer owns, when the packed copies fit (auto: in
-        half the available memory; what it gains is measured in benchmarks/README.md)."""
+    def _packing(self, read: Sequence[nn.Module]) -> Tuple[bool, bool]:
+        """pack_conv_weights: (pack, lean) on a CPU, for a model the trainer owns (models/packed_convs
+        `decide_packing`; what each gains is measured in benchmarks/README.md)."""
         if self.bundle.fixed_placement is not None:
-            return False  # the WebUI's weights are its own
-        pack, why_not = decide_packing(self.config.pack_conv_weights, self.config.torch_compile, self.device,
-                                       self.precision, self.bundle.packed_convolution_bytes(True, read),
-                                       available_ram())
-        if why_not:
-            self.events.say(why_not)
-        return pack
+            return False, False  # the WebUI's weights are its own
+        need, lean_need = (self.bundle.packed_convolution_bytes(True, read, lean) for lean in (False, True))
+        pack, lean, message = decide_packing(self.config.pack_conv_weights, self.config.torch_compile, self.device,
+                                             self.precision, need, available_ram(), lean_need)
+        if message:
+            self.events.say(message)
+        return pack, lean
 
     def autocast(self, cache: bool = True):
         """Autocast to the run's compute dtype (a no-op context in fp32)."""

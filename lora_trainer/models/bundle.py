@@ -9,7 +9,9 @@ The engine knows nothing of diffusers, ldm or the WebUI; it drives a bundle thro
 - `predict(noisy_latents, timesteps, cond, image_info)`: the UNet's output;
 - `alphas_cumprod`, `prediction_type`: the noise schedule the model was trained with;
 - `restore()`: undo `prepare` (the WebUI bundle puts the model back exactly as it was);
-- `offload_vae()`: the VAE may leave the GPU once latents are cached.
+- `offload_vae()`: the VAE may leave the GPU once latents are cached;
+- `release_vae()`, `release_text_encoders()`: a run that loaded the bundle for itself frees what it no
+  longer needs (on a CPU the weights have no other place to go).
 """
 from __future__ import annotations
 
@@ -77,13 +79,15 @@ class ModelBundle(ABC):
     def compile(self) -> None:
         """torch.compile the denoiser in place (after LoRA layers are in); default: not supported, no-op."""
 
-    def packed_convolution_bytes(self, in_place: bool = False, skip: Collection[nn.Module] = ()) -> int:
-        """Memory `pack_convolutions(in_place, skip)` would add; 0 where this bundle does not pack (the default)."""
+    def packed_convolution_bytes(self, in_place: bool = False, skip: Collection[nn.Module] = (),
+                                 lean: bool = False) -> int:
+        """Memory `pack_convolutions(in_place, skip, lean)` would add; 0 where this bundle does not pack (the default)."""
         return 0
 
-    def pack_convolutions(self, in_place: bool = False, skip: Collection[nn.Module] = ()) -> None:
+    def pack_convolutions(self, in_place: bool = False, skip: Collection[nn.Module] = (), lean: bool = False) -> None:
         """Run the denoiser's frozen convolutions on weights pre-packed for oneDNN (CPU; see
-        models/packed_convs), `in_place`: instead of the original weights; not the layers of `skip`;
+        models/packed_convs), `in_place`: instead of the original weights; not the layers of `skip`; `lean`:
+        the fp32 layers that lose little as GEMMs run so, without copies (models/gemm_convs);
         `restore()` unpacks them. Default: not supported, no-op."""
 
     def use_half_precision_norms(self) -> None:
@@ -98,6 +102,16 @@ class ModelBundle(ABC):
 
     def offload_text_encoder(self) -> None:
         """Move a frozen text encoder off the accelerator once captions are cached (default: nothing)."""
+
+    def release_vae(self) -> None:
+        """Free the VAE's weights for good: every latent is cached and nothing renders; only a bundle its run
+        loaded for itself (the bundle encodes no image afterwards). Default: `offload_vae()`."""
+        self.offload_vae()
+
+    def release_text_encoders(self) -> None:
+        """Free the frozen text encoders' weights for good: every caption is cached and nothing renders (as
+        `release_vae`). Default: `offload_text_encoder()`."""
+        self.offload_text_encoder()
 
     def sample(self, prompts: Sequence) -> List:
         """PIL images for `SamplePrompt`s with the current weights (LoRA included), or raise LoraTrainerError

@@ -103,11 +103,12 @@ class DiffusersBundle(ModelBundle):
     def compile(self) -> None:
         self.unet.compile()
 
-    def packed_convolution_bytes(self, in_place: bool = False, skip: Collection[nn.Module] = ()) -> int:
-        return packed_weight_bytes(self.unet, self.dtype, in_place, skip)
+    def packed_convolution_bytes(self, in_place: bool = False, skip: Collection[nn.Module] = (),
+                                 lean: bool = False) -> int:
+        return packed_weight_bytes(self.unet, self.dtype, in_place, skip, lean)
 
-    def pack_convolutions(self, in_place: bool = False, skip: Collection[nn.Module] = ()) -> None:
-        self._overrides.append(PackedConvs(self.unet, in_place, skip))
+    def pack_convolutions(self, in_place: bool = False, skip: Collection[nn.Module] = (), lean: bool = False) -> None:
+        self._overrides.append(PackedConvs(self.unet, in_place, skip, lean))
 
     def use_half_precision_norms(self) -> None:
         self._overrides.append(HalfPrecisionNorms(self.unet))
@@ -139,6 +140,11 @@ class DiffusersBundle(ModelBundle):
     def offload_vae(self) -> None:
         self.vae.to("cpu")
 
+    def release_vae(self) -> None:
+        self.vae.to("meta")  # shapes stay, memory goes
+
+    def release_text_encoders(self) -> None:
+        self.text_encoder.to("meta")
 
     # ------------------------------------------------------------------ compute
     @torch.no_grad()

@@ -10,10 +10,12 @@ The backward pass needs only the input's gradient (the weights are frozen): for 
 one group, the transposed convolution of the output gradient with the same weight and padding, run on a
 second copy of the weight packed for it (oneDNN packs it straight from the weight, without a temporary
 copy: a flipped-kernel convolution instead was a little faster on the deepest layers but its temporary
-copies left more memory resident). Strided and grouped convolutions stay as they are.
+copies left more memory resident). Grouped convolutions stay as they are; strided fp32 ones run as GEMMs
+(models/gemm_convs), as do, when packing `lean` (the fp32 default), the layers whose copies would cost the
+most memory for the least time: the packed copies of SD1.5's UNet take 2.1 GiB in fp32, 0.24 GiB leanly.
 
 Each packed layer gets an instance `forward` (models/layer_forwards), which `remove()` takes away. The packed
-copies take twice the layers' weight memory (`packed_weight_bytes`), hence `should_pack` and `decide_packing`.
+copies take twice the layers' weight memory (`packed_weight_bytes`), hence `decide_packing`.
 `in_place` packing replaces the original weights instead of sitting beside them: once a layer's two packed
 copies exist its `weight` parameter holds an empty tensor (the memory is freed), and `remove()` rebuilds the
 exact original from the forward copy (a reorder is a permutation). Layers whose weight someone else reads
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 
 from ..utils.device import Precision
+from .gemm_convs import GemmConv, suits_gemm
 from .layer_forwards import LayerForward, LayerForwards
 
 PACKABLE_DTYPES = (torch.bfloat16, torch.float32)
@@ -46,48 +49,67 @@ def packing_available(device: torch.device, dtype: torch.dtype, autocast_dtype: 
             and (dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()))
 
 
-def should_pack(setting: Union[str, bool], need: int, available: Optional[int]) -> bool:
-    """`pack_conv_weights`: true packs; auto packs when the copies (`need` bytes) take at most half the
-    available memory (not when that is unknown); false and nothing to pack do not."""
-    if setting is False or not need:
-        return False
-    return setting is True or (available is not None and need <= available // 2)
-
-
 def decide_packing(setting: Union[str, bool], torch_compile: bool, device: torch.device, precision: Precision,
-                   need: int, available: Optional[int]) -> Tuple[bool, str]:
-    """Whether a run packs its frozen convolutions (`need` bytes of copies, `available` bytes free), and
-    when `auto` declines for want of memory, a message saying so; the trainer and the planner both ask here."""
-    if torch_compile or not need or not packing_available(device, precision.base_dtype, precision.autocast_dtype):
-        return False, ""
-    if should_pack(setting, need, available):
-        return True, ""
-    if setting != "auto":
-        return False, ""
+                   need: int, available: Optional[int], lean_need: Optional[int] = None) -> Tuple[bool, bool, str]:
+    """(pack, lean, message) for `pack_conv_weights`; the trainer and the planner both ask here. `need`: bytes
+    of copies with every layer packed, `lean_need`: with the fp32 layers that `suits_gemm` run as GEMMs on
+    their own weights (models/gemm_convs), `available`: bytes free. true packs every layer; auto packs
+    leanly in fp32 (every layer in bf16, where GEMMs lose) when half the available memory holds the copies
+    and says so when it does not (or cannot tell); false never packs."""
+    if setting is False or torch_compile or not need or not packing_available(device, precision.base_dtype,
+                                                                               precision.autocast_dtype):
+        return False, False, ""
+    if setting is True:
+        return True, False, ""
+    lean = precision.base_dtype == torch.float32 and lean_need is not None
+    copies = lean_need if lean else need
+    if available is not None and copies <= available // 2:
+        return True, lean, ""
     room = "an unknown amount of" if available is None else f"{available / 2**30:.1f} GiB of"
-    return False, (f"pack_conv_weights: off, its copies of the convolution weights ({need / 2**30:.1f} GiB) need at "
-                   f"most half the available memory and there is {room} it; steps are slower "
-                   f"(pack_conv_weights: true packs anyway)")
+    return False, False, (f"pack_conv_weights: off, its copies of the convolution weights ({copies / 2**30:.1f} "
+                          f"GiB) need at most half the available memory and there is {room} it; steps are "
+                          f"slower (pack_conv_weights: true packs anyway)")
 
 
-def _packable_shape(conv: nn.Module) -> bool:
+def _plain_conv(conv: nn.Module) -> bool:
     return (type(conv) is nn.Conv2d and conv.groups == 1 and conv.padding_mode == "zeros"
-            and not isinstance(conv.padding, str) and tuple(conv.stride) == (1, 1) and tuple(conv.dilation) == (1, 1)
+            and not isinstance(conv.padding, str) and tuple(conv.dilation) == (1, 1)
             and all(0 <= p <= k - 1 for p, k in zip(conv.padding, conv.kernel_size)))
 
 
-def _packable(conv: nn.Module) -> bool:
-    return (_packable_shape(conv) and not conv.weight.requires_grad and conv.weight.dtype in PACKABLE_DTYPES
+def _packable_shape(conv: nn.Module) -> bool:
+    return _plain_conv(conv) and tuple(conv.stride) == (1, 1)
+
+
+def _frozen_on_cpu(conv: nn.Module) -> bool:
+    return (not conv.weight.requires_grad and conv.weight.dtype in PACKABLE_DTYPES
             and (conv.bias is None or not conv.bias.requires_grad) and conv.weight.device.type == "cpu")
 
 
+def _packable(conv: nn.Module) -> bool:
+    return _packable_shape(conv) and _frozen_on_cpu(conv)
+
+
+def _strided_gemm(conv: nn.Module) -> bool:
+    """A strided fp32 layer (not packable): a GEMM beats oneDNN's reorder on every call."""
+    return (_plain_conv(conv) and _frozen_on_cpu(conv) and tuple(conv.stride) != (1, 1)
+            and conv.weight.dtype == torch.float32 and conv.weight.is_contiguous())
+
+
+def _gets_copies(conv: nn.Module, dtype: torch.dtype, lean: bool) -> bool:
+    """Whether a packable layer is packed (else, `lean`, it runs as a GEMM on its own weight)."""
+    return not (lean and dtype == torch.float32 and suits_gemm(conv))
+
+
 def packed_weight_bytes(model: nn.Module, dtype: torch.dtype, in_place: bool = False,
-                        skip: Collection[nn.Module] = ()) -> int:
+                        skip: Collection[nn.Module] = (), lean: bool = False) -> int:
     """Memory packing adds to `model`'s frozen convolutions (but those of `skip`, as `PackedConvs`): two
-    copies of each weight in `dtype`, less the original where it is packed `in_place`."""
+    copies of each weight in `dtype`, less the original where it is packed `in_place`; `lean`: not for the
+    layers that run as GEMMs (models/gemm_convs)."""
     skip_ids = {id(m) for m in skip}
     return sum((1 if in_place else 2) * dtype.itemsize * m.weight.numel() for m in model.modules()
-               if _packable_shape(m) and not m.weight.requires_grad and id(m) not in skip_ids)
+               if _packable_shape(m) and not m.weight.requires_grad and id(m) not in skip_ids
+               and _gets_copies(m, dtype, lean))
 
 
 def _packed_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -169,9 +191,17 @@ class PackedConv(LayerForward):
 
 class PackedConvs(LayerForwards):
     """The packed layers of one model (not those of `skip`); `remove()` puts every layer back. `in_place`:
-    the packed copies replace the original weights."""
+    the packed copies replace the original weights. `lean`: fp32 layers that `suits_gemm` run as GEMMs on
+    their own weights instead (no copies; models/gemm_convs)."""
 
-    def __init__(self, model: nn.Module, in_place: bool = False, skip: Collection[nn.Module] = ()):
+    def __init__(self, model: nn.Module, in_place: bool = False, skip: Collection[nn.Module] = (),
+                 lean: bool = False):
         skip_ids = {id(m) for m in skip}
-        super().__init__(model, lambda conv: PackedConv(conv, in_place),
-                         lambda conv: _packable(conv) and id(conv) not in skip_ids)
+
+        def make(conv: nn.Module) -> LayerForward:
+            if _packable(conv) and _gets_copies(conv, conv.weight.dtype, lean):
+                return PackedConv(conv, in_place)
+            return GemmConv(conv)
+
+        super().__init__(model, make, lambda conv: (_packable(conv) or _strided_gemm(conv))
+                         and id(conv) not in skip_ids)

@@ -1,0 +1,101 @@
+"""Frozen fp32 convolutions as GEMMs on their own weights (models/gemm_convs): the same outputs and input
+gradients as `F.conv2d`, no copy of the weight, and a training run on them learns what it learns on the
+plain layers."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lora_trainer.engine.run import LoraRun
+from lora_trainer.models import gemm_convs as gemm_convs_module
+from lora_trainer.models import packed_convs as packed_convs_module
+from lora_trainer.models.gemm_convs import GemmConv
+from lora_trainer.models.packed_convs import PackedConv, PackedConvs, packing_available
+
+from conftest import make_config
+
+needs_onednn = pytest.mark.skipif(not packing_available(torch.device("cpu"), torch.float32),
+                                  reason="this torch has no oneDNN packed convolutions")
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("kernel,padding,stride", [(3, 1, 1), (1, 0, 1), (3, 0, 1), (5, 2, 1), (3, 1, 2),
+                                                   (3, 0, 2), (1, 0, 2)])
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_gemm_convolution_gives_the_same_output_and_input_gradient(kernel, padding, stride, channels_last, bias):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 24, kernel, padding=padding, stride=stride, bias=bias).requires_grad_(False)
+    weight = conv.weight.data_ptr()
+    layer = GemmConv(conv)
+    for shape in [(2, 16, 12, 10), (1, 16, 7, 9)]:
+        x = torch.randn(shape)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x_gemm, x_plain = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        out_gemm = conv(x_gemm)
+        out_plain = F.conv2d(x_plain, conv.weight, conv.bias, stride, padding)
+        assert out_gemm.shape == out_plain.shape
+        grad = torch.randn_like(out_plain)
+        out_gemm.backward(grad)
+        out_plain.backward(grad)
+        assert _relative_error(out_gemm, out_plain) <= 1e-5
+        assert _relative_error(x_gemm.grad, x_plain.grad) <= 1e-5
+    unbatched = torch.randn(16, 7, 9)
+    assert torch.equal(conv(unbatched), F.conv2d(unbatched[None], conv.weight, conv.bias, stride, padding)[0])
+    # no copy: the layer computes on the module's own weight and holds no tensor of its own
+    assert conv.weight.data_ptr() == weight
+    assert not any(isinstance(v, torch.Tensor) for v in vars(layer).values())
+    layer.remove()
+    assert "forward" not in conv.__dict__
+
+
+@needs_onednn
+def test_lean_packing_runs_wide_pointwise_and_strided_layers_as_gemms_and_packs_the_rest(monkeypatch):
+    torch.manual_seed(0)
+    monkeypatch.setattr(gemm_convs_module, "GEMM_MIN_OUT_CHANNELS", 32)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1),   # narrow 3x3: packed
+                          nn.Conv2d(8, 32, 3, padding=1),  # wide 3x3: GEMM
+                          nn.Conv2d(32, 8, 1),             # 1x1: GEMM
+                          nn.Conv2d(8, 8, 3, stride=2, padding=1)).requires_grad_(False)  # strided: GEMM
+    lean = PackedConvs(model, lean=True)
+    assert [type(layer) for layer in lean.layers] == [PackedConv, GemmConv, GemmConv, GemmConv]
+    lean.remove()
+    every = PackedConvs(model)  # not lean: every stride-1 layer packed, the strided one still a GEMM
+    assert [type(layer) for layer in every.layers] == [PackedConv, PackedConv, PackedConv, GemmConv]
+    every.remove()
+
+
+@needs_onednn
+def test_a_run_on_gemm_convolutions_learns_what_it_learns_on_the_plain_layers(tmp_path, tiny_model_dir,
+                                                                             color_data, monkeypatch):
+    """fp32, every frozen convolution of the tiny UNet as a GEMM (none packed): the same loss and LoRA
+    gradients as without (relative 1e-5), and the weights stay where they were."""
+    monkeypatch.setattr(gemm_convs_module, "GEMM_MIN_OUT_CHANNELS", 1)
+    grads, losses = {}, {}
+    for gemm in (False, True):
+        monkeypatch.setattr(packed_convs_module, "packing_available", lambda *args: gemm)
+        run = LoraRun(make_config(tiny_model_dir, color_data, tmp_path / f"g{gemm}", output_name="x"),
+                      tensorboard=False)
+        trainer = run.setup()
+        try:
+            layers = [m.forward.__self__ for m in trainer.bundle.unet.modules() if "forward" in m.__dict__]
+            assert all(isinstance(layer, GemmConv) for layer in layers) and bool(layers) == gemm
+            pointers = [layer.module.weight.data_ptr() for layer in layers]
+            samples = trainer.dataset.epoch_batches(0, 0, 2)[0]
+            noise, timesteps = trainer.step_noise(0, 0, samples)
+            loss = trainer.batch_loss(samples, noise, timesteps).mean()
+            loss.backward()
+            losses[gemm], grads[gemm] = loss.item(), [p.grad.clone() for p in trainer.network.parameters()]
+            assert [layer.module.weight.data_ptr() for layer in layers] == pointers
+        finally:
+            run.close()
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    for gemm_grad, plain_grad in zip(grads[True], grads[False]):
+        assert (torch.linalg.vector_norm(gemm_grad - plain_grad) <=
+                1e-5 * torch.linalg.vector_norm(plain_grad) + 1e-12)
