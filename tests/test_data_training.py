@@ -5,7 +5,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from lora_trainer.engine.run import load_model, train
+from lora_trainer.engine.run import LoraRun, load_model, train
 from lora_trainer.events import Message, StepEnded
 
 from recording import EventRecorder
@@ -92,3 +92,38 @@ def test_caching_as_the_first_epoch_goes_gives_the_same_lora_as_caching_first(tm
     assert loras[True].keys() == loras[False].keys()
     for key in loras[False]:
         assert torch.equal(loras[True][key], loras[False][key]), key
+
+
+def _is_released(module: torch.nn.Module) -> bool:
+    return all(p.is_meta for p in module.parameters())
+
+
+def test_a_run_that_loaded_its_model_frees_the_encoders_once_their_caches_are_full(tmp_path, tiny_model_dir,
+                                                                                color_data):
+    """Once every caption and latent is cached, a one-shot run (`train()`) that loaded the model for itself and
+    renders nothing frees the text encoder and the VAE (a CPU keeps them nowhere else); the LoRA is
+    bit-identical to the one of a run on a model it was given, which keeps them, as it does when it samples."""
+    cfg = make_config(tiny_model_dir, color_data, tmp_path / "owned", max_steps=4, batch_size=2, output_name="x")
+    run = LoraRun(cfg, tensorboard=False, free_encoders=True)  # as `train()` makes it
+    trainer = run.setup()
+    try:
+        assert not _is_released(trainer.bundle.text_encoder) and not _is_released(trainer.bundle.vae)
+        run.train()
+        owned = load_file(str(run.save_final()))
+        assert _is_released(trainer.bundle.text_encoder) and _is_released(trainer.bundle.vae)
+    finally:
+        run.close()
+    given = make_config(tiny_model_dir, color_data, tmp_path / "given", max_steps=4, batch_size=2, output_name="x")
+    bundle = load_model(given)
+    kept = load_file(str(train(given, bundle=bundle).lora_path))
+    assert not _is_released(bundle.text_encoder) and not _is_released(bundle.vae)
+    assert owned.keys() == kept.keys() and all(torch.equal(owned[k], kept[k]) for k in owned)
+    sampling = make_config(tiny_model_dir, color_data, tmp_path / "sampling", max_steps=2, batch_size=2,
+                           sample_prompts=["a red square"], sample_every_n_steps=2, sample_steps=2)
+    run = LoraRun(sampling, tensorboard=False, free_encoders=True)
+    trainer = run.setup()
+    try:
+        run.train()
+        assert not _is_released(trainer.bundle.text_encoder) and not _is_released(trainer.bundle.vae)
+    finally:
+        run.close()

@@ -11,13 +11,17 @@ from ..data.cache import LatentCache, TextCache
 from ..data.dataset import TrainingSet
 from ..events import Events
 from ..models.bundle import ModelBundle
+from ..utils.malloc import trim_heap
 from .distributed import Distributed
 
 
 def build_caches(cfg: TrainConfig, dataset: TrainingSet, bundle: ModelBundle, device: torch.device,
                  dist: Distributed, events: Events, autocast: Callable[[], ContextManager],
-                 global_batch_size: int) -> Tuple[Optional[LatentCache], Optional[TextCache]]:
-    """(latent cache, text cache), each None where the config or the run does not cache."""
+                 global_batch_size: int, release: bool = False) -> Tuple[Optional[LatentCache], Optional[TextCache]]:
+    """(latent cache, text cache), each None where the config or the run does not cache. Once a cache is
+    full its encoder is offloaded, or with `release` (the run loaded the model and renders nothing) freed."""
+    vae_done = _then_trim(bundle.release_vae) if release else bundle.offload_vae
+    text_done = _then_trim(bundle.release_text_encoders) if release else bundle.offload_text_encoder
     lazy = cfg.cache_while_training is True or (cfg.cache_while_training == "auto" and not dist.active)
     latent_cache = text_cache = None
     if cfg.cache_latents in ("auto", True):
@@ -26,10 +30,11 @@ def build_caches(cfg: TrainConfig, dataset: TrainingSet, bundle: ModelBundle, de
         vae_batch = max(1, min(global_batch_size, (512 * 512) // (cfg.resolution ** 2)))
         if lazy:
             events.say(f"caching latents of {len(dataset)} image(s) as the first epoch needs them")
-            latent_cache.defer(bundle.encode_images, vae_batch, device, bundle.offload_vae)
+            latent_cache.defer(bundle.encode_images, vae_batch, device, vae_done)
         else:
             events.say(f"caching latents of {len(dataset)} image(s)")
             _build_latents_shared(latent_cache, bundle, device, dist, vae_batch)
+            vae_done()
     use_text_cache = cfg.cache_text_encoder_outputs
     if use_text_cache == "auto":
         use_text_cache = dataset.caption_settings.is_fixed
@@ -37,14 +42,22 @@ def build_caches(cfg: TrainConfig, dataset: TrainingSet, bundle: ModelBundle, de
         text_cache = TextCache()
         captions = [dataset.fixed_caption(i) for i in range(len(dataset))]
         if lazy:  # encoded in the trainer's batch_loss, under the same autocast as below
-            text_cache.defer(captions, bundle.encode_captions, on_complete=bundle.offload_text_encoder)
+            text_cache.defer(captions, bundle.encode_captions, on_complete=text_done)
         else:
             with autocast():  # shared out like the latents
                 text_cache.build(captions, bundle.encode_captions, part=(dist.rank, dist.world_size))
                 text_cache.outputs = dist.share_tensors(text_cache.outputs, device)
                 text_cache.build(captions, bundle.encode_captions)
-            bundle.offload_text_encoder()
+            text_done()
     return latent_cache, text_cache
+
+
+def _then_trim(release: Callable[[], None]) -> Callable[[], None]:
+    """`release`, then the freed weights handed back to the system (the heap keeps them otherwise)."""
+    def released() -> None:
+        release()
+        trim_heap()
+    return released
 
 
 def _build_latents_shared(cache: LatentCache, bundle: ModelBundle, device: torch.device, dist: Distributed,
@@ -55,4 +68,3 @@ def _build_latents_shared(cache: LatentCache, bundle: ModelBundle, device: torch
     cache.build(bundle.encode_images, batch_size=vae_batch, device=device, part=(dist.rank, dist.world_size))
     cache.latents = dist.share_tensors(cache.latents, device)
     cache.build(bundle.encode_images, batch_size=vae_batch, device=device)
-    bundle.offload_vae()

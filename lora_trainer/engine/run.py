@@ -93,8 +93,10 @@ class LoraRun:
     run (`dist`) every rank computes the same; only rank 0 writes files."""
 
     def __init__(self, config: TrainConfig, callbacks: Sequence[Callback] = (), bundle: Optional[ModelBundle] = None,
-                 tensorboard: bool = True, dist: Distributed = SINGLE):
+                 tensorboard: bool = True, dist: Distributed = SINGLE, free_encoders: bool = False):
         self.config = config
+        # a one-shot run (`train()`) on a model it loads itself frees the encoders once their caches are full
+        self.free_encoders = free_encoders and bundle is None
         self.dist = dist
         self.events = Events(callbacks)
         self.bundle = bundle
@@ -136,7 +138,9 @@ class LoraRun:
         self._say_warning(long_caption_warning(dataset, self.bundle))
         if self.dist.is_main:
             self._start_output()
-        self.trainer = Trainer(cfg, dataset, self.bundle, device, precision, self.events, self.dist)
+        renders = bool(sample_prompts_from_config(cfg)) or self.validation_set is not None
+        self.trainer = Trainer(cfg, dataset, self.bundle, device, precision, self.events, self.dist,
+                               release_encoders=self.free_encoders and not renders)
         init, init_meta = self._read_init_lora()
         self.trainer.setup(default_adapter_kinds().file_spec(init, cfg.init_lora, cfg.lora_dropout, init_meta)
                            if init else None)
@@ -377,7 +381,7 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = (), bundle: Optio
           on_ready: Optional[Callable[[LoraRun], None]] = None, dist: Distributed = SINGLE) -> TrainResult:
     """Train a LoRA as described by `config`; returns where it was written (`dist`: this process's rank in a
     data-parallel run, engine/distributed)."""
-    run = LoraRun(config, callbacks, bundle, dist=dist)
+    run = LoraRun(config, callbacks, bundle, dist=dist, free_encoders=True)
     path = None
     try:
         run.setup()

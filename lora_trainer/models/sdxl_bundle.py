@@ -74,6 +74,10 @@ class SDXLBundle(DiffusersBundle):
             self.text_encoder_2.enable_input_require_grads()
             flag_checkpointed_blocks(self.text_encoder_2)
 
+    def release_text_encoders(self) -> None:
+        super().release_text_encoders()
+        self.text_encoder_2.to("meta")
+
     def offload_text_encoder(self) -> None:
         """Captions are cached and the encoders frozen: their ~1.6 GB (fp16) leave the accelerator."""
         if self.device.type != "cpu":

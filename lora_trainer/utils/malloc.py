@@ -37,6 +37,13 @@ def _glibc() -> Optional[ctypes.CDLL]:
         return None
 
 
+def trim_heap() -> None:
+    """Give the free memory at the heap's top and in its free pages back to the system (glibc only)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 @contextmanager
 def large_allocations_mapped(enabled: bool = True) -> Iterator[bool]:
     """Within: CPU blocks over 1 MiB are mapped on their own (see the module docstring). Yields whether
