@@ -11,7 +11,7 @@ from torch import nn
 from lora_trainer.engine.run import LoraRun
 from lora_trainer.models import gemm_convs as gemm_convs_module
 from lora_trainer.models import packed_convs as packed_convs_module
-from lora_trainer.models.gemm_convs import GemmConv
+from lora_trainer.models.gemm_convs import GemmConv, PointwiseLinear
 from lora_trainer.models.packed_convs import PackedConv, PackedConvs, packing_available
 
 from conftest import make_config
@@ -55,6 +55,28 @@ def test_a_gemm_convolution_gives_the_same_output_and_input_gradient(kernel, pad
     assert "forward" not in conv.__dict__
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_a_trainable_pointwise_convolution_as_a_linear_layer_gives_the_same_values_and_gradients(channels_last):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(12, 5, 1)
+    x = torch.randn(2, 12, 6, 7)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(2, 5, 6, 7)
+    results = []
+    for linear in (False, True):
+        layer = PointwiseLinear(conv) if linear else None
+        conv.zero_grad()
+        x_in = x.clone().requires_grad_(True)
+        out = conv(x_in)
+        out.backward(grad)
+        results.append([out, x_in.grad, conv.weight.grad.clone(), conv.bias.grad.clone()])
+        if layer:
+            layer.remove()
+    for linear, plain in zip(results[1], results[0]):
+        assert linear.shape == plain.shape and _relative_error(linear, plain) <= 1e-5
+
+
 @needs_onednn
 def test_lean_packing_runs_wide_pointwise_and_strided_layers_as_gemms_and_packs_the_rest(monkeypatch):
     torch.manual_seed(0)
@@ -74,8 +96,8 @@ def test_lean_packing_runs_wide_pointwise_and_strided_layers_as_gemms_and_packs_
 @needs_onednn
 def test_a_run_on_gemm_convolutions_learns_what_it_learns_on_the_plain_layers(tmp_path, tiny_model_dir,
                                                                              color_data, monkeypatch):
-    """fp32, every frozen convolution of the tiny UNet as a GEMM (none packed): the same loss and LoRA
-    gradients as without (relative 1e-5), and the weights stay where they were."""
+    """fp32, every frozen convolution of the tiny UNet as a GEMM (none packed) and LoRA's 1x1 factors as linear
+    layers: the same loss and LoRA gradients as without (relative 1e-5), and the weights stay where they were."""
     monkeypatch.setattr(gemm_convs_module, "GEMM_MIN_OUT_CHANNELS", 1)
     grads, losses = {}, {}
     for gemm in (False, True):
@@ -85,7 +107,8 @@ def test_a_run_on_gemm_convolutions_learns_what_it_learns_on_the_plain_layers(tm
         trainer = run.setup()
         try:
             layers = [m.forward.__self__ for m in trainer.bundle.unet.modules() if "forward" in m.__dict__]
-            assert all(isinstance(layer, GemmConv) for layer in layers) and bool(layers) == gemm
+            assert all(isinstance(layer, (GemmConv, PointwiseLinear)) for layer in layers) and bool(layers) == gemm
+            assert any(isinstance(layer, PointwiseLinear) for layer in layers) == gemm  # LoRA's 1x1 factors
             pointers = [layer.module.weight.data_ptr() for layer in layers]
             samples = trainer.dataset.epoch_batches(0, 0, 2)[0]
             noise, timesteps = trainer.step_noise(0, 0, samples)

@@ -19,6 +19,7 @@ from lora_trainer.events import Message
 from recording import EventRecorder
 from lora_trainer.models.diffusers_bundle import DiffusersBundle
 from lora_trainer.models import packed_convs as packed_convs_module
+from lora_trainer.models.gemm_convs import PointwiseLinear
 from lora_trainer.models.packed_convs import PackedConv, PackedConvs, packed_weight_bytes, packing_available
 from lora_trainer.planner import estimate
 from lora_trainer.utils import device as device_module
@@ -71,7 +72,7 @@ def test_only_frozen_stride_one_bf16_convolutions_are_packed_and_unpacking_leave
         nn.Conv2d(4, 8, 3, padding=1),             # packed
         nn.Conv2d(8, 8, 3, stride=2, padding=1),   # strided: plain
         nn.Conv2d(8, 8, 3, padding=1, groups=2),   # grouped: plain
-        nn.Conv2d(8, 8, 1),                        # trainable (a LoRA factor): plain
+        nn.Conv2d(8, 8, 1),                        # trainable (a LoRA factor): a linear layer
         nn.Conv2d(8, 4, 3, padding="same"),        # padding by name: plain
     ).to(torch.bfloat16)
     for layer in list(model)[:3] + [model[4]]:
@@ -81,7 +82,8 @@ def test_only_frozen_stride_one_bf16_convolutions_are_packed_and_unpacking_leave
     expected = model(x)
 
     packed = PackedConvs(model)
-    assert [layer.module for layer in packed.layers] == [model[0]]
+    assert [(type(layer), layer.module) for layer in packed.layers] == [(PackedConv, model[0]),
+                                                                        (PointwiseLinear, model[3])]
     x_grad = x.clone().requires_grad_(True)
     out = model(x_grad)
     out.float().sum().backward()

@@ -49,6 +49,8 @@ def build_caches(cfg: TrainConfig, dataset: TrainingSet, bundle: ModelBundle, de
                 text_cache.outputs = dist.share_tensors(text_cache.outputs, device)
                 text_cache.build(captions, bundle.encode_captions)
             text_done()
+    if release:
+        bundle.release_vae_decoder()  # nothing renders: only the VAE's encoder ever runs
     return latent_cache, text_cache
 
 

@@ -10,8 +10,8 @@ The engine knows nothing of diffusers, ldm or the WebUI; it drives a bundle thro
 - `alphas_cumprod`, `prediction_type`: the noise schedule the model was trained with;
 - `restore()`: undo `prepare` (the WebUI bundle puts the model back exactly as it was);
 - `offload_vae()`: the VAE may leave the GPU once latents are cached;
-- `release_vae()`, `release_text_encoders()`: a run that loaded the bundle for itself frees what it no
-  longer needs (on a CPU the weights have no other place to go).
+- `release_vae_decoder()`, `release_vae()`, `release_text_encoders()`: a run that loaded the bundle for
+  itself frees what it no longer needs (on a CPU the weights have no other place to go).
 """
 from __future__ import annotations
 
@@ -102,6 +102,9 @@ class ModelBundle(ABC):
 
     def offload_text_encoder(self) -> None:
         """Move a frozen text encoder off the accelerator once captions are cached (default: nothing)."""
+
+    def release_vae_decoder(self) -> None:
+        """Free the VAE's decoder for good: nothing renders (as `release_vae`). Default: nothing."""
 
     def release_vae(self) -> None:
         """Free the VAE's weights for good: every latent is cached and nothing renders; only a bundle its run

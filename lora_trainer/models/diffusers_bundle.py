@@ -140,8 +140,13 @@ class DiffusersBundle(ModelBundle):
     def offload_vae(self) -> None:
         self.vae.to("cpu")
 
+    def release_vae_decoder(self) -> None:
+        for part in (self.vae.decoder, getattr(self.vae, "post_quant_conv", None)):
+            if part is not None:
+                part.to("meta")  # shapes stay, memory goes
+
     def release_vae(self) -> None:
-        self.vae.to("meta")  # shapes stay, memory goes
+        self.vae.to("meta")
 
     def release_text_encoders(self) -> None:
         self.text_encoder.to("meta")

@@ -104,3 +104,22 @@ class GemmConv(LayerForward):
             dy, dx = divmod(tap, kw)
             padded[:, dy:dy + sh * (ho - 1) + 1:sh, dx:dx + sw * (wo - 1) + 1:sw] += taps[..., tap]
         return padded[:, ph:ph + h, pw:pw + w].permute(0, 3, 1, 2)
+
+
+class PointwiseLinear(LayerForward):
+    """A 1x1 Conv2d (stride 1, no padding), trainable or not, whose calls are `F.linear` over the pixels: the
+    same values and gradients, the weight's included, without oneDNN's reorders on every call (LoRA's own
+    factors on the UNet's 1x1 projections: ~0.1 s of a 2.6 s fp32 SD1.5 step at 256 px)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            return self.module._conv_forward(x, self.module.weight, self.module.bias)
+        weight = self.module.weight
+        out = F.linear(x.permute(0, 2, 3, 1), weight.view(weight.shape[0], weight.shape[1]), self.module.bias)
+        return out.permute(0, 3, 1, 2)
+
+
+def is_pointwise(conv: nn.Module) -> bool:
+    """A plain 1x1 Conv2d that `PointwiseLinear` computes exactly."""
+    return (type(conv) is nn.Conv2d and tuple(conv.kernel_size) == (1, 1) and tuple(conv.stride) == (1, 1)
+            and tuple(conv.padding) == (0, 0) and conv.groups == 1 and conv.padding_mode == "zeros")

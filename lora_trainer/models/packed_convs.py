@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..utils.device import Precision
-from .gemm_convs import GemmConv, suits_gemm
+from .gemm_convs import GemmConv, PointwiseLinear, is_pointwise, suits_gemm
 from .layer_forwards import LayerForward, LayerForwards
 
 PACKABLE_DTYPES = (torch.bfloat16, torch.float32)
@@ -88,6 +88,11 @@ def _frozen_on_cpu(conv: nn.Module) -> bool:
 
 def _packable(conv: nn.Module) -> bool:
     return _packable_shape(conv) and _frozen_on_cpu(conv)
+
+
+def _trained_pointwise(conv: nn.Module) -> bool:
+    """A trainable 1x1 layer on the CPU (a LoRA factor of a 1x1 projection): a linear layer over the pixels."""
+    return is_pointwise(conv) and conv.weight.requires_grad and conv.weight.device.type == "cpu"
 
 
 def _strided_gemm(conv: nn.Module) -> bool:
@@ -199,9 +204,11 @@ class PackedConvs(LayerForwards):
         skip_ids = {id(m) for m in skip}
 
         def make(conv: nn.Module) -> LayerForward:
+            if _trained_pointwise(conv):
+                return PointwiseLinear(conv)
             if _packable(conv) and _gets_copies(conv, conv.weight.dtype, lean):
                 return PackedConv(conv, in_place)
             return GemmConv(conv)
 
-        super().__init__(model, make, lambda conv: (_packable(conv) or _strided_gemm(conv))
+        super().__init__(model, make, lambda conv: (_packable(conv) or _strided_gemm(conv) or _trained_pointwise(conv))
                          and id(conv) not in skip_ids)
