@@ -38,6 +38,25 @@ def make_config(model: Path, data: Path, out: Path, **overrides):
     return config_from_dict(raw)
 
 
+def first_batch_loss_and_grads(trainer):
+    """Loss of the trainer's first batch of two at fixed noise and timesteps, and the LoRA gradients it gives."""
+    samples = trainer.dataset.epoch_batches(0, 0, 2)[0]
+    noise, timesteps = trainer.step_noise(0, 0, samples)
+    loss = trainer.batch_loss(samples, noise, timesteps).mean()
+    loss.backward()
+    return loss.item(), [p.grad.clone() for p in trainer.network.parameters()]
+
+
+def assert_same_loss_and_grads(got, expected, rel: float = 1e-5) -> None:
+    """Two `first_batch_loss_and_grads` results agree: the loss and each gradient to `rel` (relative)."""
+    import torch
+
+    assert got[0] == pytest.approx(expected[0], rel=rel)
+    assert len(got[1]) == len(expected[1])
+    for grad, reference in zip(got[1], expected[1]):
+        assert torch.linalg.vector_norm(grad - reference) <= rel * torch.linalg.vector_norm(reference) + 1e-12
+
+
 def evaluation_loss(trainer, indices, timesteps, seed: int = 0) -> float:
     """Loss of the trainer's current weights on some of its training images at fixed timesteps and noise
     (deterministic): the product's Validator on a subset."""

@@ -14,7 +14,7 @@ from lora_trainer.models import packed_convs as packed_convs_module
 from lora_trainer.models.gemm_convs import GemmConv, PointwiseLinear
 from lora_trainer.models.packed_convs import PackedConv, PackedConvs, packing_available
 
-from conftest import make_config
+from conftest import assert_same_loss_and_grads, first_batch_loss_and_grads, make_config
 
 needs_onednn = pytest.mark.skipif(not packing_available(torch.device("cpu"), torch.float32),
                                   reason="this torch has no oneDNN packed convolutions")
@@ -99,7 +99,7 @@ def test_a_run_on_gemm_convolutions_learns_what_it_learns_on_the_plain_layers(tm
     """fp32, every frozen convolution of the tiny UNet as a GEMM (none packed) and LoRA's 1x1 factors as linear
     layers: the same loss and LoRA gradients as without (relative 1e-5), and the weights stay where they were."""
     monkeypatch.setattr(gemm_convs_module, "GEMM_MIN_OUT_CHANNELS", 1)
-    grads, losses = {}, {}
+    results = {}
     for gemm in (False, True):
         monkeypatch.setattr(packed_convs_module, "packing_available", lambda *args: gemm)
         run = LoraRun(make_config(tiny_model_dir, color_data, tmp_path / f"g{gemm}", output_name="x"),
@@ -110,15 +110,8 @@ def test_a_run_on_gemm_convolutions_learns_what_it_learns_on_the_plain_layers(tm
             assert all(isinstance(layer, (GemmConv, PointwiseLinear)) for layer in layers) and bool(layers) == gemm
             assert any(isinstance(layer, PointwiseLinear) for layer in layers) == gemm  # LoRA's 1x1 factors
             pointers = [layer.module.weight.data_ptr() for layer in layers]
-            samples = trainer.dataset.epoch_batches(0, 0, 2)[0]
-            noise, timesteps = trainer.step_noise(0, 0, samples)
-            loss = trainer.batch_loss(samples, noise, timesteps).mean()
-            loss.backward()
-            losses[gemm], grads[gemm] = loss.item(), [p.grad.clone() for p in trainer.network.parameters()]
+            results[gemm] = first_batch_loss_and_grads(trainer)
             assert [layer.module.weight.data_ptr() for layer in layers] == pointers
         finally:
             run.close()
-    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
-    for gemm_grad, plain_grad in zip(grads[True], grads[False]):
-        assert (torch.linalg.vector_norm(gemm_grad - plain_grad) <=
-                1e-5 * torch.linalg.vector_norm(plain_grad) + 1e-12)
+    assert_same_loss_and_grads(results[True], results[False])

@@ -24,7 +24,7 @@ from lora_trainer.models.packed_convs import PackedConv, PackedConvs, packed_wei
 from lora_trainer.planner import estimate
 from lora_trainer.utils import device as device_module
 
-from conftest import make_config
+from conftest import assert_same_loss_and_grads, first_batch_loss_and_grads, make_config
 
 pytestmark = pytest.mark.skipif(not packing_available(torch.device("cpu"), torch.float32),
                                 reason="this torch has no oneDNN packed convolutions")
@@ -149,24 +149,17 @@ def test_packing_in_place_changes_nothing_but_the_memory(tmp_path, tiny_model_di
     assert loras[True].keys() == loras[False].keys()
     for key in loras[True]:
         assert torch.equal(loras[True][key], loras[False][key]), key
-    grads, losses = {}, {}
+    results = {}
     for pack in (False, True):
         monkeypatch.setattr(packed_convs_module, "packing_available", lambda *args: pack)
         run = LoraRun(make_config(tiny_model_dir, color_data, tmp_path / f"g{pack}", output_name="x"),
                       tensorboard=False)
         trainer = run.setup()
         try:
-            samples = trainer.dataset.epoch_batches(0, 0, 2)[0]
-            noise, timesteps = trainer.step_noise(0, 0, samples)
-            loss = trainer.batch_loss(samples, noise, timesteps).mean()
-            loss.backward()
-            losses[pack], grads[pack] = loss.item(), [p.grad.clone() for p in trainer.network.parameters()]
+            results[pack] = first_batch_loss_and_grads(trainer)
         finally:
             run.close()
-    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
-    for packed_grad, plain_grad in zip(grads[True], grads[False]):
-        assert (torch.linalg.vector_norm(packed_grad - plain_grad) <=
-                1e-5 * torch.linalg.vector_norm(plain_grad) + 1e-12)
+    assert_same_loss_and_grads(results[True], results[False])
 
 
 def _packed_layers(trainer) -> int:
