@@ -48,9 +48,14 @@ def freeze(python: Path) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--venv", default=None)
+    parser.add_argument("--venv", default=None, help="keep the pinned venv here (default: a temporary one, removed)")
     args = parser.parse_args()
-    venv = Path(args.venv or tempfile.mkdtemp(prefix="webui_pins_")) / "venv"
+    with tempfile.TemporaryDirectory(prefix="webui_pins_") as scratch:  # 1.6 GB each run: never left behind
+        return check(Path(args.venv or scratch) / "venv", Path(scratch))
+
+
+def check(venv: Path, scratch: Path) -> int:
+    """install.py twice into a venv with the WebUI's pins: nothing of theirs changes, the imports work."""
     python = venv / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -60,7 +65,8 @@ def main() -> int:
         subprocess.run(pip + ["-c", "/dev/stdin", *pins, *WEBUI_EXTRAS], input="torch==2.13.0\n", text=True,
                        check=True)
     before = freeze(python)
-    shim = Path(tempfile.mkdtemp(prefix="launch_shim_"))
+    shim = scratch / "launch_shim"
+    shim.mkdir(exist_ok=True)
     (shim / "launch.py").write_text(LAUNCH_SHIM)
     env = {**os.environ, "PYTHONPATH": str(shim)}
     logs = []
