@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, BinaryIO, Dict, Tuple, Union
 
 import torch
 
@@ -22,18 +22,22 @@ for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")): 
         DTYPES[_name] = getattr(torch, _attr)
 
 
+def _read_header(fh: BinaryIO) -> Tuple[Dict[str, Any], int]:
+    """(header, offset of the tensor data) of an open file."""
+    (length,) = struct.unpack("<Q", fh.read(8))
+    return json.loads(fh.read(length)), 8 + length
+
+
 def read_header(path: Union[str, Path]) -> Dict[str, Any]:
     """The file's JSON header (tensor entries and `__metadata__`); raises OSError/ValueError/struct.error."""
     with open(path, "rb") as fh:
-        (length,) = struct.unpack("<Q", fh.read(8))
-        return json.loads(fh.read(length))
+        return _read_header(fh)[0]
 
 
 def read_tensors(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     """Every tensor of the file, on the CPU; raises ValueError for a dtype or size the header gets wrong."""
     with open(path, "rb") as fh:
-        (length,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(length))
+        header, data_start = _read_header(fh)
         tensors = {}
         for name, entry in sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
                                   key=lambda item: item[1]["data_offsets"][0]):
@@ -44,7 +48,7 @@ def read_tensors(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
             target = memoryview(tensor.view(-1).view(torch.uint8).numpy()) if tensor.numel() else memoryview(b"")
             if end - start != len(target):
                 raise ValueError(f"tensor {name!r}: {end - start} bytes in the file for {len(target)} expected")
-            fh.seek(8 + length + start)
+            fh.seek(data_start + start)
             if len(target) and fh.readinto(target) != len(target):
                 raise ValueError(f"tensor {name!r} is cut short (the file ends early)")
             tensors[name] = tensor
