@@ -16,7 +16,7 @@ from typing import Callable, Dict, List
 import torch
 from torch import nn
 
-from lora_trainer.models.gemm_convs import GemmConv, suits_gemm
+from lora_trainer.models.gemm_convs import GemmConv, PointwiseLinear, is_pointwise, suits_gemm
 from lora_trainer.models.packed_convs import PackedConv
 
 
@@ -61,7 +61,7 @@ def time_layer(x_shape: List[int], meta_conv: nn.Conv2d, dtype: torch.dtype, rep
     if conv.stride == (1, 1):
         ways["packed"] = lambda: PackedConv(conv)
     if dtype == torch.float32:
-        ways["gemm"] = lambda: GemmConv(conv)
+        ways["gemm"] = lambda: PointwiseLinear(conv) if is_pointwise(conv) else GemmConv(conv)  # as PackedConvs
     result = {}
     for name, make in ways.items():
         layer = make() if make else None

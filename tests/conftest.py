@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,18 @@ def make_config(model: Path, data: Path, out: Path, **overrides):
                learning_rate=1e-3, seed=0, device="cpu", mixed_precision="no", save_precision="fp32")
     raw.update(overrides)
     return config_from_dict(raw)
+
+
+@contextmanager
+def trainer_of(cfg):
+    """A set-up run's trainer (no TensorBoard); the run is closed afterwards."""
+    from lora_trainer.engine.run import LoraRun
+
+    run = LoraRun(cfg, tensorboard=False)
+    try:
+        yield run.setup()
+    finally:
+        run.close()
 
 
 def first_batch_loss_and_grads(trainer):

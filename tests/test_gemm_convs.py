@@ -8,13 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lora_trainer.engine.run import LoraRun
 from lora_trainer.models import gemm_convs as gemm_convs_module
 from lora_trainer.models import packed_convs as packed_convs_module
 from lora_trainer.models.gemm_convs import GemmConv, PointwiseLinear
 from lora_trainer.models.packed_convs import PackedConv, PackedConvs, packing_available
 
-from conftest import assert_same_loss_and_grads, first_batch_loss_and_grads, make_config
+from conftest import assert_same_loss_and_grads, first_batch_loss_and_grads, make_config, trainer_of
 
 needs_onednn = pytest.mark.skipif(not packing_available(torch.device("cpu"), torch.float32),
                                   reason="this torch has no oneDNN packed convolutions")
@@ -56,9 +55,12 @@ def test_a_gemm_convolution_gives_the_same_output_and_input_gradient(kernel, pad
 
 
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_a_trainable_pointwise_convolution_as_a_linear_layer_gives_the_same_values_and_gradients(channels_last):
+@pytest.mark.parametrize("trainable", [True, False])
+def test_a_pointwise_convolution_as_a_linear_layer_gives_the_same_values_and_gradients(channels_last, trainable):
+    """LoRA's trainable 1x1 factors, and the frozen 1x1 layers of lean packing (input gradient only, no copy)."""
     torch.manual_seed(0)
-    conv = nn.Conv2d(12, 5, 1)
+    conv = nn.Conv2d(12, 5, 1).requires_grad_(trainable)
+    weight = conv.weight.data_ptr()
     x = torch.randn(2, 12, 6, 7)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -70,9 +72,12 @@ def test_a_trainable_pointwise_convolution_as_a_linear_layer_gives_the_same_valu
         x_in = x.clone().requires_grad_(True)
         out = conv(x_in)
         out.backward(grad)
-        results.append([out, x_in.grad, conv.weight.grad.clone(), conv.bias.grad.clone()])
+        results.append([out, x_in.grad] + ([conv.weight.grad.clone(), conv.bias.grad.clone()] if trainable else []))
         if layer:
+            assert conv.weight.data_ptr() == weight
+            assert not any(isinstance(v, torch.Tensor) for v in vars(layer).values())
             layer.remove()
+    assert len(results[1]) == len(results[0]) == (4 if trainable else 2)
     for linear, plain in zip(results[1], results[0]):
         assert linear.shape == plain.shape and _relative_error(linear, plain) <= 1e-5
 
@@ -86,7 +91,7 @@ def test_lean_packing_runs_wide_pointwise_and_strided_layers_as_gemms_and_packs_
                           nn.Conv2d(32, 8, 1),             # 1x1: GEMM
                           nn.Conv2d(8, 8, 3, stride=2, padding=1)).requires_grad_(False)  # strided: GEMM
     lean = PackedConvs(model, lean=True)
-    assert [type(layer) for layer in lean.layers] == [PackedConv, GemmConv, GemmConv, GemmConv]
+    assert [type(layer) for layer in lean.layers] == [PackedConv, GemmConv, PointwiseLinear, GemmConv]
     lean.remove()
     every = PackedConvs(model)  # not lean: every stride-1 layer packed, the strided one still a GEMM
     assert [type(layer) for layer in every.layers] == [PackedConv, PackedConv, PackedConv, GemmConv]
@@ -102,16 +107,11 @@ def test_a_run_on_gemm_convolutions_learns_what_it_learns_on_the_plain_layers(tm
     results = {}
     for gemm in (False, True):
         monkeypatch.setattr(packed_convs_module, "packing_available", lambda *args: gemm)
-        run = LoraRun(make_config(tiny_model_dir, color_data, tmp_path / f"g{gemm}", output_name="x"),
-                      tensorboard=False)
-        trainer = run.setup()
-        try:
+        with trainer_of(make_config(tiny_model_dir, color_data, tmp_path / f"g{gemm}", output_name="x")) as trainer:
             layers = [m.forward.__self__ for m in trainer.bundle.unet.modules() if "forward" in m.__dict__]
             assert all(isinstance(layer, (GemmConv, PointwiseLinear)) for layer in layers) and bool(layers) == gemm
-            assert any(isinstance(layer, PointwiseLinear) for layer in layers) == gemm  # LoRA's 1x1 factors
+            assert any(isinstance(layer, PointwiseLinear) for layer in layers) == gemm  # the 1x1 layers
             pointers = [layer.module.weight.data_ptr() for layer in layers]
             results[gemm] = first_batch_loss_and_grads(trainer)
             assert [layer.module.weight.data_ptr() for layer in layers] == pointers
-        finally:
-            run.close()
     assert_same_loss_and_grads(results[True], results[False])

@@ -24,7 +24,7 @@ from lora_trainer.models.packed_convs import PackedConv, PackedConvs, packed_wei
 from lora_trainer.planner import estimate
 from lora_trainer.utils import device as device_module
 
-from conftest import assert_same_loss_and_grads, first_batch_loss_and_grads, make_config
+from conftest import assert_same_loss_and_grads, first_batch_loss_and_grads, make_config, trainer_of
 
 pytestmark = pytest.mark.skipif(not packing_available(torch.device("cpu"), torch.float32),
                                 reason="this torch has no oneDNN packed convolutions")
@@ -101,7 +101,8 @@ def _train(cfg, pack: bool, monkeypatch, in_place: bool = True):
     monkeypatch.setattr(packed_convs_module, "packing_available", lambda *args: pack)
     if not in_place:
         pack_beside = DiffusersBundle.pack_convolutions
-        monkeypatch.setattr(DiffusersBundle, "pack_convolutions", lambda self, **kw: pack_beside(self))
+        monkeypatch.setattr(DiffusersBundle, "pack_convolutions",  # the same layers, packed beside their weights
+                            lambda self, **kw: pack_beside(self, **{**kw, "in_place": False}))
     run = LoraRun(cfg, tensorboard=False)
     trainer = run.setup()
     convs = [m for m in trainer.bundle.unet.modules() if isinstance(m, nn.Conv2d)]
@@ -152,13 +153,8 @@ def test_packing_in_place_changes_nothing_but_the_memory(tmp_path, tiny_model_di
     results = {}
     for pack in (False, True):
         monkeypatch.setattr(packed_convs_module, "packing_available", lambda *args: pack)
-        run = LoraRun(make_config(tiny_model_dir, color_data, tmp_path / f"g{pack}", output_name="x"),
-                      tensorboard=False)
-        trainer = run.setup()
-        try:
+        with trainer_of(make_config(tiny_model_dir, color_data, tmp_path / f"g{pack}", output_name="x")) as trainer:
             results[pack] = first_batch_loss_and_grads(trainer)
-        finally:
-            run.close()
     assert_same_loss_and_grads(results[True], results[False])
 
 

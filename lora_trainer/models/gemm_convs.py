@@ -5,15 +5,17 @@ packed_convs) keeps two blocked copies, one per direction. For the layers where 
 the activation (1x1 kernels, and the UNet's 1280-channel layers on an 8x8 or 4x4 latent) a matrix product
 on the weight as it is comes within a few percent of the packed kernels in fp32 and needs no copy:
 
-- forward: `unfold(x)[pixels, C*kh*kw] @ W.T` (a 1x1 kernel: the channels-last input as that matrix);
+- forward: `unfold(x)[pixels, C*kh*kw] @ W.T` (a plain 1x1 kernel: `PointwiseLinear`, `F.linear` over the
+  pixels of the channels-last input, which autograd differentiates as it is);
 - backward (the input's gradient only, the weight is frozen): `grad[pixels, O] @ W` gives each kernel
   tap's contribution, added into the (padded) input at that tap's offset.
 
 Measured per layer on the SD1.5 UNet's shapes at 256 px, 2-core Xeon limited to AVX2
-(`benchmarks/bench_conv_layers.py`, forward + input gradient): the 1x1 layers take 0.95-1.16x the packed
-ones' time, the 3x3 layers with 1280 output channels 0.98-1.22x, narrower 3x3 layers up to 10x (they stay
-packed), and the strided layers, which oneDNN cannot pack, 9 ms instead of 81 ms for the deepest. Lean in all:
-1.26 s per step against 1.21 s with every layer packed, for 0.24 GiB of copies instead of 2.12 GiB. In bf16
+(`benchmarks/bench_conv_layers.py`, forward + input gradient): the 1x1 layers (as `PointwiseLinear`) take
+0.89-1.31x the packed ones' time, the 3x3 layers with 1280 output channels 0.90-1.24x, narrower 3x3 layers up
+to 10x (they stay packed), and the strided layers, which oneDNN cannot pack, 9 ms instead of 81 ms for the
+deepest. Lean in all: 1.13 s per step against 1.10 s with every layer packed, for 0.24 GiB of copies instead
+of 2.12 GiB. In bf16
 with AMX the packed kernels are three times faster than GEMMs, so there every layer is packed.
 """
 from __future__ import annotations
@@ -78,27 +80,16 @@ class GemmConv(LayerForward):
         n, _, h, w = x.shape
         (kh, kw), (ph, pw), (sh, sw) = self.kernel, self.padding, self.stride
         bias = self.module.bias
-        if self._pointwise:
-            out = _pixel_rows(x) @ self.matrix.t()
-            if bias is not None:
-                out += bias
-            return out.view(n, h, w, -1).permute(0, 3, 1, 2)  # channels-last memory
         cols = F.unfold(x, self.kernel, padding=self.padding, stride=self.stride)  # [N, C*kh*kw, pixels]
         out = cols.transpose(1, 2).reshape(-1, cols.shape[1]) @ self.matrix.t()  # one GEMM, the weight as it is
         if bias is not None:
             out += bias
         return out.view(n, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1, -1).permute(0, 3, 1, 2)
 
-    @property
-    def _pointwise(self) -> bool:
-        return self.kernel == (1, 1) and self.padding == (0, 0) and self.stride == (1, 1)
-
     def input_grad(self, grad: torch.Tensor, input_hw: Tuple[int, int]) -> torch.Tensor:
         n, _, ho, wo = grad.shape
         (kh, kw), (ph, pw), (sh, sw), (h, w) = self.kernel, self.padding, self.stride, input_hw
         taps = (_pixel_rows(grad) @ self.matrix).view(n, ho, wo, -1, kh * kw)  # [.., C, tap]
-        if self._pointwise:
-            return taps[..., 0].permute(0, 3, 1, 2)
         padded = grad.new_zeros(n, h + 2 * ph, w + 2 * pw, taps.shape[3])
         for tap in range(kh * kw):
             dy, dx = divmod(tap, kw)
@@ -108,8 +99,9 @@ class GemmConv(LayerForward):
 
 class PointwiseLinear(LayerForward):
     """A 1x1 Conv2d (stride 1, no padding), trainable or not, whose calls are `F.linear` over the pixels: the
-    same values and gradients, the weight's included, without oneDNN's reorders on every call (LoRA's own
-    factors on the UNet's 1x1 projections: ~0.1 s of a 2.6 s fp32 SD1.5 step at 256 px)."""
+    same values and gradients, the weight's included, without oneDNN's reorders on every call (frozen 1x1
+    layers when lean; LoRA's own factors on the UNet's 1x1 projections: ~0.1 s of a 2.6 s fp32 SD1.5 step
+    at 256 px)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:

@@ -204,11 +204,9 @@ class PackedConvs(LayerForwards):
         skip_ids = {id(m) for m in skip}
 
         def make(conv: nn.Module) -> LayerForward:
-            if _trained_pointwise(conv):
-                return PointwiseLinear(conv)
             if _packable(conv) and _gets_copies(conv, conv.weight.dtype, lean):
                 return PackedConv(conv, in_place)
-            return GemmConv(conv)
+            return PointwiseLinear(conv) if is_pointwise(conv) else GemmConv(conv)
 
         super().__init__(model, make, lambda conv: (_packable(conv) or _strided_gemm(conv) or _trained_pointwise(conv))
                          and id(conv) not in skip_ids)
