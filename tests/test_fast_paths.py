@@ -82,6 +82,53 @@ def test_lora_layers_without_input_upcast_give_identical_outputs_and_gradients_u
     assert all(getattr(m.layer, "cast_input_dtype_enabled", True) for m in net.layers)  # restored afterwards
 
 
+def _peft_and_fused(layer, x):
+    """(output, input grad, LoRA grads) of peft's own forward and of the installed fused one."""
+    results = []
+    for forward in (lambda t: type(layer).forward(layer, t), layer):
+        x_ = x.detach().clone().requires_grad_(True)
+        for p in (layer.lora_A["default"].weight, layer.lora_B["default"].weight):
+            p.grad = None
+        torch.manual_seed(1)  # the same dropout mask in both
+        out = forward(x_)
+        (out.float() * torch.linspace(-1, 1, out.shape[-1])).square().sum().backward()
+        results.append((out.detach(), x_.grad, layer.lora_A["default"].weight.grad, layer.lora_B["default"].weight.grad))
+    return results
+
+
+@pytest.mark.parametrize("dropout,multiplier", [(0.0, 1.0), (0.3, 1.0), (0.0, 0.6)])
+def test_lora_linear_layers_fold_the_scaled_sum_into_one_product_with_peft_values(dropout, multiplier):
+    from lora_trainer.adapters.lora_forward import FusedLoraLinear
+
+    torch.manual_seed(0)
+    root = nn.Sequential(nn.Linear(24, 40), nn.GELU(), nn.Linear(40, 8)).requires_grad_(False)
+    spec = make_spec(rank=4, alpha=2, dropout=dropout)
+    net = AdapterNetwork.inject([NetworkComponent("unet", root, ["0", "2"], lambda p: f"lora_unet_{p}")], spec)
+    for p in net.parameters():
+        nn.init.normal_(p, std=0.2)
+    net.set_multiplier(multiplier)
+    layer = root[0]
+    assert isinstance(layer.__dict__["forward"].__self__, FusedLoraLinear)  # installed on every Linear LoRA layer
+    assert layer.scaling["default"] == pytest.approx(multiplier * 2 / 4)
+    x = torch.randn(3, 5, 24)
+    (peft_out, peft_dx, peft_da, peft_db), (out, dx, da, db) = _peft_and_fused(layer, x)
+    for ours, theirs in ((out, peft_out), (dx, peft_dx), (da, peft_da), (db, peft_db)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(out, layer.base_layer(x), atol=1e-3)  # the LoRA counts
+
+
+def test_a_lora_in_another_dtype_than_its_base_output_sums_as_peft_does():
+    torch.manual_seed(0)
+    root = nn.Sequential(nn.Linear(24, 40)).to(torch.bfloat16).requires_grad_(False)
+    net = AdapterNetwork.inject([NetworkComponent("unet", root, ["0"], lambda p: f"lora_unet_{p}")],
+                                make_spec(rank=4, alpha=4))
+    for p in net.parameters():
+        nn.init.normal_(p, std=0.2)
+    (peft_out, *peft_grads), (out, *grads) = _peft_and_fused(root[0], torch.randn(6, 24, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and torch.equal(out, peft_out)
+    assert all(torch.equal(a, b) for a, b in zip(grads, peft_grads))
+
+
 @pytest.mark.parametrize("requested", ["bf16", "auto"])
 def test_bf16_on_cpu_keeps_base_weights_in_bf16_and_lora_in_fp32(tmp_path, tiny_model_dir, color_data, monkeypatch,
                                                                  requested):

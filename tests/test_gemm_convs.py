@@ -108,7 +108,8 @@ def test_a_run_on_gemm_convolutions_learns_what_it_learns_on_the_plain_layers(tm
     for gemm in (False, True):
         monkeypatch.setattr(packed_convs_module, "packing_available", lambda *args: gemm)
         with trainer_of(make_config(tiny_model_dir, color_data, tmp_path / f"g{gemm}", output_name="x")) as trainer:
-            layers = [m.forward.__self__ for m in trainer.bundle.unet.modules() if "forward" in m.__dict__]
+            layers = [m.forward.__self__ for m in trainer.bundle.unet.modules()
+                      if isinstance(m, nn.Conv2d) and "forward" in m.__dict__]
             assert all(isinstance(layer, (GemmConv, PointwiseLinear)) for layer in layers) and bool(layers) == gemm
             assert any(isinstance(layer, PointwiseLinear) for layer in layers) == gemm  # the 1x1 layers
             pointers = [layer.module.weight.data_ptr() for layer in layers]

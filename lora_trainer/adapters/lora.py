@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import ConfigError, LoraFormatError
 from .base import AdapterKind, AdapterSpec
 from .dora import with_dora
+from .lora_forward import FusedLoraLinear
 
 ADAPTER = "default"  # peft's adapter name for our one adapter
 DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
@@ -123,6 +124,8 @@ class LoraKind(AdapterKind):
             for sub in (layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]):
                 sub.to(dtype=torch.float32)
                 sub.requires_grad_(True)
+            if isinstance(layer.get_base_layer(), nn.Linear):
+                FusedLoraLinear(layer, ADAPTER)  # the scaled sum inside one addmm (adapters/lora_forward)
             layers[path] = layer
         return layers
 

@@ -1,0 +1,44 @@
+"""peft's LoRA Linear forward with the scaled sum folded into one matrix product.
+
+peft computes `base(x) + lora_B(lora_A(dropout(x))) * scaling`: after the low-rank product it multiplies the
+full-width output by the scale and adds it to the base output, and on the way back multiplies the full-width
+gradient by the scale again, three passes over an output-sized tensor per layer and step. Here the up
+projection writes into the base output directly, `addmm(base(x), lora_A(dropout(x)), lora_B.T, alpha=scaling)`,
+and autograd's backward of `addmm` scales only the rank-sized gradient. Same values up to float rounding;
+measured on the SD1.5 UNet in fp32 on 2 CPU cores (160 layers): 2.58 -> 2.52 s per step.
+
+Anything this does not cover (peft's merged or disabled adapters, extra call arguments, a LoRA whose dtype
+differs from the base output's) runs peft's own forward or sum.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..models.layer_forwards import LayerForward
+
+
+class FusedLoraLinear(LayerForward):
+    """One peft `lora.Linear` layer (adapter `adapter`) whose calls fold the scale into `addmm`."""
+
+    def __init__(self, layer: nn.Module, adapter: str):
+        self.adapter = adapter
+        super().__init__(layer)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        layer = self.module
+        if args or kwargs or layer.merged or layer.disable_adapters or layer.active_adapters != [self.adapter]:
+            return type(layer).forward(layer, x, *args, **kwargs)
+        result = layer.base_layer(x)
+        down, up = layer.lora_A[self.adapter], layer.lora_B[self.adapter]
+        cast = getattr(layer, "_cast_input_dtype", None)  # peft's, honours cast_input_dtype_enabled (newer peft)
+        x = cast(x, down.weight.dtype) if cast else x.to(down.weight.dtype)
+        hidden = down(layer.lora_dropout[self.adapter](x))
+        scaling = layer.scaling[self.adapter]
+        if hidden.dtype != result.dtype:  # e.g. an fp16 base and an fp32 LoRA without autocast: peft's sum
+            return (result + up(hidden) * scaling).to(result.dtype)
+        summed = torch.addmm(result.reshape(-1, result.shape[-1]), hidden.reshape(-1, hidden.shape[-1]),
+                             up.weight.t(), alpha=scaling)
+        return summed.view(result.shape)
