@@ -196,3 +196,19 @@ def test_auto_precision_on_a_cpu_follows_its_bf16_units(monkeypatch, amx):
     assert device_module.pick_precision("no", cpu).base_dtype == torch.float32
     webui = device_module.precision_for_weights(torch.float32, cpu, "auto")
     assert (webui.name, webui.base_dtype, webui.autocast_dtype) == ("no", torch.float32, None)
+
+
+def test_peft_variants_of_a_lora_layer_keep_peft_forward():
+    """peft's own DoRA computes more than the plain sum: such a layer runs peft's forward unchanged."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from lora_trainer.adapters.lora_forward import FusedLoraLinear
+
+    torch.manual_seed(0)
+    root = nn.Sequential(nn.Linear(8, 6))
+    inject_adapter_in_model(LoraConfig(r=2, lora_alpha=2, target_modules=["0"], use_dora=True), root)
+    FusedLoraLinear(root[0], "default")
+    nn.init.normal_(root[0].lora_B["default"].weight)
+    x = torch.randn(3, 8)
+    assert torch.equal(root(x), type(root[0]).forward(root[0], x))
+    assert not torch.allclose(root(x), root[0].base_layer(x), atol=1e-3)

@@ -8,8 +8,8 @@ and autograd's backward of `addmm` scales only the rank-sized gradient. Same val
 measured on the SD1.5 UNet in fp32 on 2 CPU cores (160 layers), median of 6 interleaved rounds: 2.61 -> 2.53 s
 per step.
 
-Anything this does not cover (peft's merged or disabled adapters, extra call arguments, a LoRA whose dtype
-differs from the base output's) runs peft's own forward or sum.
+Anything this does not cover (peft's merged or disabled adapters, its DoRA and other variants, extra call
+arguments, a LoRA whose dtype differs from the base output's) runs peft's own forward or sum.
 """
 from __future__ import annotations
 
@@ -26,11 +26,14 @@ class FusedLoraLinear(LayerForward):
 
     def __init__(self, layer: nn.Module, adapter: str):
         self.adapter = adapter
+        # peft's own variants (its DoRA, newer peft's lora_variant) compute more than the plain sum
+        self.plain = adapter not in getattr(layer, "lora_variant", {}) and not getattr(layer, "use_dora", {}).get(adapter)
         super().__init__(layer)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         layer = self.module
-        if args or kwargs or layer.merged or layer.disable_adapters or layer.active_adapters != [self.adapter]:
+        if (args or kwargs or not self.plain or layer.merged or layer.disable_adapters
+                or layer.active_adapters != [self.adapter]):
             return type(layer).forward(layer, x, *args, **kwargs)
         result = layer.base_layer(x)
         down, up = layer.lora_A[self.adapter], layer.lora_B[self.adapter]
