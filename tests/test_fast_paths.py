@@ -97,7 +97,7 @@ def _peft_and_fused(layer, x):
 
 
 @pytest.mark.parametrize("dropout,multiplier", [(0.0, 1.0), (0.3, 1.0), (0.0, 0.6)])
-def test_lora_linear_layers_fold_the_scaled_sum_into_one_product_with_peft_values(dropout, multiplier):
+def test_lora_linear_layers_fold_the_scaled_sum_into_one_product_with_peft_values(dropout, multiplier, monkeypatch):
     from lora_trainer.adapters.lora_forward import FusedLoraLinear
 
     torch.manual_seed(0)
@@ -115,6 +115,8 @@ def test_lora_linear_layers_fold_the_scaled_sum_into_one_product_with_peft_value
     for ours, theirs in ((out, peft_out), (dx, peft_dx), (da, peft_da), (db, peft_db)):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(out, layer.base_layer(x), atol=1e-3)  # the LoRA counts
+    monkeypatch.setattr(type(layer), "forward", lambda *a, **k: pytest.fail("peft's forward ran"))
+    torch.testing.assert_close(layer(x), out) if dropout == 0 else layer(x)  # the fused path ran, not peft's
 
 
 def test_a_lora_in_another_dtype_than_its_base_output_sums_as_peft_does():
@@ -212,3 +214,54 @@ def test_peft_variants_of_a_lora_layer_keep_peft_forward():
     x = torch.randn(3, 8)
     assert torch.equal(root(x), type(root[0]).forward(root[0], x))
     assert not torch.allclose(root(x), root[0].base_layer(x), atol=1e-3)
+
+
+def _lora_on_linear(dtype=torch.float32, **spec):
+    torch.manual_seed(0)
+    root = nn.Sequential(nn.Linear(24, 40)).to(dtype).requires_grad_(False)
+    net = AdapterNetwork.inject([NetworkComponent("unet", root, ["0"], lambda p: f"lora_unet_{p}")],
+                                make_spec(rank=4, alpha=4, **spec))
+    for p in net.parameters():
+        nn.init.normal_(p, std=0.2)
+    return root, net
+
+
+def test_under_autocast_the_fused_sum_matches_peft_to_bf16_rounding():
+    root, _ = _lora_on_linear(torch.bfloat16)
+    x = torch.randn(2, 7, 24, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (peft_out, *peft_grads), (out, *grads) = _peft_and_fused(root[0], x)
+    assert out.dtype == torch.bfloat16
+    for ours, theirs in ((out, peft_out), *zip(grads, peft_grads)):  # bf16 rounds each route differently
+        assert (ours.float() - theirs.float()).norm() <= 1e-2 * theirs.float().norm()
+
+
+def test_a_webui_manual_cast_of_nn_linear_runs_peft_sum(monkeypatch):
+    """A1111 on MPS/XPU/GTX 16xx casts every Linear's weight to the input's dtype inside nn.Linear.forward
+    (no autocast): the LoRA's up weight stays fp32 while its input is fp16, so the plain sum must run."""
+    root, _ = _lora_on_linear()
+    original = nn.Linear.forward
+
+    def manual_cast_forward(self, x):
+        return torch.nn.functional.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    monkeypatch.setattr(nn.Linear, "forward", manual_cast_forward)
+    x = torch.randn(5, 24, dtype=torch.float16)
+    with torch.no_grad():
+        ours, theirs = root[0](x), type(root[0]).forward(root[0], x)
+    monkeypatch.setattr(nn.Linear, "forward", original)
+    assert ours.dtype == torch.float16 and torch.equal(ours, theirs)
+
+
+def test_a_removed_lora_layer_is_freed_without_waiting_for_the_garbage_collector():
+    import gc
+    import weakref
+
+    root, net = _lora_on_linear()
+    layer = weakref.ref(root[0])
+    gc.disable()
+    try:
+        net.remove()
+        assert isinstance(root[0], nn.Linear) and layer() is None
+    finally:
+        gc.enable()
