@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import torch
 from torch import nn
 
+from common import best_of
 from lora_trainer.models.gemm_convs import GemmConv, PointwiseLinear, is_pointwise, suits_gemm
 from lora_trainer.models.packed_convs import PackedConv
 
@@ -34,16 +34,6 @@ def unet_convolutions(resolution: int) -> List[Dict]:
     unet(torch.empty(1, 4, latent, latent, device="meta"), torch.tensor([10], device="meta"),
          torch.empty(1, 77, 768, device="meta"))
     return calls
-
-
-def best_of(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def time_layer(x_shape: List[int], meta_conv: nn.Conv2d, dtype: torch.dtype, repeats: int) -> Dict[str, float]:

@@ -25,7 +25,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_backward_flop_count, sdpa_flop_count
 
-from common import full_size_sd15_bundle, shapes_config
+from common import best_of, full_size_sd15_bundle, shapes_config
 
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
 CONV_OPS = ("mkldnn::_convolution_pointwise", "mkldnn::_convolution_transpose_pointwise",
@@ -34,20 +34,10 @@ SDPA_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu",
             "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
 
 
-def best_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def sgemm_peak() -> float:
     """FLOP/s of a 4096^3 fp32 matrix product: the most this machine's BLAS computes."""
     a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
-    return 2 * 4096**3 / best_seconds(lambda: a @ b, 5)
+    return 2 * 4096**3 / best_of(lambda: a @ b, 5)
 
 
 def _flop_formulas() -> Dict:
@@ -94,7 +84,7 @@ def best_gemm_seconds(name: str, shapes: List[List[int]]) -> float:
     b = torch.randn(shapes[1])
     bt = torch.randn(list(shapes[1][:-2]) + [shapes[1][-1], shapes[1][-2]]).transpose(-1, -2)
     product = torch.bmm if name == "aten::bmm" else torch.mm
-    return min(best_seconds(lambda: product(a, b)), best_seconds(lambda: product(a, bt)))
+    return min(best_of(lambda: product(a, b), 5), best_of(lambda: product(a, bt), 5))
 
 
 def profile_step(step: Callable[[], object]) -> Tuple[Dict[str, float], List[Tuple[str, List[List[int]], int, float]]]:
@@ -119,7 +109,7 @@ def vae_encode(bundle, resolution: int) -> Tuple[float, float]:
     with torch.no_grad():
         with FlopCounterMode(display=False) as counter:
             bundle.vae.encode(pixels)
-        return float(counter.get_total_flops()), best_seconds(lambda: bundle.vae.encode(pixels), 2)
+        return float(counter.get_total_flops()), best_of(lambda: bundle.vae.encode(pixels), 2)
 
 
 def cached_trainer(tmp: Path, resolution: int, images: int):

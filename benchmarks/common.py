@@ -7,8 +7,20 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> float:
+    """The shortest of `repeats` timed calls of `fn`, after one untimed call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def rss_bytes() -> int:
