@@ -120,12 +120,7 @@ def test_lora_linear_layers_fold_the_scaled_sum_into_one_product_with_peft_value
 
 
 def test_a_lora_in_another_dtype_than_its_base_output_sums_as_peft_does():
-    torch.manual_seed(0)
-    root = nn.Sequential(nn.Linear(24, 40)).to(torch.bfloat16).requires_grad_(False)
-    net = AdapterNetwork.inject([NetworkComponent("unet", root, ["0"], lambda p: f"lora_unet_{p}")],
-                                make_spec(rank=4, alpha=4))
-    for p in net.parameters():
-        nn.init.normal_(p, std=0.2)
+    root, _ = _lora_on_linear(torch.bfloat16)
     (peft_out, *peft_grads), (out, *grads) = _peft_and_fused(root[0], torch.randn(6, 24, dtype=torch.bfloat16))
     assert out.dtype == torch.bfloat16 and torch.equal(out, peft_out)
     assert all(torch.equal(a, b) for a, b in zip(grads, peft_grads))
